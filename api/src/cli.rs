@@ -1,0 +1,410 @@
+//! The `shoal` command line: `shoal up` starts a node, every other command is a client
+//! of a node's management API (found with `--api` or `SHOAL_API`).
+//!
+//! Output is a table for people and, with `--json`, the API's JSON for scripts.
+//! Failures print one line on stderr and exit non-zero.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use comfy_table::Table;
+use serde_json::Value;
+
+use crate::node::NodeConfig;
+
+/// shoal: run WebAssembly services by name, with limits, a registry and a gateway.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about)]
+pub struct Cli {
+    /// The management API to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_API",
+        default_value = "http://127.0.0.1:8500"
+    )]
+    pub api: String,
+    /// Bearer token: required by `up` to serve on a non-loopback address, and sent by
+    /// every client command.
+    #[arg(long, global = true, env = "SHOAL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a node: management API and gateway.
+    Up(UpArgs),
+    /// Upload a module and create or update a service running it.
+    Deploy(DeployArgs),
+    /// List services.
+    Ls,
+    /// Show one service.
+    Inspect {
+        /// The service's name.
+        name: String,
+    },
+    /// Delete a service.
+    Rm {
+        /// The service's name.
+        name: String,
+    },
+    /// Call a service through the gateway and print its response body.
+    Call(CallArgs),
+    /// List uploaded modules.
+    Modules,
+}
+
+/// Flags of `shoal up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the registry and the compiled-code cache live.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./.shoal")]
+    pub data_dir: PathBuf,
+    /// Address of the management API.
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    pub api_listen: SocketAddr,
+    /// Address of the gateway.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub gateway_listen: SocketAddr,
+    /// `Host: {service}.{domain}` routes to `{service}`.
+    #[arg(long, default_value = "localhost")]
+    pub domain: String,
+    /// Largest module upload accepted (a quantity such as 64Mi).
+    #[arg(long, default_value = "64Mi", value_parser = parse_bytes)]
+    pub max_module_size: u64,
+    /// How long requests in flight may run after SIGINT or SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Use on-demand instance allocation even where the pooling allocator would fit.
+    #[arg(long)]
+    pub no_pooling: bool,
+}
+
+impl UpArgs {
+    /// The node configuration these flags describe.
+    pub fn node_config(&self, token: Option<String>) -> NodeConfig {
+        let mut config = NodeConfig::new(&self.data_dir);
+        config.token = token;
+        config.domain = self.domain.clone();
+        config.max_module_size = self.max_module_size;
+        config.shutdown_timeout = self.shutdown_timeout;
+        config.runtime.pooling = !self.no_pooling;
+        config
+    }
+}
+
+/// Flags of `shoal deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The .wasm file: a wasi:http component or a WASI command.
+    pub file: PathBuf,
+    /// The service's name (a DNS label).
+    #[arg(long)]
+    pub name: String,
+    /// Memory limit, e.g. 64Mi.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Fuel per request.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Wall-clock limit per request, e.g. 5s.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Largest request body, e.g. 1Mi.
+    #[arg(long)]
+    pub max_request_body: Option<String>,
+    /// Largest response, e.g. 1Mi.
+    #[arg(long)]
+    pub max_response: Option<String>,
+    /// Guest stderr kept per request, e.g. 64Ki.
+    #[arg(long)]
+    pub max_stderr: Option<String>,
+    /// An environment variable for the guest, K=V; repeatable.
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// An argument for the guest; repeatable.
+    #[arg(long = "arg", value_name = "ARG")]
+    pub args: Vec<String>,
+}
+
+/// Flags of `shoal call`.
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The service's name.
+    pub name: String,
+    /// The path (and query) to call.
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// The HTTP method.
+    #[arg(short = 'X', long, default_value = "GET")]
+    pub method: String,
+    /// A request body.
+    #[arg(short = 'd', long)]
+    pub data: Option<String>,
+    /// A request header, 'Name: value'; repeatable.
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// The gateway to call (default: the one the API reports).
+    #[arg(long, env = "SHOAL_GATEWAY")]
+    pub gateway: Option<String>,
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    text.parse::<shoal_registry::ByteSize>()
+        .map(|size| size.bytes())
+}
+
+/// A client of the management API.
+pub struct Client {
+    http: reqwest::Client,
+    api: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for the API at `api`.
+    pub fn new(api: &str, token: Option<String>) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            api: api.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.api));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the shoal API at {}", self.api))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .context("reading the API's response")?;
+        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = json["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            anyhow::bail!("{message} ({status})");
+        }
+        Ok(json)
+    }
+
+    /// GET a path.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+}
+
+/// Runs a client command.
+pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(&cli.api, cli.token.clone());
+    let json = cli.json;
+    match cli.command {
+        Command::Up(_) => unreachable!("`up` is handled by main"),
+        Command::Deploy(args) => {
+            let bytes = std::fs::read(&args.file)
+                .with_context(|| format!("reading {}", args.file.display()))?;
+            let module = client
+                .send(
+                    client
+                        .request(reqwest::Method::POST, "/v1/modules")
+                        .body(bytes),
+                )
+                .await?;
+            let mut limits = serde_json::Map::new();
+            for (key, value) in [
+                ("memory", args.memory),
+                ("timeout", args.timeout),
+                ("max_request_body", args.max_request_body),
+                ("max_response", args.max_response),
+                ("max_stderr", args.max_stderr),
+            ] {
+                if let Some(value) = value {
+                    limits.insert(key.into(), value.into());
+                }
+            }
+            if let Some(fuel) = args.fuel {
+                limits.insert("fuel".into(), fuel.into());
+            }
+            let mut env = serde_json::Map::new();
+            for pair in &args.env {
+                let (k, v) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--env {pair:?} is not K=V"))?;
+                env.insert(k.into(), v.into());
+            }
+            let spec = serde_json::json!({ "module": module["digest"], "limits": limits, "env": env, "args": args.args });
+            let service = client
+                .send(
+                    client
+                        .request(reqwest::Method::PUT, &format!("/v1/services/{}", args.name))
+                        .json(&spec),
+                )
+                .await?;
+            if json {
+                print_json(&service);
+            } else {
+                println!(
+                    "deployed {} revision {} ({} module {})",
+                    service["name"].as_str().unwrap_or_default(),
+                    service["revision"],
+                    service["kind"].as_str().unwrap_or("?"),
+                    short_digest(module["digest"].as_str().unwrap_or_default()),
+                );
+                if let Some(url) = service["url"].as_str() {
+                    println!("call it: curl {url}   or: shoal call {}", args.name);
+                }
+            }
+        }
+        Command::Ls => {
+            let services = client.get("/v1/services").await?;
+            if json {
+                print_json(&services);
+            } else {
+                let mut table = table([
+                    "NAME", "REVISION", "KIND", "MODULE", "MEMORY", "TIMEOUT", "UPDATED",
+                ]);
+                for s in services.as_array().into_iter().flatten() {
+                    table.add_row([
+                        text(&s["name"]),
+                        text(&s["revision"]),
+                        text(&s["kind"]),
+                        short_digest(s["spec"]["module"].as_str().unwrap_or_default()),
+                        text(&s["spec"]["limits"]["memory"]),
+                        text(&s["spec"]["limits"]["timeout"]),
+                        text(&s["updated"]),
+                    ]);
+                }
+                println!("{table}");
+            }
+        }
+        Command::Inspect { name } => {
+            print_json(&client.get(&format!("/v1/services/{name}")).await?)
+        }
+        Command::Rm { name } => {
+            let service = client
+                .send(client.request(reqwest::Method::DELETE, &format!("/v1/services/{name}")))
+                .await?;
+            if json {
+                print_json(&service)
+            } else {
+                println!("deleted {name}")
+            }
+        }
+        Command::Modules => {
+            let modules = client.get("/v1/modules").await?;
+            if json {
+                print_json(&modules);
+            } else {
+                let mut table = table(["DIGEST", "KIND", "SIZE", "CREATED"]);
+                for m in modules.as_array().into_iter().flatten() {
+                    table.add_row([
+                        text(&m["digest"]),
+                        text(&m["kind"]),
+                        text(&m["size"]),
+                        text(&m["created"]),
+                    ]);
+                }
+                println!("{table}");
+            }
+        }
+        Command::Call(args) => call(&client, args).await?,
+    }
+    Ok(())
+}
+
+async fn call(client: &Client, args: CallArgs) -> anyhow::Result<()> {
+    let gateway = match args.gateway {
+        Some(gateway) => gateway,
+        None => client.get("/v1/node").await?["gateway"]
+            .as_str()
+            .context("the node did not report its gateway address; pass --gateway")?
+            .to_owned(),
+    };
+    let path = args.path.trim_start_matches('/');
+    let url = format!("{}/{}/{path}", gateway.trim_end_matches('/'), args.name);
+    let method = reqwest::Method::from_bytes(args.method.as_bytes())
+        .with_context(|| format!("invalid method {:?}", args.method))?;
+    let mut request = reqwest::Client::new().request(method, &url);
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("-H {header:?} is not 'Name: value'"))?;
+        request = request.header(name.trim(), value.trim());
+    }
+    if let Some(data) = args.data {
+        request = request.body(data);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))?;
+    let status = response.status();
+    let kind = response
+        .headers()
+        .get(crate::error::ERROR_KIND_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.bytes().await.context("reading the response")?;
+    if let Some(kind) = kind {
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        anyhow::bail!("{message} ({status}, {kind})");
+    }
+    use std::io::Write as _;
+    std::io::stdout().write_all(&body)?;
+    if !status.is_success() {
+        anyhow::bail!("the service answered {status}");
+    }
+    Ok(())
+}
+
+fn table<const N: usize>(header: [&str; N]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(header);
+    table
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn short_digest(digest: &str) -> String {
+    digest.get(..19).unwrap_or(digest).to_owned()
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}

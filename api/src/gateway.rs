@@ -1,0 +1,151 @@
+//! The gateway: routes a request to a service by name and returns what the guest says.
+//!
+//! Two ways to name the service: `Host: {service}.{domain}` (the full path goes to the
+//! guest), or a first path segment, `/{service}/{rest}` (the guest sees `/{rest}`,
+//! and the consumed prefix travels as `X-Forwarded-Prefix`, and as `SCRIPT_NAME` for
+//! CGI). `call_address = provider_address + request_data`, in the seed's words: the
+//! service name picks the provider, the rest of the request is passed on unchanged.
+//!
+//! The lookup reads the in-memory routing table only; nothing here touches the
+//! registry.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use shoal_runtime::RequestContext;
+
+use crate::error::ApiError;
+use crate::node::Node;
+
+/// The gateway's router: everything goes to [`forward`].
+pub fn app(node: Node) -> Router {
+    Router::new().fallback(forward).with_state(node)
+}
+
+/// Where a request goes: the service's name, the prefix consumed to find it, and the
+/// URI the guest sees.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    service: String,
+    prefix: String,
+    uri: Uri,
+}
+
+fn target(uri: &Uri, host: Option<&str>, domain: &str) -> Option<Target> {
+    if let Some(host) = host {
+        let host = host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        });
+        if let Some(service) = host.strip_suffix(domain).and_then(|s| s.strip_suffix('.')) {
+            if !service.is_empty() && !service.contains('.') {
+                return Some(Target {
+                    service: service.to_owned(),
+                    prefix: String::new(),
+                    uri: uri.clone(),
+                });
+            }
+        }
+    }
+    let path = uri.path();
+    let rest = path.strip_prefix('/')?;
+    let (service, rest) = rest.split_once('/').map_or((rest, ""), |(s, r)| (s, r));
+    if service.is_empty() {
+        return None;
+    }
+    let path_and_query = match uri.query() {
+        Some(query) => format!("/{rest}?{query}"),
+        None => format!("/{rest}"),
+    };
+    Some(Target {
+        service: service.to_owned(),
+        prefix: format!("/{service}"),
+        uri: Uri::builder().path_and_query(path_and_query).build().ok()?,
+    })
+}
+
+async fn forward(State(node): State<Node>, mut request: Request) -> Response {
+    let remote_addr = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let Some(target) = target(request.uri(), host, &node.config().domain) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown-service",
+            format!(
+                "no service named in this request: use /{{service}}/... or Host: {{service}}.{}",
+                node.config().domain
+            ),
+        )
+        .into_response();
+    };
+    let Some(route) = node.route(&target.service) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown-service",
+            format!("unknown service {:?}", target.service),
+        )
+        .into_response();
+    };
+    *request.uri_mut() = target.uri;
+    if !target.prefix.is_empty() {
+        if let Ok(prefix) = HeaderValue::from_str(&target.prefix) {
+            request.headers_mut().insert("x-forwarded-prefix", prefix);
+        }
+    }
+    let context = RequestContext {
+        script_name: target.prefix,
+        remote_addr,
+    };
+    match route.service.handle(request, context).await {
+        Ok(response) => response.map(Body::new),
+        Err(error) => {
+            let error = ApiError::from(error);
+            tracing::info!(service = %target.service, kind = error.kind, "{}", error.message);
+            error.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(uri: &str, host: Option<&str>) -> Option<(String, String, String)> {
+        target(&uri.parse().unwrap(), host, "localhost")
+            .map(|t| (t.service, t.prefix, t.uri.to_string()))
+    }
+
+    #[test]
+    fn routes_by_path_and_by_host() {
+        let s = |a: &str, b: &str, c: &str| Some((a.to_owned(), b.to_owned(), c.to_owned()));
+        assert_eq!(t("/hello/a/b?x=1", None), s("hello", "/hello", "/a/b?x=1"));
+        assert_eq!(t("/hello", None), s("hello", "/hello", "/"));
+        assert_eq!(
+            t("/hello/", Some("127.0.0.1:8080")),
+            s("hello", "/hello", "/")
+        );
+        assert_eq!(
+            t("/a/b", Some("hello.localhost:8080")),
+            s("hello", "", "/a/b")
+        );
+        assert_eq!(t("/a/b", Some("hello.localhost")), s("hello", "", "/a/b"));
+        assert_eq!(
+            t("/hello/x", Some("localhost:8080")),
+            s("hello", "/hello", "/x")
+        );
+        assert_eq!(t("/", None), None);
+    }
+}

@@ -1,0 +1,79 @@
+//! The `shoal` binary: `shoal up` runs a node; the other commands are its client.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use shoal::cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    let result = runtime
+        .context("starting the async runtime")
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                match cli.command {
+                    Command::Up(ref args) => up(args, cli.token.clone()).await,
+                    _ => shoal::cli::run_client(cli).await,
+                }
+            })
+        });
+    if let Err(error) = result {
+        eprintln!("shoal: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn up(args: &shoal::cli::UpArgs, token: Option<String>) -> anyhow::Result<()> {
+    // Check every flag before binding or opening anything.
+    shoal::check_exposure(args.api_listen, token.is_some())?;
+    let node = shoal::Node::open(args.node_config(token)).await?;
+    let api = tokio::net::TcpListener::bind(args.api_listen)
+        .await
+        .with_context(|| format!("binding the management API to {}", args.api_listen))?;
+    let gateway = tokio::net::TcpListener::bind(args.gateway_listen)
+        .await
+        .with_context(|| format!("binding the gateway to {}", args.gateway_listen))?;
+    // One line on stdout for people and scripts: where to find this node.
+    println!(
+        "shoal is up: api http://{} gateway http://{}",
+        api.local_addr()?,
+        gateway.local_addr()?
+    );
+    shoal::serve(node, api, gateway, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "shoal=info,shoal_runtime=info,shoal_registry=info,tower_http=warn".into()
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,163 @@
+//! shoal's durable registry: the modules, services and service revisions of one node, kept in a
+//! single redb file so that every acknowledged change survives a crash.
+//!
+//! The registry stores bytes plus metadata and nothing else.
+//! **Architecture Invariant:** it knows nothing of wasmtime, HTTP or axum; whether a module is a
+//! valid component is decided by `shoal-runtime` before the bytes arrive here.
+//!
+//! **API Boundary:** the API is synchronous, because redb is.
+//! The async bridge (`spawn_blocking`) lives in the `api` crate, and no method here holds a
+//! transaction longer than one call.
+//!
+//! Every change (storing or deleting a module, creating, updating or deleting a service) is
+//! exactly one durable write transaction, and bumps a monotonic [change index](Registry::change_index)
+//! that watchers can use to notice that something changed.
+//!
+//! # Layout
+//!
+//! - `model.rs`: the stored records and the validated names they are keyed by ([`Digest`],
+//!   [`ServiceName`], [`ServiceSpec`], [`Limits`], ...).
+//! - `quantity.rs`: Kubernetes resource quantities ([`Quantity`], [`ByteSize`]) and the humantime
+//!   encoding of durations used in [`Limits`].
+//! - `tables.rs`: every redb table definition, in one place.
+//! - `store.rs`: [`Registry`], the transactions over those tables.
+
+#![warn(missing_docs)]
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod model;
+mod quantity;
+mod store;
+mod tables;
+
+pub use self::model::{
+    Digest, Limits, ModuleKind, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceName,
+    ServiceRecord, ServiceSpec,
+};
+pub use self::quantity::{ByteSize, Quantity};
+pub use self::store::Registry;
+
+/// The errors of every registry operation.
+///
+/// Only the variants callers branch on are distinct; everything the caller can only report
+/// (redb failures) is [`Error::Storage`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The addressed module or service does not exist.
+    #[error("{kind} \"{key}\" not found")]
+    NotFound {
+        /// What was looked for: `"module"` or `"service"`.
+        kind: &'static str,
+        /// The digest or name that was looked for.
+        key: String,
+    },
+    /// A module cannot be deleted because current service specs refer to it.
+    #[error("module {digest} is used by services {}", services.join(", "))]
+    ModuleInUse {
+        /// The module that was to be deleted.
+        digest: Digest,
+        /// The names of the services using it, sorted.
+        services: Vec<String>,
+    },
+    /// A service spec names a module that is not stored.
+    #[error("module {0} not found")]
+    ModuleNotFound(Digest),
+    /// An input failed validation.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The input that failed, e.g. `"name"`, `"digest"` or `"limits.memory"`.
+        field: &'static str,
+        /// What is wrong with it, lowercase and without a trailing period.
+        reason: String,
+    },
+    /// The database failed; the cause is the [source](std::error::Error::source).
+    #[error("registry storage failed")]
+    Storage(#[source] redb::Error),
+    /// A stored record does not decode, or the database lacks something `open` always writes.
+    #[error("corrupt registry: {0}")]
+    Corrupt(String),
+}
+
+/// The result of every registry operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<redb::Error> for Error {
+    fn from(error: redb::Error) -> Error {
+        Error::Storage(error)
+    }
+}
+
+/// Converts each of redb's per-operation errors into [`Error::Storage`], through `redb::Error`,
+/// which redb provides as the superset of all of them.
+macro_rules! storage_error_from {
+    ($($redb_error:ty),* $(,)?) => {
+        $(
+            impl From<$redb_error> for Error {
+                fn from(error: $redb_error) -> Error {
+                    Error::Storage(redb::Error::from(error))
+                }
+            }
+        )*
+    };
+}
+
+storage_error_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+);
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every source file must open with a `//!` comment saying what it is and why, as the style
+    /// guide asks (rust-analyzer's tidy check).
+    #[test]
+    fn every_module_starts_with_a_doc_comment() {
+        let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut n_files = 0;
+        for entry in std::fs::read_dir(&src_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(
+                    text.starts_with("//!"),
+                    "{} must start with a `//!` module comment",
+                    path.display()
+                );
+                n_files += 1;
+            }
+        }
+        assert!(
+            n_files >= 5,
+            "expected the registry's source files, found {n_files}"
+        );
+    }
+
+    #[test]
+    fn error_messages() {
+        let digest = crate::Digest::of(b"");
+        let in_use = super::Error::ModuleInUse {
+            digest: digest.clone(),
+            services: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(
+            in_use.to_string(),
+            format!("module {digest} is used by services a, b")
+        );
+        let not_found = super::Error::NotFound {
+            kind: "service",
+            key: "x".into(),
+        };
+        assert_eq!(not_found.to_string(), "service \"x\" not found");
+        assert_eq!(
+            super::Error::ModuleNotFound(digest.clone()).to_string(),
+            format!("module {digest} not found")
+        );
+    }
+}

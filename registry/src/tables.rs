@@ -1,0 +1,31 @@
+//! Every redb table of the registry, declared in one place so the whole on-disk layout can be
+//! read at a glance.
+//!
+//! Records are stored as JSON (`serde_json`) so that a `version` field can evolve them; module
+//! bytes are stored apart from their record so that listing modules never reads the bytes.
+//! Renaming a table or changing its key or value type is a schema change: old files would no
+//! longer open.
+
+use redb::TableDefinition;
+
+/// Module records ([`ModuleRecord`](crate::ModuleRecord) as JSON), keyed by digest string.
+pub(crate) const MODULES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("modules");
+
+/// The raw bytes of each module, keyed by digest string.
+pub(crate) const MODULE_BYTES: TableDefinition<'_, &str, &[u8]> =
+    TableDefinition::new("module_bytes");
+
+/// The current record of each service ([`ServiceRecord`](crate::ServiceRecord) as JSON), keyed
+/// by service name.
+pub(crate) const SERVICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("services");
+
+/// Every revision of every service ([`RevisionRecord`](crate::RevisionRecord) as JSON), keyed by
+/// (service name, revision), so one service's revisions are a contiguous range in order.
+pub(crate) const REVISIONS: TableDefinition<'_, (&str, u64), &[u8]> =
+    TableDefinition::new("revisions");
+
+/// Single values describing the whole database, keyed by [`CHANGE_INDEX_KEY`] and friends.
+pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+/// The key in [`META`] of the change index, which every change increments.
+pub(crate) const CHANGE_INDEX_KEY: &str = "change_index";

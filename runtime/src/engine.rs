@@ -1,0 +1,234 @@
+//! The engine: one wasmtime `Engine` per node, its linkers, the epoch ticker and the
+//! choice of instance allocator.
+//!
+//! The pooling allocator is what makes per-request instantiation cheap: slots are
+//! reserved once, and with the keep-resident settings below a slot's pages stay mapped
+//! between instances, so recycling an instance is a `memset` instead of an `madvise`
+//! and the TLB shootdowns that come with returning memory to the kernel. Pooling needs
+//! a large virtual address space (terabytes for a thousand 4 GiB memory reservations),
+//! which small ARM boards with 39-bit address spaces do not have, so the engine probes
+//! for it at start and falls back to on-demand allocation, logging which one it uses.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::compile::{ArtifactCache, Compiled};
+use crate::{cgi, proxy};
+
+/// How the runtime is set up. Plain data with sensible defaults; the binary maps its
+/// flags onto it.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled artifacts are cached; `None` keeps nothing on disk.
+    pub cache_dir: Option<PathBuf>,
+    /// How often the epoch ticks. Guests yield to the scheduler at every tick, so this
+    /// bounds how late a timeout can fire against a guest spinning in a loop.
+    pub epoch_tick: Duration,
+    /// Try the pooling allocator (falls back to on-demand if it cannot be reserved).
+    pub pooling: bool,
+    /// Instances that may be alive at once when pooling.
+    pub max_instances: u32,
+    /// The largest linear memory any one instance may have, in bytes; service memory
+    /// limits must not exceed it.
+    pub max_memory_per_instance: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: None,
+            epoch_tick: Duration::from_millis(10),
+            pooling: true,
+            max_instances: 1000,
+            max_memory_per_instance: 4 << 30,
+        }
+    }
+}
+
+/// Which instance allocator the engine ended up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocatorKind {
+    /// Slots reserved up front and recycled, pages kept resident.
+    Pooling,
+    /// An `mmap` per instance: works everywhere, slower per request.
+    OnDemand,
+}
+
+impl AllocatorKind {
+    /// A stable name for the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocatorKind::Pooling => "pooling",
+            AllocatorKind::OnDemand => "on-demand",
+        }
+    }
+}
+
+/// How much compiling the runtime has done: restarts should be all cache hits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompileStats {
+    /// Modules compiled from wasm bytes since the runtime started.
+    pub compiled: u64,
+    /// Modules loaded from the on-disk artifact cache since the runtime started.
+    pub cache_hits: u64,
+    /// Cached artifacts found unusable (corrupt, truncated, incompatible) and replaced.
+    pub cache_rejected: u64,
+}
+
+/// The node's wasm runtime: engine, linkers, artifact cache and epoch ticker.
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) http_linker: wasmtime::component::Linker<proxy::HttpState>,
+    pub(crate) cgi_linker: wasmtime::Linker<cgi::CgiState>,
+    pub(crate) cache: ArtifactCache,
+    pub(crate) loaded: Mutex<HashMap<String, Compiled>>,
+    pub(crate) n_compiled: AtomicU64,
+    pub(crate) n_cache_hits: AtomicU64,
+    pub(crate) n_cache_rejected: AtomicU64,
+    allocator: AllocatorKind,
+    config: RuntimeConfig,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine (probing for the pooling allocator), the linkers and the
+    /// epoch ticker.
+    pub fn new(config: RuntimeConfig) -> crate::Result<Runtime> {
+        let (engine, allocator) = build_engine(&config).map_err(crate::Error::Internal)?;
+        tracing::info!(allocator = allocator.as_str(), "wasm engine ready");
+        let http_linker = proxy::linker(&engine).map_err(crate::Error::Internal)?;
+        let cgi_linker = cgi::linker(&engine).map_err(crate::Error::Internal)?;
+        let cache = ArtifactCache::new(config.cache_dir.clone(), &engine)
+            .map_err(crate::Error::Internal)?;
+        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
+        Ok(Runtime {
+            engine,
+            http_linker,
+            cgi_linker,
+            cache,
+            loaded: Mutex::new(HashMap::new()),
+            n_compiled: AtomicU64::new(0),
+            n_cache_hits: AtomicU64::new(0),
+            n_cache_rejected: AtomicU64::new(0),
+            allocator,
+            config,
+            _ticker: ticker,
+        })
+    }
+
+    /// The allocator in use.
+    pub fn allocator(&self) -> AllocatorKind {
+        self.allocator
+    }
+
+    /// The configuration the runtime was built with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Counters of compiles and cache hits since start.
+    pub fn compile_stats(&self) -> CompileStats {
+        CompileStats {
+            compiled: self.n_compiled.load(Ordering::Relaxed),
+            cache_hits: self.n_cache_hits.load(Ordering::Relaxed),
+            cache_rejected: self.n_cache_rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.consume_fuel(true);
+    config.epoch_interruption(true);
+    config
+}
+
+fn build_engine(runtime: &RuntimeConfig) -> anyhow::Result<(Engine, AllocatorKind)> {
+    if runtime.pooling {
+        let mut config = base_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(runtime)));
+        match Engine::new(&config) {
+            Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),
+            Err(error) => tracing::warn!(
+                error = %error,
+                "cannot reserve the pooling allocator's address space; using on-demand allocation"
+            ),
+        }
+    }
+    let engine = Engine::new(&base_config())
+        .map_err(anyhow::Error::from)
+        .context("creating the wasm engine")?;
+    Ok((engine, AllocatorKind::OnDemand))
+}
+
+/// Pages kept mapped per slot when an instance is recycled: enough for a typical small
+/// guest's stack and heap, so its next instance reuses them without page faults.
+const MEMORY_KEEP_RESIDENT: usize = 2 << 20;
+const TABLE_KEEP_RESIDENT: usize = 64 << 10;
+const ASYNC_STACK_KEEP_RESIDENT: usize = 64 << 10;
+
+fn pooling_config(runtime: &RuntimeConfig) -> PoolingAllocationConfig {
+    let n = runtime.max_instances;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        // A component built by Rust holds a few core instances (the program, its
+        // adapters and shims), each of which may own a table.
+        .total_core_instances(n.saturating_mul(4))
+        .total_tables(n.saturating_mul(4))
+        .total_memories(n)
+        .total_stacks(n)
+        .max_memory_size(usize::try_from(runtime.max_memory_per_instance).unwrap_or(usize::MAX))
+        .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
+        .table_keep_resident(TABLE_KEEP_RESIDENT)
+        .async_stack_keep_resident(ASYNC_STACK_KEEP_RESIDENT)
+        .pagemap_scan(Enabled::Auto);
+    pool
+}
+
+/// A thread that advances the engine's epoch, stopped and joined on drop.
+///
+/// It is a plain thread rather than a tokio task so that it keeps ticking when every
+/// worker thread is busy running guests, which is exactly when it is needed.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("shoal-epoch".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                }
+            })
+            .expect("spawning a thread only fails when the process is out of resources");
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
