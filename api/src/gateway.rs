@@ -44,14 +44,15 @@ fn target(uri: &Uri, host: Option<&str>, domain: &str) -> Option<Target> {
                 host
             }
         });
-        if let Some(service) = host.strip_suffix(domain).and_then(|s| s.strip_suffix('.')) {
-            if !service.is_empty() && !service.contains('.') {
-                return Some(Target {
-                    service: service.to_owned(),
-                    prefix: String::new(),
-                    uri: uri.clone(),
-                });
-            }
+        if let Some(service) = host.strip_suffix(domain).and_then(|s| s.strip_suffix('.'))
+            && !service.is_empty()
+            && !service.contains('.')
+        {
+            return Some(Target {
+                service: service.to_owned(),
+                prefix: String::new(),
+                uri: uri.clone(),
+            });
         }
     }
     let path = uri.path();
@@ -99,11 +100,12 @@ async fn forward(State(node): State<Node>, mut request: Request) -> Response {
         )
         .into_response();
     };
+    let _in_flight = node.begin_request();
     *request.uri_mut() = target.uri;
-    if !target.prefix.is_empty() {
-        if let Ok(prefix) = HeaderValue::from_str(&target.prefix) {
-            request.headers_mut().insert("x-forwarded-prefix", prefix);
-        }
+    if !target.prefix.is_empty()
+        && let Ok(prefix) = HeaderValue::from_str(&target.prefix)
+    {
+        request.headers_mut().insert("x-forwarded-prefix", prefix);
     }
     let context = RequestContext {
         script_name: target.prefix,

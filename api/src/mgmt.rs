@@ -10,7 +10,7 @@ use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
@@ -53,6 +53,9 @@ pub fn app(node: Node) -> Router {
         )
         .route("/v1/services/{name}/revisions", get(list_revisions))
         .route("/v1/deploy/{name}", post(deploy))
+        // An empty name is a bad name, not an unknown route.
+        .route("/v1/services/", any(empty_name))
+        .route("/v1/deploy/", any(empty_name))
         .fallback(|| async { ApiError::not_found("no such API route; see GET /v1/node") })
         .layer(middleware::from_fn_with_state(node.clone(), require_token))
         .with_state(node)
@@ -205,6 +208,7 @@ async fn node_info(State(node): State<Node>) -> ApiResult<Json<serde_json::Value
         "data_dir": node.config().data_dir,
         "allocator": runtime.allocator().as_str(),
         "services": node.n_routes(),
+        "in_flight": node.in_flight(),
         "modules": n_modules,
         "change_index": change_index,
         "max_module_size": node.config().max_module_size,
@@ -277,6 +281,10 @@ async fn delete_module(
 ) -> ApiResult<Json<ModuleView>> {
     let record = node.delete_module(parse_digest(&digest)?).await?;
     Ok(Json(record.into()))
+}
+
+async fn empty_name() -> ApiError {
+    parse_name("").expect_err("the empty name is invalid")
 }
 
 fn parse_name(name: &str) -> ApiResult<ServiceName> {

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -80,6 +81,17 @@ struct Inner {
     /// Serializes service changes so the routing table follows the registry's order.
     changes: tokio::sync::Mutex<()>,
     gateway_addr: std::sync::OnceLock<SocketAddr>,
+    /// Requests the gateway is serving right now.
+    in_flight: AtomicU64,
+}
+
+/// Counts a request as in flight for as long as it lives.
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Node {
@@ -107,6 +119,7 @@ impl Node {
                 routes: ArcSwap::default(),
                 changes: tokio::sync::Mutex::new(()),
                 gateway_addr: std::sync::OnceLock::new(),
+                in_flight: AtomicU64::new(0),
             }),
         };
         node.load_services().await?;
@@ -149,6 +162,17 @@ impl Node {
     /// Number of routable services.
     pub fn n_routes(&self) -> usize {
         self.inner.routes.load().len()
+    }
+
+    /// Marks a gateway request in flight until the guard drops.
+    pub fn begin_request(&self) -> InFlight<'_> {
+        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.inner.in_flight)
+    }
+
+    /// Gateway requests being served right now.
+    pub fn in_flight(&self) -> u64 {
+        self.inner.in_flight.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_gateway_addr(&self, addr: SocketAddr) {

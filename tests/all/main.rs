@@ -1,1 +1,8 @@
-//! x
+//! End-to-end tests: one binary, one module per theme, each test a real node.
+
+mod bad_input;
+mod cache;
+mod guests;
+mod management;
+mod process;
+mod routing;

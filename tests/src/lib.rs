@@ -1,1 +1,306 @@
-//! placeholder
+//! The end-to-end harness: a real shoal node on `127.0.0.1:0`, with a real redb file
+//! in a temporary directory and the real guests, driven over real HTTP.
+//!
+//! [`TestNode`] runs the node in-process through `shoal::serve`, exactly as the
+//! binary does; [`ChildNode`] runs the `shoal` binary itself, for what only a
+//! process can show (being killed with SIGKILL and coming back).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt as _;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use serde_json::json;
+
+/// A node served in-process until dropped or [`TestNode::stop`]ped.
+pub struct TestNode {
+    /// `http://127.0.0.1:{port}` of the management API.
+    pub api: String,
+    /// `http://127.0.0.1:{port}` of the gateway.
+    pub gateway: String,
+    /// A client for both.
+    pub client: reqwest::Client,
+    data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestNode {
+    /// A node with default settings in a fresh data directory.
+    pub async fn start() -> TestNode {
+        TestNode::start_with(|_| {}).await
+    }
+
+    /// A node in a fresh data directory, with `configure` applied to its settings.
+    pub async fn start_with(configure: impl FnOnce(&mut shoal::NodeConfig)) -> TestNode {
+        let temp = tempfile::tempdir().expect("creating a temporary directory");
+        let mut node = TestNode::start_in(temp.path(), configure).await;
+        node._temp = Some(temp);
+        node
+    }
+
+    /// A node on an existing data directory (which the caller keeps alive).
+    pub async fn start_in(
+        data_dir: &Path,
+        configure: impl FnOnce(&mut shoal::NodeConfig),
+    ) -> TestNode {
+        init_tracing();
+        let mut config = shoal::NodeConfig::new(data_dir);
+        configure(&mut config);
+        let node = shoal::Node::open(config).await.expect("opening the node");
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the API");
+        let gateway = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the gateway");
+        let api_url = format!("http://{}", api.local_addr().expect("API address"));
+        let gateway_url = format!("http://{}", gateway.local_addr().expect("gateway address"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(shoal::serve(node, api, gateway, async move {
+            let _ = stopped.await;
+        }));
+        TestNode {
+            api: api_url,
+            gateway: gateway_url,
+            client: reqwest::Client::new(),
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Signals shutdown and waits until the node has let go of everything, so the
+    /// same data directory can be opened again.
+    pub async fn stop(mut self) {
+        self.stop.take().map(|stop| stop.send(()));
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("the node task panicked")
+                .expect("the node failed");
+        }
+    }
+
+    /// The temporary data directory, handed over so it outlives this node.
+    pub fn take_temp_dir(&mut self) -> tempfile::TempDir {
+        self._temp.take().expect("the node owns its data directory")
+    }
+
+    /// Uploads module bytes.
+    pub async fn upload(&self, bytes: Vec<u8>) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/modules", self.api))
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload request")
+    }
+
+    /// PUTs a service spec.
+    pub async fn put_service(&self, name: &str, spec: &Value) -> reqwest::Response {
+        self.client
+            .put(format!("{}/v1/services/{name}", self.api))
+            .json(spec)
+            .send()
+            .await
+            .expect("put request")
+    }
+
+    /// Uploads a guest and deploys it as `name` with `limits`, asserting success;
+    /// returns the service as the API shows it.
+    pub async fn deploy(&self, name: &str, guest: &str, limits: Value) -> Value {
+        let upload = self.upload(guest_artifacts::bytes(guest)).await;
+        assert!(
+            upload.status().is_success(),
+            "upload of {guest} failed: {}",
+            upload.text().await.unwrap_or_default()
+        );
+        let digest = upload.json::<Value>().await.expect("upload JSON")["digest"].clone();
+        let response = self
+            .put_service(name, &json!({ "module": digest, "limits": limits }))
+            .await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("service JSON");
+        assert!(status.is_success(), "deploying {name} failed: {body}");
+        body
+    }
+
+    /// GETs a management path and returns its status and JSON.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .expect("GET request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GETs `/{service}{path}` through the gateway.
+    pub async fn call(&self, service: &str, path: &str) -> Reply {
+        Reply::from(
+            self.client
+                .get(format!("{}/{service}{path}", self.gateway))
+                .send()
+                .await
+                .expect("gateway request"),
+        )
+        .await
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A response read whole, with the error kind header pulled out.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The `x-shoal-error` header, if any.
+    pub kind: Option<String>,
+    /// All headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body as text.
+    pub body: String,
+}
+
+impl Reply {
+    /// Reads a whole response.
+    pub async fn from(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let kind = headers
+            .get("x-shoal-error")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response.text().await.expect("reading the body");
+        Reply {
+            status,
+            kind,
+            headers,
+            body,
+        }
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+
+    /// The `error` message of a shoal error body.
+    pub fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// The `shoal` binary built beside the test executable (`target/{profile}/shoal`).
+pub fn shoal_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SHOAL_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("locating the test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/{profile}/deps");
+    let bin = profile_dir.join(format!("shoal{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --bin shoal` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The `shoal` binary running `shoal up` as a child process.
+pub struct ChildNode {
+    /// The child process.
+    pub child: tokio::process::Child,
+    /// `http://...` of the management API.
+    pub api: String,
+    /// `http://...` of the gateway.
+    pub gateway: String,
+}
+
+impl ChildNode {
+    /// Starts `shoal up` on `data_dir` with both listeners on free loopback ports, and
+    /// waits for the line that says where they are.
+    pub async fn start(data_dir: &Path) -> ChildNode {
+        let mut child = tokio::process::Command::new(shoal_bin())
+            .args([
+                "up",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--gateway-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env_remove("SHOAL_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawning shoal up");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("shoal up did not report its addresses within 60s")
+            .expect("reading shoal's stdout")
+            .expect("shoal up exited before reporting its addresses");
+        // "shoal is up: api http://A gateway http://B"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |key: &str| {
+            let idx = words
+                .iter()
+                .position(|w| *w == key)
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"));
+            words[idx + 1].to_owned()
+        };
+        ChildNode {
+            api: after("api"),
+            gateway: after("gateway"),
+            child,
+        }
+    }
+
+    /// Kills the process with SIGKILL and waits for it to be gone.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().expect("sending SIGKILL");
+        self.child
+            .wait()
+            .await
+            .expect("waiting for the killed child");
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "shoal=warn,shoal_runtime=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

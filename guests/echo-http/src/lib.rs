@@ -19,6 +19,7 @@ impl wasi::exports::http::incoming_handler::Guest for EchoHttp {
             .split_once('?')
             .unwrap_or((&path_with_query, ""));
         // Pairs rather than an object, so that order and repeated names survive.
+        // The order is whatever `fields.entries()` gives: wasmtime keeps an `http::HeaderMap`, which groups repeated names.
         let headers: Vec<(String, String)> = request
             .headers()
             .entries()

@@ -11,7 +11,7 @@ use std::io::Write as _;
 fn main() {
     let query = std::env::var("QUERY_STRING").unwrap_or_default();
     let output: &[u8] = match query_param(&query, "mode") {
-        Some("no-blank") => b"Content-Type: text/plain\nthis body has no blank line before it\n",
+        Some("no-blank") => b"Content-Type: text/plain\nX-Note: the blank line never comes\n",
         Some("bad-status") => b"Status: abc\n\nbody",
         Some("no-headers") => b"just some text\n\nmore text",
         _ => b"this is not a cgi response",

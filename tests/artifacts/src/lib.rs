@@ -4,7 +4,7 @@
 //! `HELLO_CGI_P2` is `hello-cgi` built for `wasm32-wasip2`: a wasi:cli command component without the HTTP export.
 //! `foreach_guest!(mac)` expands to `mac!(foo_http);` for every guest, so a test suite can check at compile time that each guest has a test:
 //!
-//! ```ignore
+//! ```text
 //! macro_rules! assert_test_exists {
 //!     ($name:ident) => {
 //!         #[allow(unused_imports)]

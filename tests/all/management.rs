@@ -1,0 +1,248 @@
+//! The management API: modules, services, revisions, the one-request deploy, the
+//! node's numbers, and the token rule.
+
+use guest_artifacts::*;
+use serde_json::Value;
+use shoal_tests::{Reply, TestNode, json};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_is_idempotent_by_digest() {
+    let node = TestNode::start().await;
+    let first = node.upload(guest_artifacts::bytes(HELLO_HTTP)).await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    assert!(first["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(first["kind"], "http");
+    assert_eq!(first["size"], guest_artifacts::bytes(HELLO_HTTP).len());
+    let second = node.upload(guest_artifacts::bytes(HELLO_HTTP)).await;
+    assert_eq!(second.status(), 200);
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(second, first);
+    let (_, modules) = node.get("/v1/modules").await;
+    assert_eq!(modules.as_array().unwrap().len(), 1);
+    let (status, module) = node
+        .get(&format!(
+            "/v1/modules/{}",
+            first["digest"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!((status, module), (200, first));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn module_in_use_cannot_be_deleted() {
+    let node = TestNode::start().await;
+    let service = node.deploy("hello", HELLO_HTTP, json!({})).await;
+    let digest = service["spec"]["module"].as_str().unwrap().to_owned();
+    let url = format!("{}/v1/modules/{digest}", node.api);
+    let reply = Reply::from(node.client.delete(&url).send().await.unwrap()).await;
+    assert_eq!(reply.status, 409);
+    assert!(reply.error().contains("hello"), "{}", reply.error());
+    // Once the service is gone, the module can go too.
+    let reply = Reply::from(
+        node.client
+            .delete(format!("{}/v1/services/hello", node.api))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(node.call("hello", "/").await.status, 404);
+    let reply = Reply::from(node.client.delete(&url).send().await.unwrap()).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(node.get(&format!("/v1/modules/{digest}")).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_have_revisions_and_updates_take_effect() {
+    let node = TestNode::start().await;
+    let created = node.deploy("svc", HELLO_HTTP, json!({})).await;
+    assert_eq!(created["revision"], 1);
+    // Defaults are filled in and shown.
+    assert_eq!(
+        created["spec"]["limits"],
+        json!({
+            "memory": "64Mi", "fuel": 5_000_000_000_u64, "timeout": "10s",
+            "max_request_body": "10Mi", "max_response": "16Mi", "max_stderr": "64Ki"
+        })
+    );
+    assert_eq!(node.call("svc", "/").await.body, "hello from wasm\n");
+    // Same name, another module: revision 2, and the gateway switches.
+    let updated = node
+        .deploy("svc", HELLO_CGI, json!({ "memory": "32Mi" }))
+        .await;
+    assert_eq!(updated["revision"], 2);
+    assert_eq!(updated["spec"]["limits"]["memory"], "32Mi");
+    assert_eq!(node.call("svc", "/").await.body, "hello from cgi\n");
+    let (status, revisions) = node.get("/v1/services/svc/revisions").await;
+    assert_eq!(status, 200);
+    let revisions = revisions.as_array().unwrap();
+    assert_eq!(revisions.len(), 2);
+    assert_eq!(revisions[0]["revision"], 1);
+    assert_eq!(revisions[1]["spec"]["module"], updated["spec"]["module"]);
+    let (_, services) = node.get("/v1/services").await;
+    assert_eq!(services.as_array().unwrap().len(), 1);
+    let (status, shown) = node.get("/v1/services/svc").await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["revision"], 2);
+    assert_eq!(shown["kind"], "cgi");
+    assert_eq!(shown["host"], "svc.localhost");
+    assert_eq!(shown["url"], format!("{}/svc/", node.gateway));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_request_deploy_for_curl() {
+    let node = TestNode::start().await;
+    let url = format!(
+        "{}/v1/deploy/quick?memory=16Mi&timeout=2s&fuel=1000000000&env=A=1&arg=x",
+        node.api
+    );
+    let reply = Reply::from(
+        node.client
+            .post(&url)
+            .body(guest_artifacts::bytes(ENV_CGI))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let service = reply.json();
+    assert_eq!(service["spec"]["limits"]["memory"], "16Mi");
+    assert_eq!(service["spec"]["limits"]["timeout"], "2s");
+    assert_eq!(service["spec"]["env"]["A"], "1");
+    let probe = node.call("quick", "/").await.json();
+    assert_eq!(probe["env"]["A"], "1");
+    assert_eq!(probe["args"], json!(["quick", "x"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_shows_its_numbers() {
+    let node = TestNode::start().await;
+    node.deploy("a", HELLO_HTTP, json!({})).await;
+    let (status, info) = node.get("/v1/node").await;
+    assert_eq!(status, 200);
+    assert_eq!(info["services"], 1);
+    assert_eq!(info["modules"], 1);
+    assert_eq!(info["gateway"], node.gateway);
+    assert_eq!(info["compile"]["compiled"], 1);
+    assert!(["pooling", "on-demand"].contains(&info["allocator"].as_str().unwrap()));
+    assert!(info["change_index"].as_u64().unwrap() > 1);
+    assert_eq!(info["default_limits"]["memory"], "64Mi");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_is_required_when_configured() {
+    let node = TestNode::start_with(|config| config.token = Some("s3cret".into())).await;
+    let url = format!("{}/v1/services", node.api);
+    let reply = Reply::from(node.client.get(&url).send().await.unwrap()).await;
+    assert_eq!(reply.status, 401);
+    assert!(reply.error().contains("token"), "{}", reply.error());
+    let reply = Reply::from(
+        node.client
+            .get(&url)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 401);
+    let reply = Reply::from(
+        node.client
+            .get(&url)
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_loopback_api_needs_a_token() {
+    let temp = tempfile::tempdir().unwrap();
+    let node = shoal::Node::open(shoal::NodeConfig::new(temp.path()))
+        .await
+        .unwrap();
+    let api = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let gateway = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = shoal::serve(node, api, gateway, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("without a token"), "{error}");
+    assert!(shoal::check_exposure("0.0.0.0:8500".parse().unwrap(), true).is_ok());
+    assert!(shoal::check_exposure("127.0.0.1:8500".parse().unwrap(), false).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_shutdown_lets_requests_finish() {
+    let node = TestNode::start().await;
+    node.deploy("sleep", SLEEP_HTTP, json!({})).await;
+    let url = format!("{}/sleep/?ms=400", node.gateway);
+    let client = node.client.clone();
+    let in_flight =
+        tokio::spawn(async move { Reply::from(client.get(&url).send().await.unwrap()).await });
+    // Wait until the gateway reports the request in flight.
+    while node.get("/v1/node").await.1["in_flight"] != 1 {
+        tokio::task::yield_now().await;
+    }
+    let gateway = node.gateway.clone();
+    node.stop().await;
+    let reply = in_flight.await.unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, "slept 400 ms"));
+    // Nothing accepts new connections any more.
+    assert!(reqwest::get(format!("{gateway}/sleep/")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_listed_route_exists() {
+    let node = TestNode::start().await;
+    for route in shoal::mgmt::ROUTES {
+        let (method, path) = route.split_once(' ').unwrap();
+        let path = path
+            .replace(
+                "{digest}",
+                "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            )
+            .replace("{name}", "nope");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let reply = Reply::from(
+            node.client
+                .request(method, format!("{}{path}", node.api))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            !reply.body.contains("no such API route"),
+            "{route} is not routed"
+        );
+        assert_ne!(reply.status, 405, "{route} has the wrong method");
+    }
+    let reply = Reply::from(
+        node.client
+            .get(format!("{}/v1/nothing", node.api))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    assert!(reply.error().contains("no such API route"));
+}
+
+#[test]
+fn routes_are_documented() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    for route in shoal::mgmt::ROUTES {
+        assert!(
+            readme.contains(&format!("`{route}`")),
+            "README.md does not document `{route}`"
+        );
+    }
+}

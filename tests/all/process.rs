@@ -1,0 +1,151 @@
+//! The real `shoal` binary as a child process: killed with SIGKILL after acknowledged
+//! changes, restarted on the same data directory, it gives the same answers without
+//! compiling anything; and the CLI drives it the way a person would.
+
+use std::process::Output;
+
+use guest_artifacts::*;
+use serde_json::Value;
+use shoal_tests::{ChildNode, Reply, json, shoal_bin};
+
+async fn get(url: String) -> Reply {
+    Reply::from(reqwest::get(url).await.unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn survives_kill_9_without_recompiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = ChildNode::start(dir.path()).await;
+    let client = reqwest::Client::new();
+    for (name, guest) in [("hello", HELLO_HTTP), ("echo", ECHO_CGI)] {
+        let url = format!("{}/v1/deploy/{name}?memory=32Mi", node.api);
+        let response = client
+            .post(url)
+            .body(guest_artifacts::bytes(guest))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let before_hello = get(format!("{}/hello/", node.gateway)).await;
+    let before_echo = get(format!("{}/echo/p?q=1", node.gateway)).await;
+    assert_eq!(before_hello.status, 200);
+    node.kill9().await;
+
+    let node = ChildNode::start(dir.path()).await;
+    let info = get(format!("{}/v1/node", node.api)).await.json();
+    assert_eq!(info["services"], 2);
+    assert_eq!(
+        info["compile"]["compiled"], 0,
+        "a restart must not recompile: {info}"
+    );
+    assert_eq!(info["compile"]["cache_hits"], 2);
+    let service = get(format!("{}/v1/services/echo", node.api)).await.json();
+    assert_eq!(service["cached"], true);
+    assert_eq!(service["spec"]["limits"]["memory"], "32Mi");
+    let after_hello = get(format!("{}/hello/", node.gateway)).await;
+    let after_echo = get(format!("{}/echo/p?q=1", node.gateway)).await;
+    assert_eq!(
+        (after_hello.status, &after_hello.body),
+        (before_hello.status, &before_hello.body)
+    );
+    // The echo names the gateway's port in HTTP_HOST, which changed; all else is equal.
+    let strip = |mut echo: Value| {
+        echo["headers"].as_object_mut().unwrap().remove("HTTP_HOST");
+        echo
+    };
+    assert_eq!(strip(after_echo.json()), strip(before_echo.json()));
+    node.kill9().await;
+}
+
+fn shoal(api: &str, args: &[&str]) -> Output {
+    std::process::Command::new(shoal_bin())
+        .args(args)
+        .env("SHOAL_API", api)
+        .env_remove("SHOAL_TOKEN")
+        .output()
+        .expect("running shoal")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "shoal failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = ChildNode::start(dir.path()).await;
+    let api = node.api.clone();
+    let run = move |args: Vec<&'static str>| {
+        let api = api.clone();
+        async move {
+            tokio::task::spawn_blocking(move || shoal(&api, &args))
+                .await
+                .unwrap()
+        }
+    };
+
+    let deployed = stdout(
+        &run(vec![
+            "deploy", ECHO_CGI, "--name", "echo", "--memory", "16Mi", "--env", "A=1",
+        ])
+        .await,
+    );
+    assert!(deployed.contains("deployed echo revision 1"), "{deployed}");
+    let table = stdout(&run(vec!["ls"]).await);
+    assert!(
+        table.contains("NAME") && table.contains("echo") && table.contains("16Mi"),
+        "{table}"
+    );
+    let listed: Value = serde_json::from_str(&stdout(&run(vec!["ls", "--json"]).await)).unwrap();
+    assert_eq!(listed[0]["name"], "echo");
+    let inspected: Value =
+        serde_json::from_str(&stdout(&run(vec!["inspect", "echo"]).await)).unwrap();
+    assert_eq!(inspected["spec"]["env"], json!({ "A": "1" }));
+    let called: Value = serde_json::from_str(&stdout(
+        &run(vec!["call", "echo", "/x", "-X", "PUT", "-d", "body"]).await,
+    ))
+    .unwrap();
+    assert_eq!(
+        (called["method"].as_str(), called["path_info"].as_str()),
+        (Some("PUT"), Some("/x"))
+    );
+    assert_eq!(called["body"], "body");
+    let modules = stdout(&run(vec!["modules"]).await);
+    assert!(modules.contains("cgi"), "{modules}");
+
+    // Failures: non-zero exit, one line on stderr naming the problem.
+    let failed = run(vec!["inspect", "ghost"]).await;
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("service \"ghost\" not found"), "{stderr}");
+    let failed = run(vec!["deploy", "/nonexistent.wasm", "--name", "x"]).await;
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("/nonexistent.wasm"));
+
+    assert!(stdout(&run(vec!["rm", "echo"]).await).contains("deleted echo"));
+    assert_eq!(stdout(&run(vec!["ls", "--json"]).await).trim(), "[]");
+    node.kill9().await;
+}
+
+#[test]
+fn refuses_a_public_api_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(shoal_bin())
+        .args(["up", "--api-listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("SHOAL_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("without a token"), "{stderr}");
+    // Nothing was created: flags are checked before anything is opened.
+    assert!(!dir.path().join("shoal.redb").exists());
+}
