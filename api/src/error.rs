@@ -97,7 +97,7 @@ impl From<shoal_runtime::Error> for ApiError {
             | E::BadCgiOutput(_)
             | E::Exit(_)
             | E::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
-            E::OutOfFuel { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            E::OutOfFuel { .. } | E::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             E::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -364,6 +364,9 @@ async fn deploy(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<ServiceView>)> {
+    // Read the body first even when the query is bad: answering before the client has
+    // sent its upload makes many clients see a reset connection instead of our 400.
+    let bytes = read_module(body, node.config().max_module_size).await?;
     let name = parse_name(&name)?;
     let query = query.unwrap_or_default();
     // Parse the spec before storing anything, so bad input leaves nothing behind.
@@ -407,7 +410,6 @@ async fn deploy(
             ApiError::bad_request(format!("invalid limits.{path}: {}", error.into_inner()))
         })?;
     node.check_limits(&limits)?;
-    let bytes = read_module(body, node.config().max_module_size).await?;
     let (module, _) = node.add_module(bytes).await?;
     let spec = ServiceSpec {
         module: module.digest,

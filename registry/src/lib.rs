@@ -113,32 +113,6 @@ storage_error_from!(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    /// Every source file must open with a `//!` comment saying what it is and why, as the style
-    /// guide asks (rust-analyzer's tidy check).
-    #[test]
-    fn every_module_starts_with_a_doc_comment() {
-        let src_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut n_files = 0;
-        for entry in std::fs::read_dir(&src_dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|ext| ext == "rs") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                assert!(
-                    text.starts_with("//!"),
-                    "{} must start with a `//!` module comment",
-                    path.display()
-                );
-                n_files += 1;
-            }
-        }
-        assert!(
-            n_files >= 5,
-            "expected the registry's source files, found {n_files}"
-        );
-    }
-
     #[test]
     fn error_messages() {
         let digest = crate::Digest::of(b"");

@@ -87,6 +87,9 @@ pub enum Error {
         /// The limit, in bytes.
         limit: u64,
     },
+    /// Every instance slot of the pooling allocator is taken: the node is at capacity.
+    #[error("the node is at capacity: {0}")]
+    Overloaded(String),
     /// Anything else: a host-side failure, never the guest's doing.
     #[error("internal error: {0:#}")]
     Internal(#[source] anyhow::Error),
@@ -108,6 +111,7 @@ impl Error {
             Error::Exit(_) => "guest-exit",
             Error::ResponseTooLarge { .. } => "response-too-large",
             Error::RequestTooLarge { .. } => "request-too-large",
+            Error::Overloaded(_) => "overloaded",
             Error::Internal(_) => "internal",
         }
     }

@@ -124,6 +124,9 @@ pub(crate) fn guest_error(
         }
         _ => {}
     }
+    if let Some(pool) = error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return Error::Overloaded(pool.to_string());
+    }
     if let Some(requested) = limiter.refused {
         return Error::MemoryLimit {
             limit: limits.memory,

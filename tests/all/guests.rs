@@ -57,6 +57,21 @@ async fn echo_http() {
     };
     assert_eq!(header("x-one").as_deref(), Some("1"));
     assert_eq!(header("x-forwarded-prefix").as_deref(), Some("/echo"));
+
+    // A body over the service's limit is refused before the guest runs.
+    node.deploy("small", ECHO_HTTP, json!({ "max_request_body": "1Ki" }))
+        .await;
+    let response = node
+        .client
+        .post(format!("{}/small/", node.gateway))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    let reply = shoal_tests::Reply::from(response).await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.kind.as_deref(), Some("request-too-large"));
+    assert!(reply.error().contains("1024"), "{}", reply.error());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -225,6 +240,24 @@ async fn echo_cgi() {
         echo["args"],
         json!(["echo", "status=201", "location=%2Fnext"])
     );
+
+    // A body over the limit is refused, whether or not it announces its length.
+    node.deploy("small", ECHO_CGI, json!({ "max_request_body": "1Ki" }))
+        .await;
+    let announced = node
+        .client
+        .post(format!("{}/small/", node.gateway))
+        .body(vec![b'x'; 2048]);
+    let chunks = futures::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 1024])));
+    let streamed = node
+        .client
+        .post(format!("{}/small/", node.gateway))
+        .body(reqwest::Body::wrap_stream(chunks));
+    for request in [announced, streamed] {
+        let reply = shoal_tests::Reply::from(request.send().await.unwrap()).await;
+        assert_eq!(reply.status, 413);
+        assert_eq!(reply.kind.as_deref(), Some("request-too-large"));
+    }
 
     // Location alone redirects with 302.
     let client = reqwest::Client::builder()

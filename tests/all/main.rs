@@ -6,3 +6,4 @@ mod guests;
 mod management;
 mod process;
 mod routing;
+mod tidy;

@@ -149,3 +149,28 @@ fn refuses_a_public_api_without_a_token() {
     // Nothing was created: flags are checked before anything is opened.
     assert!(!dir.path().join("shoal.redb").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = ChildNode::start(dir.path()).await;
+    let client = reqwest::Client::new();
+    let deploy = client
+        .post(format!("{}/v1/deploy/sleep", node.api))
+        .body(guest_artifacts::bytes(SLEEP_HTTP));
+    assert_eq!(deploy.send().await.unwrap().status(), 201);
+    let in_flight = tokio::spawn(reqwest::get(format!("{}/sleep/?ms=300", node.gateway)));
+    while get(format!("{}/v1/node", node.api)).await.json()["in_flight"] != 1 {
+        tokio::task::yield_now().await;
+    }
+    let pid = node.child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let reply = Reply::from(in_flight.await.unwrap().unwrap()).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "slept 300 ms"));
+    let status = node.child.wait().await.unwrap();
+    assert!(status.success(), "shoal exited with {status} after SIGTERM");
+}

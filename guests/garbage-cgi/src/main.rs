@@ -4,6 +4,7 @@
 //! `no-blank` ends without the blank line that closes the headers,
 //! `bad-status` sends a non-numeric `Status:`,
 //! `no-headers` starts with a header line that has no colon,
+//! `exit` prints a valid response and then exits with status 3,
 //! and anything else prints one line of text with no newline at all.
 
 use std::io::Write as _;
@@ -14,6 +15,10 @@ fn main() {
         Some("no-blank") => b"Content-Type: text/plain\nX-Note: the blank line never comes\n",
         Some("bad-status") => b"Status: abc\n\nbody",
         Some("no-headers") => b"just some text\n\nmore text",
+        Some("exit") => {
+            print!("Content-Type: text/plain\n\nall good, but\n");
+            std::process::exit(3);
+        }
         _ => b"this is not a cgi response",
     };
     let mut stdout = std::io::stdout().lock();

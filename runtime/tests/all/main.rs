@@ -1,0 +1,100 @@
+//! The runtime on its own, without HTTP servers or a registry: every guest compiles to
+//! the kind its name says, and a service answers a request in-process.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use shoal_runtime::{
+    Error, ModuleKind, RequestContext, Runtime, RuntimeConfig, Service, ServiceConfig,
+};
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        max_instances: 16,
+        ..RuntimeConfig::default()
+    })
+    .expect("starting the runtime")
+}
+
+#[test]
+fn every_guest_is_classified_by_its_name() {
+    let runtime = runtime();
+    for (name, path) in guest_artifacts::ALL {
+        let result = runtime.compile(name, &guest_artifacts::bytes(path));
+        match *name {
+            "hello_cgi_p2" => assert!(
+                matches!(&result, Err(Error::InvalidModule(m)) if m.contains("does not export wasi:http/incoming-handler")),
+                "{name}: {:?}",
+                result.err()
+            ),
+            _ if name.ends_with("_http") => {
+                assert_eq!(result.unwrap().kind(), ModuleKind::Http, "{name}")
+            }
+            _ => assert_eq!(result.unwrap().kind(), ModuleKind::Cgi, "{name}"),
+        }
+    }
+    assert_eq!(
+        runtime.compile_stats().compiled,
+        guest_artifacts::ALL.len() as u64 - 1
+    );
+}
+
+#[test]
+fn a_cache_directory_serves_a_second_runtime_without_compiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        cache_dir: Some(dir.path().to_owned()),
+        max_instances: 16,
+        ..RuntimeConfig::default()
+    };
+    let bytes = guest_artifacts::bytes(guest_artifacts::HELLO_HTTP);
+    Runtime::new(config.clone())
+        .unwrap()
+        .compile("hello", &bytes)
+        .unwrap();
+    let second = Runtime::new(config).unwrap();
+    let compiled = second
+        .load("hello", || {
+            panic!("the bytes are not needed when the cache is sound")
+        })
+        .unwrap();
+    assert!(compiled.from_cache());
+    assert_eq!(second.compile_stats().compiled, 0);
+}
+
+async fn answer(service: &Service) -> (u16, Bytes) {
+    let request = http::Request::builder()
+        .uri("/")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = service
+        .handle(request, RequestContext::default())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_answer_in_process() {
+    let runtime = runtime();
+    for (path, expected) in [
+        (guest_artifacts::HELLO_HTTP, "hello from wasm\n"),
+        (guest_artifacts::HELLO_CGI, "hello from cgi\n"),
+    ] {
+        let compiled = runtime
+            .compile(path, &guest_artifacts::bytes(path))
+            .unwrap();
+        let service = Service::new(
+            compiled,
+            ServiceConfig {
+                name: "hello".into(),
+                ..ServiceConfig::default()
+            },
+        );
+        assert_eq!(answer(&service).await, (200, Bytes::from(expected)));
+    }
+}
