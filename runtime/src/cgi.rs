@@ -15,15 +15,23 @@ use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
-use crate::limits::MemoryLimiter;
 use crate::pipe::{CappedPipe, Overflow};
-use crate::service::{self, BoxError, RequestContext, ResponseBody, ServiceConfig};
+use crate::pool::Lease;
+use crate::service::{
+    self, BoxError, Metered, Metering, RequestContext, ResponseBody, ServiceConfig,
+};
 use crate::{Error, Result};
 
 /// The `T` of `Store<T>` for a CGI instance.
 pub(crate) struct CgiState {
     wasi: WasiP1Ctx,
-    pub(crate) limiter: MemoryLimiter,
+    metering: Metering,
+}
+
+impl Metered for CgiState {
+    fn metering(&mut self) -> &mut Metering {
+        &mut self.metering
+    }
 }
 
 pub(crate) fn linker(engine: &Engine) -> anyhow::Result<Linker<CgiState>> {
@@ -38,6 +46,7 @@ pub(crate) async fn handle<B>(
     config: &ServiceConfig,
     request: http::Request<B>,
     context: RequestContext,
+    lease: Option<Lease>,
 ) -> Result<http::Response<ResponseBody>>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -83,14 +92,11 @@ where
         .envs(&variables)
         .args(&argv)
         .build_p1();
-    let mut store = Store::new(
-        pre.module().engine(),
-        CgiState {
-            wasi,
-            limiter: MemoryLimiter::new(limits.memory),
-        },
-    );
-    service::prepare_store(&mut store, limits, |state| &mut state.limiter)?;
+    let throttle = lease.as_ref().and_then(|lease| lease.throttle.clone());
+    let metering = Metering::new(limits, throttle);
+    let mut store = Store::new(pre.module().engine(), CgiState { wasi, metering });
+    service::prepare_store(&mut store);
+    service::begin_request(&mut store, limits)?;
 
     let run = async {
         let instance = pre.instantiate_async(&mut store).await?;
@@ -98,6 +104,8 @@ where
         start.call_async(&mut store, ()).await
     };
     let outcome = tokio::time::timeout(limits.timeout, run).await;
+    service::end_request(&mut store);
+    drop(lease);
     service::log_output(&config.name, "stderr", &stderr);
     if stdout.overflowed() {
         return Err(Error::ResponseTooLarge {
@@ -110,10 +118,12 @@ where
                 limit: limits.timeout,
             });
         }
-        Ok(Err(error)) => match service::guest_error(error, limits, &store.data().limiter) {
-            Error::Exit(0) => {}
-            error => return Err(error),
-        },
+        Ok(Err(error)) => {
+            match service::guest_error(error, limits, &store.data_mut().metering().limiter) {
+                Error::Exit(0) => {}
+                error => return Err(error),
+            }
+        }
         Ok(Ok(())) => {}
     }
     let response = parse_response(stdout.take()).map_err(Error::BadCgiOutput)?;

@@ -4,8 +4,9 @@
 //! one async [`Runtime`] owning the `Engine`, the linkers and an epoch ticker; a
 //! [`Runtime::compile`] that validates a module, tells a `wasi:http` component from a
 //! WASI preview1 command, and caches the machine code on disk; and a [`Service`] that
-//! turns an `http::Request` into an `http::Response` inside a fresh sandbox, with the
-//! service's [`Limits`] enforced.
+//! turns an `http::Request` into an `http::Response` inside a sandbox, with the
+//! service's [`Limits`] enforced; [`ReplicaPool`] runs a service as replicas that
+//! reserve node capacity and scale with load.
 //!
 //! # Layout
 //! - `engine`: [`RuntimeConfig`], [`Runtime`], the allocator probe and the epoch ticker.
@@ -14,24 +15,37 @@
 //! - `pipe`: bounded in-memory stdout/stderr for guests.
 //! - `proxy`: the executor for `wasi:http/incoming-handler` components.
 //! - `cgi`: the executor for WASI preview1 commands, speaking CGI/1.1 like WAGI.
-//! - `service`: [`Service`], a compiled module bound to a name, env and limits.
+//! - `service`: [`Service`], a compiled module bound to a name, env and limits, and
+//!   the per-store metering of memory, fuel and cpu.
+//! - `capacity`: the node's [`Capacity`] and the [`Reservation`]s replicas hold.
+//! - `pool`: [`ReplicaPool`], a service's replicas, queue and scaling loop.
+//! - `autoscale`: the KPA-shaped arithmetic behind scaling decisions.
+//! - `throttle`: cpu limits through fuel, and the fuel-rate calibration.
 //!
 //! The crate knows nothing of axum, JSON or redb: callers hand it bytes and requests.
 
 #![warn(missing_docs)]
 
+mod autoscale;
+mod capacity;
 mod cgi;
 mod compile;
 mod engine;
 mod limits;
 mod pipe;
+mod pool;
 mod proxy;
 mod service;
+mod throttle;
 
+pub use autoscale::{Decision, ScaleSettings};
+pub use capacity::{Capacity, Reservation, Resources, Shortfall};
 pub use compile::{Compiled, ModuleKind};
 pub use engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig};
 pub use limits::Limits;
+pub use pool::{EventSink, Isolation, PoolStatus, ReplicaPool, ReplicaSpec, ScaleEvent, Served};
 pub use service::{BoxError, RequestContext, ResponseBody, Service, ServiceConfig};
+pub use throttle::calibrate as calibrate_fuel_rate;
 
 use std::time::Duration;
 

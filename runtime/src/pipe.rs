@@ -56,9 +56,12 @@ impl CappedPipe {
         self.inner.overflowed.load(Ordering::Relaxed)
     }
 
-    /// Takes what was written so far, leaving the pipe empty.
+    /// Takes what was written so far, leaving the pipe empty and its overflow flag
+    /// cleared, ready for the next request of a reused instance.
     pub(crate) fn take(&self) -> Bytes {
-        std::mem::take(&mut *self.inner.lock()).freeze()
+        let bytes = std::mem::take(&mut *self.inner.lock()).freeze();
+        self.inner.overflowed.store(false, Ordering::Relaxed);
+        bytes
     }
 
     /// Appends as much of `bytes` as fits and returns how much that was.

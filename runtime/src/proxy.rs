@@ -1,10 +1,14 @@
-//! The executor for `wasi:http` components: a fresh instance per request, served the
-//! way `wasmtime serve` does it.
+//! The executor for `wasi:http` components, serving requests the way `wasmtime serve`
+//! does, in a fresh instance per request or in an instance a replica keeps.
 //!
 //! The guest runs in its own task so that it can keep streaming the body after the
-//! response head has been handed back; the task owns the store, and the request's
-//! timeout bounds the whole of it. Outbound HTTP is refused by the hooks below, and
-//! the WASI context grants no files, no environment but the spec's and no sockets.
+//! response head has been handed back; the task owns the instance (and the replica
+//! lease), and the request's timeout bounds the whole of it. A reused instance goes
+//! back to its replica only when the request succeeded: after any fault it is dropped.
+//! Outbound HTTP is refused by the hooks below, and the WASI context grants no files,
+//! no environment but the spec's and no sockets.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
@@ -12,14 +16,15 @@ use tokio::sync::oneshot;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::limits::MemoryLimiter;
 use crate::pipe::{CappedPipe, Overflow};
-use crate::service::{self, BoxError, ResponseBody, ServiceConfig};
-use crate::{Error, Result};
+use crate::pool::Lease;
+use crate::service::{self, BoxError, Metered, Metering, ResponseBody, ServiceConfig};
+use crate::throttle::CpuThrottle;
+use crate::{Error, Limits, Result};
 
 /// The `T` of `Store<T>` for a wasi:http instance.
 pub(crate) struct HttpState {
@@ -27,7 +32,7 @@ pub(crate) struct HttpState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: DenyOutbound,
-    pub(crate) limiter: MemoryLimiter,
+    metering: Metering,
 }
 
 impl WasiView for HttpState {
@@ -46,6 +51,12 @@ impl WasiHttpView for HttpState {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
+    }
+}
+
+impl Metered for HttpState {
+    fn metering(&mut self) -> &mut Metering {
+        &mut self.metering
     }
 }
 
@@ -79,17 +90,88 @@ pub(crate) fn linker(engine: &Engine) -> anyhow::Result<Linker<HttpState>> {
     Ok(linker)
 }
 
-/// Serves one request with a fresh instance of `pre`.
-pub(crate) async fn handle<B>(
+/// The guest's stdout and stderr, kept outside the instance so they can be logged
+/// even when the instance is dropped mid-request.
+#[derive(Clone)]
+pub(crate) struct Pipes {
+    stdout: CappedPipe,
+    stderr: CappedPipe,
+}
+
+impl Pipes {
+    fn new(limits: &Limits) -> Pipes {
+        Pipes {
+            stdout: CappedPipe::new(limits.max_stderr, Overflow::Drop),
+            stderr: CappedPipe::new(limits.max_stderr, Overflow::Drop),
+        }
+    }
+
+    fn log(&self, service: &str) {
+        service::log_output(service, "stdout", &self.stdout);
+        service::log_output(service, "stderr", &self.stderr);
+    }
+}
+
+/// A live instance, which a `reuse` replica keeps between requests.
+pub(crate) struct HttpInstance {
+    store: Store<HttpState>,
+    proxy: Proxy,
+    pipes: Pipes,
+    /// Requests it has served.
+    pub(crate) served: u64,
+}
+
+async fn instantiate(
     pre: &ProxyPre<HttpState>,
     config: &ServiceConfig,
+    pipes: Pipes,
+    throttle: Option<Arc<CpuThrottle>>,
+) -> Result<HttpInstance> {
+    let limits = &config.limits;
+    let wasi = WasiCtx::builder()
+        .envs(&config.env)
+        .args(&config.args)
+        .stdout(pipes.stdout.clone())
+        .stderr(pipes.stderr.clone())
+        .build();
+    let state = HttpState {
+        wasi,
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        hooks: DenyOutbound,
+        metering: Metering::new(limits, throttle),
+    };
+    let mut store = Store::new(pre.engine(), state);
+    service::prepare_store(&mut store);
+    // Instantiation runs the guest's start functions: it spends this request's budget.
+    service::begin_request(&mut store, limits)?;
+    match pre.instantiate_async(&mut store).await {
+        Ok(proxy) => Ok(HttpInstance {
+            store,
+            proxy,
+            pipes,
+            served: 0,
+        }),
+        Err(error) => Err(service::guest_error(
+            error,
+            limits,
+            &store.data_mut().metering().limiter,
+        )),
+    }
+}
+
+/// Serves one request, in the lease's kept instance if it has one, else in a new one.
+pub(crate) async fn handle<B>(
+    pre: &ProxyPre<HttpState>,
+    config: &Arc<ServiceConfig>,
     request: http::Request<B>,
+    lease: Option<Lease>,
 ) -> Result<http::Response<ResponseBody>>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let limits = &config.limits;
+    let limits = config.limits.clone();
     let request_limit = limits.max_request_body;
     if service::content_length(request.headers()).is_some_and(|n| n > request_limit) {
         return Err(Error::RequestTooLarge {
@@ -106,56 +188,63 @@ where
         })
     });
 
-    let stdout = CappedPipe::new(limits.max_stderr, Overflow::Drop);
-    let stderr = CappedPipe::new(limits.max_stderr, Overflow::Drop);
-    let wasi = WasiCtx::builder()
-        .envs(&config.env)
-        .args(&config.args)
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .build();
-    let state = HttpState {
-        wasi,
-        http: WasiHttpCtx::new(),
-        table: ResourceTable::new(),
-        hooks: DenyOutbound,
-        limiter: MemoryLimiter::new(limits.memory),
-    };
-    let mut store = Store::new(pre.engine(), state);
-    service::prepare_store(&mut store, limits, |state| &mut state.limiter)?;
-
+    let mut lease = lease;
+    let kept = lease.as_mut().and_then(|lease| lease.instance.take());
+    let throttle = lease.as_ref().and_then(|lease| lease.throttle.clone());
+    let pipes = kept
+        .as_ref()
+        .map_or_else(|| Pipes::new(&limits), |instance| instance.pipes.clone());
     let (sender, receiver) = oneshot::channel();
-    let incoming = store
-        .data_mut()
-        .http()
-        .new_incoming_request(Scheme::Http, request)
-        .map_err(|e| Error::Internal(e.into()))?;
-    let outparam = store
-        .data_mut()
-        .http()
-        .new_response_outparam(sender)
-        .map_err(|e| Error::Internal(e.into()))?;
-
     let pre = pre.clone();
-    let name = config.name.clone();
-    let limits = limits.clone();
+    let task_config = config.clone();
     let guest = tokio::spawn(async move {
+        let config = task_config;
         let run = async {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, incoming, outparam)
+            let mut instance = match kept {
+                Some(mut instance) => {
+                    service::begin_request(&mut instance.store, &limits)?;
+                    instance
+                }
+                None => instantiate(&pre, &config, pipes.clone(), throttle).await?,
+            };
+            let mut http = instance.store.data_mut().http();
+            let incoming = http
+                .new_incoming_request(Scheme::Http, request)
+                .map_err(|e| Error::Internal(e.into()))?;
+            let outparam = http
+                .new_response_outparam(sender)
+                .map_err(|e| Error::Internal(e.into()))?;
+            let handler = instance.proxy.wasi_http_incoming_handler();
+            match handler
+                .call_handle(&mut instance.store, incoming, outparam)
                 .await
+            {
+                Ok(()) => {
+                    service::end_request(&mut instance.store);
+                    instance.served += 1;
+                    Ok(instance)
+                }
+                Err(error) => Err(service::guest_error(
+                    error,
+                    &limits,
+                    &instance.store.data_mut().metering().limiter,
+                )),
+            }
         };
         let outcome = match tokio::time::timeout(limits.timeout, run).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(service::guest_error(error, &limits, &store.data().limiter)),
+            Ok(Ok(instance)) => {
+                if let Some(lease) = lease.as_mut() {
+                    lease.keep(instance);
+                }
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error),
             Err(_) => Err(Error::Timeout {
                 limit: limits.timeout,
             }),
         };
-        service::log_output(&name, "stdout", &stdout);
-        service::log_output(&name, "stderr", &stderr);
+        pipes.log(&config.name);
+        drop(lease);
         outcome
     });
 

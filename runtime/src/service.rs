@@ -1,7 +1,10 @@
 //! A service: a compiled module bound to a name, an environment and limits, turning
-//! requests into responses. Also the one place guest failures are classified.
+//! requests into responses. Also the per-store metering (memory, fuel, cpu) and the
+//! one place guest failures are classified.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -9,6 +12,8 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use crate::compile::{Compiled, Pre};
 use crate::limits::MemoryLimiter;
 use crate::pipe::CappedPipe;
+use crate::pool::Lease;
+use crate::throttle::CpuThrottle;
 use crate::{Error, Limits, ModuleKind, Result, cgi, proxy};
 
 /// Errors inside response bodies.
@@ -40,11 +45,11 @@ pub struct RequestContext {
     pub remote_addr: Option<SocketAddr>,
 }
 
-/// A runnable service. Cheap to clone; every request gets a fresh sandbox.
+/// A runnable service. Cheap to clone; requests run in sandboxes of their own.
 #[derive(Clone)]
 pub struct Service {
     compiled: Compiled,
-    config: std::sync::Arc<ServiceConfig>,
+    config: Arc<ServiceConfig>,
 }
 
 impl Service {
@@ -53,8 +58,13 @@ impl Service {
         config.args.insert(0, config.name.clone());
         Service {
             compiled,
-            config: std::sync::Arc::new(config),
+            config: Arc::new(config),
         }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
     }
 
     /// The kind of module the service runs.
@@ -62,14 +72,19 @@ impl Service {
         self.compiled.kind()
     }
 
+    /// Whether the machine code came from the on-disk cache.
+    pub fn from_cache(&self) -> bool {
+        self.compiled.from_cache()
+    }
+
     /// The service's limits.
     pub fn limits(&self) -> &Limits {
         &self.config.limits
     }
 
-    /// Serves one request. Guest faults come back as errors; nothing a guest does
-    /// panics the host or outlives the service's timeout.
-    #[tracing::instrument(name = "shoal_runtime.handle", skip_all, fields(service = %self.config.name))]
+    /// Serves one request in a fresh instance, outside any replica pool. Guest faults
+    /// come back as errors; nothing a guest does panics the host or outlives the
+    /// service's timeout.
     pub async fn handle<B>(
         &self,
         request: http::Request<B>,
@@ -79,29 +94,104 @@ impl Service {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        self.run(request, context, None).await
+    }
+
+    pub(crate) async fn handle_leased<B>(
+        &self,
+        request: http::Request<B>,
+        context: RequestContext,
+        lease: Lease,
+    ) -> Result<http::Response<ResponseBody>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.run(request, context, Some(lease)).await
+    }
+
+    #[tracing::instrument(name = "shoal_runtime.handle", skip_all, fields(service = %self.config.name))]
+    async fn run<B>(
+        &self,
+        request: http::Request<B>,
+        context: RequestContext,
+        lease: Option<Lease>,
+    ) -> Result<http::Response<ResponseBody>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         match &self.compiled.pre {
-            Pre::Http(pre) => proxy::handle(pre, &self.config, request).await,
-            Pre::Cgi(pre) => cgi::handle(pre, &self.config, request, context).await,
+            Pre::Http(pre) => proxy::handle(pre, &self.config, request, lease).await,
+            Pre::Cgi(pre) => cgi::handle(pre, &self.config, request, context, lease).await,
         }
     }
 }
 
-/// Applies the per-request limits every store gets: memory limiter, fuel, and an
-/// epoch callback that yields to the scheduler at every tick so a spinning guest
-/// cannot starve its worker thread or outlive its timeout.
-pub(crate) fn prepare_store<T: Send + 'static>(
-    store: &mut Store<T>,
-    limits: &Limits,
-    limiter: impl FnMut(&mut T) -> &mut MemoryLimiter + Send + Sync + 'static,
-) -> Result<()> {
-    let mut limiter = limiter;
-    store.limiter(move |state| limiter(state) as &mut dyn wasmtime::ResourceLimiter);
+/// What a store counts against its limits.
+pub(crate) struct Metering {
+    pub(crate) limiter: MemoryLimiter,
+    throttle: Option<Arc<CpuThrottle>>,
+    /// Fuel left at the last charge to the throttle.
+    fuel_mark: u64,
+}
+
+impl Metering {
+    pub(crate) fn new(limits: &Limits, throttle: Option<Arc<CpuThrottle>>) -> Metering {
+        Metering {
+            limiter: MemoryLimiter::new(limits.memory),
+            throttle,
+            fuel_mark: 0,
+        }
+    }
+
+    /// Charges the fuel burned since the last charge; returns when to resume if the
+    /// replica is over its cpu budget.
+    fn charge(&mut self, fuel_left: u64) -> Option<Instant> {
+        let throttle = self.throttle.as_ref()?;
+        let used = self.fuel_mark.saturating_sub(fuel_left);
+        self.fuel_mark = fuel_left;
+        throttle.charge(used, Instant::now())
+    }
+}
+
+/// Store data that carries [`Metering`].
+pub(crate) trait Metered: Send + 'static {
+    fn metering(&mut self) -> &mut Metering;
+}
+
+/// Sets up what every store gets once: the memory limiter, and an epoch callback that
+/// charges the cpu throttle and yields to the scheduler at every tick, so a spinning
+/// guest can neither starve its worker thread, nor outlive its timeout, nor exceed its
+/// cpu limit.
+pub(crate) fn prepare_store<T: Metered>(store: &mut Store<T>) {
+    store.limiter(|state| &mut state.metering().limiter as &mut dyn wasmtime::ResourceLimiter);
+    store.epoch_deadline_callback(|mut context| {
+        let fuel_left = context.get_fuel().unwrap_or(0);
+        if let Some(resume) = context.data_mut().metering().charge(fuel_left) {
+            let pause = tokio::time::sleep_until(resume.into());
+            return Ok(UpdateDeadline::YieldCustom(1, Box::pin(pause)));
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+}
+
+/// Resets the per-request budgets of a store, fresh or reused.
+pub(crate) fn begin_request<T: Metered>(store: &mut Store<T>, limits: &Limits) -> Result<()> {
     store
         .set_fuel(limits.fuel)
         .map_err(|e| Error::Internal(e.into()))?;
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    let metering = store.data_mut().metering();
+    metering.fuel_mark = limits.fuel;
+    metering.limiter.refused = None;
     Ok(())
+}
+
+/// Charges what the request burned since the last tick, so short requests count too.
+pub(crate) fn end_request<T: Metered>(store: &mut Store<T>) {
+    let fuel_left = store.get_fuel().unwrap_or(0);
+    let _ = store.data_mut().metering().charge(fuel_left);
 }
 
 /// Turns a wasmtime error from guest code into the outcome a caller sees.
@@ -152,6 +242,7 @@ pub(crate) fn guest_error(
 /// Sends what a guest wrote to a stream to the log, a line per event, tagged with the
 /// service's name.
 pub(crate) fn log_output(service: &str, stream: &'static str, pipe: &CappedPipe) {
+    let overflowed = pipe.overflowed();
     let bytes = pipe.take();
     if bytes.is_empty() {
         return;
@@ -160,7 +251,7 @@ pub(crate) fn log_output(service: &str, stream: &'static str, pipe: &CappedPipe)
     for line in text.lines() {
         tracing::info!(target: "shoal::guest", service, stream, "{line}");
     }
-    if pipe.overflowed() {
+    if overflowed {
         tracing::info!(target: "shoal::guest", service, stream, "(output truncated)");
     }
 }

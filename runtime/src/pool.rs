@@ -1,0 +1,691 @@
+//! Replica pools: a service's units of capacity, the queue in front of them, and the
+//! loop that scales them.
+//!
+//! A replica reserves its service's resource requests from the node's [`Capacity`]
+//! and serves up to `concurrency` requests at once. A request goes to the least
+//! loaded replica with room; when none has room the pool starts a replica if the
+//! service may grow and the node has capacity, otherwise the request waits in a
+//! bounded queue, and a full queue or a wait past the queue timeout is refused with
+//! a clear error. Nothing is dropped silently and nothing waits forever.
+//!
+//! In `reuse` isolation a replica keeps its instances between requests, like a
+//! container process; an instance that faulted is dropped, never reused, and one that
+//! served `max_requests` is recycled. In `per-request` isolation every request gets a
+//! fresh instance.
+//!
+//! A tick task per pool samples demand and applies the [`Autoscaler`]'s decisions;
+//! scale changes are reported through the pool's [`EventSink`], coalesced per tick.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::autoscale::{Autoscaler, Decision, ScaleSettings};
+use crate::capacity::{Capacity, Reservation, Resources};
+use crate::proxy::HttpInstance;
+use crate::service::{BoxError, RequestContext, ResponseBody, Service};
+use crate::throttle::CpuThrottle;
+use crate::{Error, Result};
+
+/// How a replica isolates requests from each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// A fresh instance for every request.
+    #[default]
+    PerRequest,
+    /// Instances live across requests until a fault or `max_requests`.
+    Reuse,
+}
+
+/// What each replica of a service is.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaSpec {
+    /// How requests are isolated.
+    pub isolation: Isolation,
+    /// Requests a reused instance serves before it is recycled.
+    pub max_requests: u64,
+    /// What a replica reserves from the node.
+    pub requests: Resources,
+    /// The CPU cap of a replica, in millicores, enforced through fuel.
+    pub cpu_limit_millis: Option<u64>,
+}
+
+/// A change in a service's replica count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleEvent {
+    /// Replicas before.
+    pub from: u32,
+    /// Replicas after.
+    pub to: u32,
+    /// Why: `cold start`, `load`, `burst`, `load fell`, `idle`, `at capacity: ...`.
+    pub reason: String,
+}
+
+/// Where a pool reports its scale events.
+pub type EventSink = Arc<dyn Fn(ScaleEvent) + Send + Sync>;
+
+/// The numbers a pool acts on, for the status API.
+#[derive(Debug, Clone)]
+pub struct PoolStatus {
+    /// Replicas serving or ready to serve.
+    pub replicas: u32,
+    /// Replicas the autoscaler wants.
+    pub desired: u32,
+    /// Replicas with a request in flight.
+    pub busy: u32,
+    /// Replicas with nothing in flight.
+    pub idle: u32,
+    /// Requests being served.
+    pub in_flight: u32,
+    /// Requests waiting for a replica.
+    pub queued: u32,
+    /// The autoscaler's view of demand, averaged over the stable window.
+    pub stable_demand: f64,
+    /// ...and over the panic window.
+    pub panic_demand: f64,
+    /// Whether a burst put the autoscaler in panic mode.
+    pub panicking: bool,
+    /// Requests answered since the pool started.
+    pub requests: u64,
+    /// Requests that found no replica and started the first one.
+    pub cold_starts: u64,
+    /// Requests refused because the queue was full or the wait too long.
+    pub rejected: u64,
+    /// Requests completed per second over the last ten seconds.
+    pub request_rate: f64,
+    /// Median latency over the last minute, queueing included.
+    pub latency_p50: Option<Duration>,
+    /// 99th percentile latency over the last minute.
+    pub latency_p99: Option<Duration>,
+    /// What the replicas reserve from the node.
+    pub reserved: Resources,
+    /// The settings in force.
+    pub settings: ScaleSettings,
+}
+
+/// A service's replicas, queue and autoscaler.
+pub struct ReplicaPool {
+    service: Service,
+    replica: ReplicaSpec,
+    capacity: Arc<Capacity>,
+    fuel_per_cpu_second: u64,
+    events: EventSink,
+    state: Mutex<State>,
+    ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct Replica {
+    id: u64,
+    in_flight: u32,
+    idle_instances: Vec<HttpInstance>,
+    throttle: Option<Arc<CpuThrottle>>,
+    _reservation: Reservation,
+}
+
+/// A replica handed to a waiting request.
+struct Grant {
+    replica_id: u64,
+    instance: Option<HttpInstance>,
+    throttle: Option<Arc<CpuThrottle>>,
+}
+
+struct State {
+    settings: ScaleSettings,
+    retired: bool,
+    replicas: Vec<Replica>,
+    next_replica_id: u64,
+    queue: VecDeque<oneshot::Sender<Grant>>,
+    /// Demand (in flight plus queued) integrated over time since the last sample.
+    demand_area: f64,
+    demand_since: Instant,
+    last_sample: Instant,
+    last_activity: Instant,
+    autoscaler: Autoscaler,
+    decision: Decision,
+    /// Replica count last reported as an event, and why it changed since.
+    reported: u32,
+    change_reason: Option<String>,
+    at_capacity: Option<String>,
+    at_capacity_reported: bool,
+    requests: u64,
+    cold_starts: u64,
+    rejected: u64,
+    completions: VecDeque<(Instant, Duration)>,
+}
+
+/// Latency samples kept for percentiles.
+const MAX_LATENCY_SAMPLES: usize = 4096;
+const LATENCY_WINDOW: Duration = Duration::from_secs(60);
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+impl State {
+    fn in_flight(&self) -> u32 {
+        self.replicas.iter().map(|r| r.in_flight).sum()
+    }
+
+    /// Brings the demand integral up to `now`; call before changing in-flight or queue.
+    fn account(&mut self, now: Instant) {
+        let demand = f64::from(self.in_flight()) + self.queue.len() as f64;
+        self.demand_area += demand
+            * now
+                .saturating_duration_since(self.demand_since)
+                .as_secs_f64();
+        self.demand_since = now;
+    }
+
+    fn note_change(&mut self, reason: &str) {
+        if self.change_reason.is_none() {
+            self.change_reason = Some(reason.to_owned());
+        }
+    }
+}
+
+/// A replica slot held by one request; released when dropped.
+pub(crate) struct Lease {
+    pool: Arc<ReplicaPool>,
+    replica_id: u64,
+    started: Instant,
+    pub(crate) instance: Option<HttpInstance>,
+    pub(crate) throttle: Option<Arc<CpuThrottle>>,
+    pub(crate) reuse: bool,
+}
+
+impl Lease {
+    /// Returns a healthy instance to the replica for the next request.
+    pub(crate) fn keep(&mut self, instance: HttpInstance) {
+        if self.reuse && instance.served < self.pool.replica.max_requests {
+            self.instance = Some(instance);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool
+            .release(self.replica_id, self.instance.take(), self.started);
+    }
+}
+
+/// What a pool did with a request, besides answering it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Served {
+    /// The request found no replica and started the first.
+    pub cold_start: bool,
+    /// How long it waited in the queue.
+    pub queued: Duration,
+}
+
+impl ReplicaPool {
+    /// A pool for `service`, starting its minimum replicas (as many as fit; the tick
+    /// retries the rest) and its tick task. Must be called inside a tokio runtime.
+    pub fn new(
+        service: Service,
+        replica: ReplicaSpec,
+        settings: ScaleSettings,
+        capacity: Arc<Capacity>,
+        fuel_per_cpu_second: u64,
+        events: EventSink,
+    ) -> Arc<ReplicaPool> {
+        let now = Instant::now();
+        let reuse =
+            replica.isolation == Isolation::Reuse && service.kind() == crate::ModuleKind::Http;
+        let replica = ReplicaSpec {
+            isolation: if reuse {
+                Isolation::Reuse
+            } else {
+                Isolation::PerRequest
+            },
+            ..replica
+        };
+        let tick = settings.tick();
+        let pool = Arc::new(ReplicaPool {
+            service,
+            replica,
+            capacity,
+            fuel_per_cpu_second,
+            events,
+            state: Mutex::new(State {
+                decision: Decision {
+                    desired: settings.min,
+                    stable_demand: 0.0,
+                    panic_demand: 0.0,
+                    panicking: false,
+                },
+                settings,
+                retired: false,
+                replicas: Vec::new(),
+                next_replica_id: 0,
+                queue: VecDeque::new(),
+                demand_area: 0.0,
+                demand_since: now,
+                last_sample: now,
+                last_activity: now,
+                autoscaler: Autoscaler::default(),
+                reported: 0,
+                change_reason: None,
+                at_capacity: None,
+                at_capacity_reported: false,
+                requests: 0,
+                cold_starts: 0,
+                rejected: 0,
+                completions: VecDeque::new(),
+            }),
+            ticker: Mutex::new(None),
+        });
+        {
+            let mut state = pool.lock();
+            let min = state.settings.min;
+            pool.grow(&mut state, min, "min replicas");
+        }
+        pool.flush_events();
+        let weak = Arc::downgrade(&pool);
+        let handle = tokio::spawn(tick_loop(weak, tick));
+        *pool.ticker.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        pool
+    }
+
+    /// The service the pool runs.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// What each replica is.
+    pub fn replica_spec(&self) -> &ReplicaSpec {
+        &self.replica
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What the replicas hold of the node's capacity.
+    pub fn reserved(&self) -> Resources {
+        let state = self.lock();
+        self.replica.requests.times(state.replicas.len() as u64)
+    }
+
+    /// Replaces the scale settings in place (replicas and instances are kept).
+    pub fn retune(&self, settings: ScaleSettings) {
+        let mut state = self.lock();
+        state.settings = settings;
+    }
+
+    /// Stops taking part: the pool serves what it has queued, then scales to zero and
+    /// gives its capacity back. Idle replicas go at once.
+    pub fn retire(&self) {
+        let mut state = self.lock();
+        state.retired = true;
+        state.settings.min = 0;
+        state.replicas.retain(|replica| replica.in_flight > 0);
+    }
+
+    /// Serves one request: waits for a replica (or starts one), runs the guest.
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        request: http::Request<B>,
+        context: RequestContext,
+    ) -> Result<(http::Response<ResponseBody>, Served)>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let arrived = Instant::now();
+        let (lease, cold_start) = self.acquire(arrived).await?;
+        let served = Served {
+            cold_start,
+            queued: arrived.elapsed(),
+        };
+        let response = self.service.handle_leased(request, context, lease).await?;
+        Ok((response, served))
+    }
+
+    async fn acquire(self: &Arc<Self>, arrived: Instant) -> Result<(Lease, bool)> {
+        let waiter = {
+            let mut state = self.lock();
+            state.account(arrived);
+            state.last_activity = arrived;
+            if let Some(grant) = self.take_free(&mut state) {
+                return Ok((self.lease(grant, arrived), false));
+            }
+            let can_grow = !state.retired && state.replicas.len() < state.settings.max as usize;
+            if can_grow {
+                let from = state.replicas.len();
+                let reason = if from == 0 { "cold start" } else { "load" };
+                if self.grow(&mut state, from as u32 + 1, reason) {
+                    if from == 0 {
+                        state.cold_starts += 1;
+                    }
+                    let grant = self
+                        .take_free(&mut state)
+                        .expect("the replica just started has room");
+                    return Ok((self.lease(grant, arrived), from == 0));
+                }
+            }
+            if state.queue.len() >= state.settings.queue_limit as usize {
+                state.rejected += 1;
+                return Err(Error::Overloaded(format!(
+                    "all {} replicas are busy and the queue is full ({} waiting)",
+                    state.replicas.len(),
+                    state.queue.len()
+                )));
+            }
+            let (sender, receiver) = oneshot::channel();
+            state.queue.push_back(sender);
+            (receiver, state.settings.queue_timeout)
+        };
+        let (mut receiver, queue_timeout) = waiter;
+        let grant = match tokio::time::timeout(queue_timeout, &mut receiver).await {
+            Ok(Ok(grant)) => grant,
+            Ok(Err(_)) => {
+                return Err(Error::Overloaded(
+                    "the service was removed while the request waited".into(),
+                ));
+            }
+            Err(_) => {
+                // A grant may have been sent just as the wait ended: take it rather
+                // than leak the replica slot it holds.
+                receiver.close();
+                match receiver.try_recv() {
+                    Ok(grant) => grant,
+                    Err(_) => {
+                        let mut state = self.lock();
+                        state.account(Instant::now());
+                        state.queue.retain(|sender| !sender.is_closed());
+                        state.rejected += 1;
+                        return Err(Error::Overloaded(format!(
+                            "no replica became free within the queue timeout of {}",
+                            crate::humanize(queue_timeout)
+                        )));
+                    }
+                }
+            }
+        };
+        Ok((self.lease(grant, arrived), false))
+    }
+
+    fn lease(self: &Arc<Self>, grant: Grant, started: Instant) -> Lease {
+        Lease {
+            pool: self.clone(),
+            replica_id: grant.replica_id,
+            started,
+            instance: grant.instance,
+            throttle: grant.throttle,
+            reuse: self.replica.isolation == Isolation::Reuse,
+        }
+    }
+
+    /// Takes a slot on the least loaded replica with room.
+    fn take_free(&self, state: &mut State) -> Option<Grant> {
+        let concurrency = state.settings.concurrency;
+        let replica = state
+            .replicas
+            .iter_mut()
+            .filter(|replica| replica.in_flight < concurrency)
+            .min_by_key(|replica| replica.in_flight)?;
+        replica.in_flight += 1;
+        Some(Grant {
+            replica_id: replica.id,
+            instance: replica.idle_instances.pop(),
+            throttle: replica.throttle.clone(),
+        })
+    }
+
+    /// Starts replicas until there are `target`, as capacity allows; returns whether
+    /// the target was reached.
+    fn grow(&self, state: &mut State, target: u32, reason: &str) -> bool {
+        while state.replicas.len() < target as usize {
+            match self.capacity.reserve(self.replica.requests) {
+                Ok(reservation) => {
+                    state.next_replica_id += 1;
+                    state.replicas.push(Replica {
+                        id: state.next_replica_id,
+                        in_flight: 0,
+                        idle_instances: Vec::new(),
+                        throttle: self.replica.cpu_limit_millis.map(|millis| {
+                            Arc::new(CpuThrottle::new(millis, self.fuel_per_cpu_second))
+                        }),
+                        _reservation: reservation,
+                    });
+                    state.note_change(reason);
+                    state.at_capacity = None;
+                    state.at_capacity_reported = false;
+                }
+                Err(shortfall) => {
+                    if state.at_capacity.is_none() {
+                        let why = format!("at capacity: a replica {shortfall}");
+                        tracing::warn!(service = %self.service.name(), "{why}");
+                        state.at_capacity = Some(why);
+                    }
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn release(&self, replica_id: u64, instance: Option<HttpInstance>, started: Instant) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.account(now);
+        state.last_activity = now;
+        state.requests += 1;
+        if state.completions.len() >= MAX_LATENCY_SAMPLES {
+            state.completions.pop_front();
+        }
+        state
+            .completions
+            .push_back((now, now.duration_since(started)));
+        let Some(idx) = state.replicas.iter().position(|r| r.id == replica_id) else {
+            return; // the replica was removed while retired; its instance goes with it
+        };
+        // Hand the slot straight to the longest waiter, if one is still waiting.
+        let mut instance = instance;
+        while let Some(waiter) = state.queue.pop_front() {
+            let grant = Grant {
+                replica_id,
+                instance: instance.take(),
+                throttle: state.replicas[idx].throttle.clone(),
+            };
+            match waiter.send(grant) {
+                Ok(()) => return,
+                Err(returned) => instance = returned.instance,
+            }
+        }
+        let replica = &mut state.replicas[idx];
+        replica.in_flight -= 1;
+        if let Some(instance) = instance {
+            replica.idle_instances.push(instance);
+        }
+        if state.retired && state.replicas[idx].in_flight == 0 {
+            state.replicas.remove(idx);
+            state.note_change("retired");
+        }
+    }
+
+    /// One autoscaler tick: sample demand, decide, grow or shrink.
+    fn tick(&self) {
+        let now = Instant::now();
+        {
+            let mut state = self.lock();
+            state.account(now);
+            let span = now
+                .saturating_duration_since(state.last_sample)
+                .as_secs_f64();
+            let demand = if span > 0.0 {
+                state.demand_area / span
+            } else {
+                0.0
+            };
+            state.demand_area = 0.0;
+            state.last_sample = now;
+            state.autoscaler.observe(now, demand);
+            let current = state.replicas.len() as u32;
+            let idle_for = if state.in_flight() == 0 && state.queue.is_empty() {
+                now.saturating_duration_since(state.last_activity)
+            } else {
+                Duration::ZERO
+            };
+            let settings = state.settings.clone();
+            let decision = state.autoscaler.decide(now, &settings, current, idle_for);
+            state.decision = decision;
+            if decision.desired > current && !state.retired {
+                self.grow(
+                    &mut state,
+                    decision.desired,
+                    if decision.panicking { "burst" } else { "load" },
+                );
+            } else if decision.desired < current {
+                let reason = if decision.desired == 0 {
+                    "idle"
+                } else {
+                    "load fell"
+                };
+                let mut excess = (current - decision.desired) as usize;
+                // Remove idle replicas only, newest first; busy ones wait for a later tick.
+                let mut idx = state.replicas.len();
+                while excess > 0 && idx > 0 {
+                    idx -= 1;
+                    if state.replicas[idx].in_flight == 0 {
+                        state.replicas.remove(idx);
+                        excess -= 1;
+                        state.note_change(reason);
+                    }
+                }
+            }
+            // Requests may be waiting behind capacity freed elsewhere: serve them.
+            while !state.queue.is_empty() {
+                let Some(grant) = self.take_free(&mut state).or_else(|| {
+                    let n = state.replicas.len() as u32;
+                    (!state.retired
+                        && n < state.settings.max
+                        && self.grow(&mut state, n + 1, "load"))
+                    .then(|| self.take_free(&mut state))
+                    .flatten()
+                }) else {
+                    break;
+                };
+                let waiter = state.queue.pop_front().expect("the queue is not empty");
+                if let Err(grant) = waiter.send(grant) {
+                    // The waiter gave up; give the slot back.
+                    if let Some(replica) =
+                        state.replicas.iter_mut().find(|r| r.id == grant.replica_id)
+                    {
+                        replica.in_flight -= 1;
+                        replica.idle_instances.extend(grant.instance);
+                    }
+                }
+            }
+        }
+        self.flush_events();
+    }
+
+    /// Reports the replica count as one event if it changed since the last report, and
+    /// a stop at capacity once per episode.
+    fn flush_events(&self) {
+        let mut events = Vec::new();
+        {
+            let mut state = self.lock();
+            let current = state.replicas.len() as u32;
+            if current != state.reported {
+                let reason = state.change_reason.take().unwrap_or_else(|| "load".into());
+                events.push(ScaleEvent {
+                    from: state.reported,
+                    to: current,
+                    reason,
+                });
+                state.reported = current;
+            }
+            state.change_reason = None;
+            if let Some(why) = &state.at_capacity
+                && !state.at_capacity_reported
+            {
+                events.push(ScaleEvent {
+                    from: current,
+                    to: current,
+                    reason: why.clone(),
+                });
+                state.at_capacity_reported = true;
+            }
+        }
+        for event in events {
+            tracing::info!(service = %self.service.name(), from = event.from, to = event.to, reason = %event.reason, "scaled");
+            (self.events)(event);
+        }
+    }
+
+    /// The numbers the pool acts on.
+    pub fn status(&self) -> PoolStatus {
+        let now = Instant::now();
+        let state = self.lock();
+        let busy = state.replicas.iter().filter(|r| r.in_flight > 0).count() as u32;
+        let mut latencies: Vec<Duration> = state
+            .completions
+            .iter()
+            .filter(|(t, _)| now.duration_since(*t) <= LATENCY_WINDOW)
+            .map(|(_, latency)| *latency)
+            .collect();
+        latencies.sort_unstable();
+        let percentile = |p: f64| {
+            (!latencies.is_empty())
+                .then(|| latencies[((latencies.len() - 1) as f64 * p).round() as usize])
+        };
+        let recent = state
+            .completions
+            .iter()
+            .filter(|(t, _)| now.duration_since(*t) <= RATE_WINDOW)
+            .count();
+        PoolStatus {
+            replicas: state.replicas.len() as u32,
+            desired: state.decision.desired,
+            busy,
+            idle: state.replicas.len() as u32 - busy,
+            in_flight: state.in_flight(),
+            queued: state.queue.len() as u32,
+            stable_demand: state.decision.stable_demand,
+            panic_demand: state.decision.panic_demand,
+            panicking: state.decision.panicking,
+            requests: state.requests,
+            cold_starts: state.cold_starts,
+            rejected: state.rejected,
+            request_rate: recent as f64 / RATE_WINDOW.as_secs_f64(),
+            latency_p50: percentile(0.50),
+            latency_p99: percentile(0.99),
+            reserved: self.replica.requests.times(state.replicas.len() as u64),
+            settings: state.settings.clone(),
+        }
+    }
+}
+
+impl Drop for ReplicaPool {
+    fn drop(&mut self) {
+        if let Some(handle) = self
+            .ticker
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            handle.abort();
+        }
+    }
+}
+
+async fn tick_loop(pool: Weak<ReplicaPool>, mut tick: Duration) {
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.tick();
+        tick = pool.lock().settings.tick();
+        let retired_and_empty = {
+            let state = pool.lock();
+            state.retired && state.replicas.is_empty() && state.queue.is_empty()
+        };
+        if retired_and_empty {
+            return;
+        }
+    }
+}
