@@ -105,7 +105,7 @@ impl Autoscaler {
         while self
             .samples
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > settings.stable_window)
+            .is_some_and(|(t, _)| now.duration_since(*t) >= settings.stable_window)
         {
             self.samples.pop_front();
         }
@@ -113,7 +113,7 @@ impl Autoscaler {
             let recent: Vec<f64> = self
                 .samples
                 .iter()
-                .filter(|(t, _)| now.duration_since(*t) <= window)
+                .filter(|(t, _)| now.duration_since(*t) < window)
                 .map(|(_, d)| *d)
                 .collect();
             if recent.is_empty() {
