@@ -62,6 +62,24 @@ pub enum Command {
     Call(CallArgs),
     /// List uploaded modules.
     Modules,
+    /// Show every service's replicas, load, latency and share of the node.
+    Ps,
+    /// Change a service's replica bounds.
+    Scale {
+        /// The service's name.
+        name: String,
+        /// Fewest replicas (0 allows scaling to zero).
+        #[arg(long)]
+        min: Option<u32>,
+        /// Most replicas.
+        #[arg(long)]
+        max: Option<u32>,
+    },
+    /// Show a service's scale events.
+    Events {
+        /// The service's name.
+        name: String,
+    },
 }
 
 /// Flags of `shoal up`.
@@ -88,6 +106,15 @@ pub struct UpArgs {
     /// Use on-demand instance allocation even where the pooling allocator would fit.
     #[arg(long)]
     pub no_pooling: bool,
+    /// Memory replicas may reserve (a quantity such as 8Gi); default 3/4 of the machine's.
+    #[arg(long, value_parser = parse_bytes)]
+    pub capacity_memory: Option<u64>,
+    /// CPU replicas may reserve (a quantity such as 2 or 1500m); default every core.
+    #[arg(long, value_parser = parse_cpu)]
+    pub capacity_cpu: Option<u64>,
+    /// Fuel one core burns per second, for cpu limits; default: measured at start.
+    #[arg(long)]
+    pub fuel_per_cpu_second: Option<u64>,
 }
 
 impl UpArgs {
@@ -99,6 +126,14 @@ impl UpArgs {
         config.max_module_size = self.max_module_size;
         config.shutdown_timeout = self.shutdown_timeout;
         config.runtime.pooling = !self.no_pooling;
+        if self.capacity_memory.is_some() || self.capacity_cpu.is_some() {
+            let detected = shoal_runtime::Capacity::detect(0.75);
+            config.capacity = Some(shoal_runtime::Resources {
+                memory: self.capacity_memory.unwrap_or(detected.memory),
+                cpu_millis: self.capacity_cpu.unwrap_or(detected.cpu_millis),
+            });
+        }
+        config.fuel_per_cpu_second = self.fuel_per_cpu_second;
         config
     }
 }
@@ -162,6 +197,15 @@ pub struct CallArgs {
 fn parse_bytes(text: &str) -> Result<u64, String> {
     text.parse::<shoal_registry::ByteSize>()
         .map(|size| size.bytes())
+}
+
+fn parse_cpu(text: &str) -> Result<u64, String> {
+    let millis = text.parse::<shoal_registry::Quantity>()?.to_millis()?;
+    if millis == 0 {
+        Err("must be greater than zero".into())
+    } else {
+        Ok(millis)
+    }
 }
 
 /// A client of the management API.
@@ -330,6 +374,110 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Call(args) => call(&client, args).await?,
+        Command::Ps => {
+            let services = client.get("/v1/services").await?;
+            let mut statuses = Vec::new();
+            for service in services.as_array().into_iter().flatten() {
+                let name = service["name"].as_str().unwrap_or_default();
+                statuses.push(client.get(&format!("/v1/services/{name}/status")).await?);
+            }
+            if json {
+                print_json(&Value::Array(statuses));
+            } else {
+                let mut table = table([
+                    "NAME",
+                    "REPLICAS",
+                    "DESIRED",
+                    "MIN",
+                    "MAX",
+                    "BUSY",
+                    "IN-FLIGHT",
+                    "QUEUED",
+                    "LOAD",
+                    "RPS",
+                    "P50",
+                    "P99",
+                    "MEM%",
+                    "CPU%",
+                ]);
+                for s in &statuses {
+                    let ms =
+                        |v: &Value| v.as_f64().map_or("-".to_owned(), |ms| format!("{ms:.1}ms"));
+                    let pct = |v: &Value| {
+                        v.as_f64()
+                            .map_or("-".to_owned(), |r| format!("{:.1}", r * 100.0))
+                    };
+                    table.add_row([
+                        text(&s["name"]),
+                        text(&s["replicas"]["current"]),
+                        text(&s["replicas"]["desired"]),
+                        text(&s["replicas"]["min"]),
+                        text(&s["replicas"]["max"]),
+                        text(&s["replicas"]["busy"]),
+                        text(&s["in_flight"]),
+                        text(&s["queued"]),
+                        s["load"]["per_replica"]
+                            .as_f64()
+                            .map_or("-".into(), |l| format!("{l:.2}")),
+                        s["requests"]["per_second"]
+                            .as_f64()
+                            .map_or("-".into(), |r| format!("{r:.1}")),
+                        ms(&s["latency_ms"]["p50"]),
+                        ms(&s["latency_ms"]["p99"]),
+                        pct(&s["resource_allocation"]["total"]["memory"]),
+                        pct(&s["resource_allocation"]["total"]["cpu"]),
+                    ]);
+                }
+                println!("{table}");
+            }
+        }
+        Command::Scale { name, min, max } => {
+            anyhow::ensure!(
+                min.is_some() || max.is_some(),
+                "nothing to change: pass --min, --max or both"
+            );
+            let service = client.get(&format!("/v1/services/{name}")).await?;
+            let mut spec = service["spec"].clone();
+            if let Some(min) = min {
+                spec["scale"]["min"] = min.into();
+            }
+            if let Some(max) = max {
+                spec["scale"]["max"] = max.into();
+            }
+            let updated = client
+                .send(
+                    client
+                        .request(reqwest::Method::PUT, &format!("/v1/services/{name}"))
+                        .json(&spec),
+                )
+                .await?;
+            if json {
+                print_json(&updated);
+            } else {
+                let scale = &updated["spec"]["scale"];
+                println!(
+                    "{name}: min {} max {} (revision {})",
+                    scale["min"], scale["max"], updated["revision"]
+                );
+            }
+        }
+        Command::Events { name } => {
+            let events = client.get(&format!("/v1/services/{name}/events")).await?;
+            if json {
+                print_json(&events);
+            } else {
+                let mut table = table(["TIME", "FROM", "TO", "REASON"]);
+                for e in events.as_array().into_iter().flatten() {
+                    table.add_row([
+                        text(&e["time"]),
+                        text(&e["from"]),
+                        text(&e["to"]),
+                        text(&e["reason"]),
+                    ]);
+                }
+                println!("{table}");
+            }
+        }
     }
     Ok(())
 }

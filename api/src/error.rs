@@ -67,6 +67,13 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(ERROR_KIND_HEADER, HeaderValue::from_static(self.kind));
+        if self.kind == "overloaded" {
+            // Queues drain in about a request's time; a second is a polite first retry.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            );
+        }
         response
     }
 }

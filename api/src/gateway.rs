@@ -7,7 +7,8 @@
 //! service name picks the provider, the rest of the request is passed on unchanged.
 //!
 //! The lookup reads the in-memory routing table only; nothing here touches the
-//! registry.
+//! registry. The service's [`shoal_runtime::ReplicaPool`] then picks a replica, starts
+//! one, or queues the request.
 
 use std::net::SocketAddr;
 
@@ -20,6 +21,9 @@ use shoal_runtime::RequestContext;
 
 use crate::error::ApiError;
 use crate::node::Node;
+
+/// Set on a response whose request found the service at zero replicas and started one.
+pub const COLD_START_HEADER: &str = "x-shoal-cold-start";
 
 /// The gateway's router: everything goes to [`forward`].
 pub fn app(node: Node) -> Router {
@@ -111,8 +115,16 @@ async fn forward(State(node): State<Node>, mut request: Request) -> Response {
         script_name: target.prefix,
         remote_addr,
     };
-    match route.service.handle(request, context).await {
-        Ok(response) => response.map(Body::new),
+    match route.pool.handle(request, context).await {
+        Ok((response, served)) => {
+            let mut response = response.map(Body::new);
+            if served.cold_start {
+                response
+                    .headers_mut()
+                    .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
+            }
+            response
+        }
         Err(error) => {
             let error = ApiError::from(error);
             tracing::info!(service = %target.service, kind = error.kind, "{}", error.message);

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 pub use node::{Node, NodeConfig};
+pub use shoal_runtime::{Resources, ScaleSettings};
 
 /// Serves the management API on `api` and the gateway on `gateway` until `shutdown`
 /// resolves, then lets in-flight requests finish for up to the node's shutdown

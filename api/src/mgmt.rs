@@ -16,8 +16,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
 use serde::Serialize;
 use shoal_registry::{
-    Digest, ModuleRecord, RevisionRecord, ServiceName, ServiceRecord, ServiceSpec,
+    ByteSize, Cpu, Digest, EventRecord, ModuleRecord, RevisionRecord, ServiceName, ServiceRecord,
+    ServiceSpec,
 };
+use shoal_runtime::Resources;
 
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
@@ -34,6 +36,8 @@ pub const ROUTES: &[&str] = &[
     "GET /v1/services/{name}",
     "DELETE /v1/services/{name}",
     "GET /v1/services/{name}/revisions",
+    "GET /v1/services/{name}/status",
+    "GET /v1/services/{name}/events",
     "POST /v1/deploy/{name}",
 ];
 
@@ -52,6 +56,8 @@ pub fn app(node: Node) -> Router {
             get(get_service).put(put_service).delete(delete_service),
         )
         .route("/v1/services/{name}/revisions", get(list_revisions))
+        .route("/v1/services/{name}/status", get(service_status))
+        .route("/v1/services/{name}/events", get(service_events))
         .route("/v1/deploy/{name}", post(deploy))
         // An empty name is a bad name, not an unknown route.
         .route("/v1/services/", any(empty_name))
@@ -185,8 +191,10 @@ fn service_view(node: &Node, record: ServiceRecord) -> ServiceView {
             .gateway_addr()
             .map(|addr| format!("http://{addr}/{name}/")),
         host: format!("{name}.{}", node.config().domain),
-        kind: route.as_ref().map(|r| r.service.kind().as_str().to_owned()),
-        cached: route.as_ref().map(|r| r.from_cache),
+        kind: route
+            .as_ref()
+            .map(|r| r.pool.service().kind().as_str().to_owned()),
+        cached: route.as_ref().map(|r| r.pool.service().from_cache()),
         name,
         revision: record.revision,
         spec: record.spec,
@@ -201,6 +209,9 @@ async fn node_info(State(node): State<Node>) -> ApiResult<Json<serde_json::Value
         .await?;
     let runtime = node.runtime();
     let stats = runtime.compile_stats();
+    let routes = node.routes();
+    let capacity = node.capacity().total();
+    let reserved = node.capacity().reserved();
     Ok(Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "gateway": node.gateway_addr().map(|addr| format!("http://{addr}")),
@@ -209,6 +220,15 @@ async fn node_info(State(node): State<Node>) -> ApiResult<Json<serde_json::Value
         "allocator": runtime.allocator().as_str(),
         "services": node.n_routes(),
         "in_flight": node.in_flight(),
+        "replicas": routes.values().map(|route| route.pool.status().replicas).sum::<u32>(),
+        "capacity": resources_json(capacity),
+        "reserved": resources_json(reserved),
+        "free": resources_json(Resources {
+            memory: capacity.memory.saturating_sub(reserved.memory),
+            cpu_millis: capacity.cpu_millis.saturating_sub(reserved.cpu_millis),
+        }),
+        "resource_allocation": allocation_json(reserved, capacity),
+        "fuel_per_cpu_second": node.fuel_per_cpu_second(),
         "modules": n_modules,
         "change_index": change_index,
         "max_module_size": node.config().max_module_size,
@@ -219,6 +239,129 @@ async fn node_info(State(node): State<Node>) -> ApiResult<Json<serde_json::Value
         },
         "default_limits": shoal_registry::Limits::default(),
     })))
+}
+
+fn resources_json(resources: Resources) -> serde_json::Value {
+    serde_json::json!({
+        "memory": ByteSize(resources.memory).to_string(),
+        "cpu": Cpu(resources.cpu_millis).to_string(),
+    })
+}
+
+/// `resource_allocation = performance_need / resource_limit`: the share of the node's
+/// capacity that `need` takes.
+fn allocation_json(need: Resources, capacity: Resources) -> serde_json::Value {
+    let ratio = |need: u64, capacity: u64| {
+        if capacity == 0 {
+            0.0
+        } else {
+            need as f64 / capacity as f64
+        }
+    };
+    serde_json::json!({
+        "memory": ratio(need.memory, capacity.memory),
+        "cpu": ratio(need.cpu_millis, capacity.cpu_millis),
+    })
+}
+
+fn millis(duration: Option<std::time::Duration>) -> Option<f64> {
+    duration.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+fn duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn event_json(event: EventRecord) -> serde_json::Value {
+    serde_json::json!({
+        "time": timestamp(event.time_unix_ms),
+        "from": event.from,
+        "to": event.to,
+        "reason": event.reason,
+    })
+}
+
+/// The numbers a service's scaling acts on.
+async fn service_status(
+    State(node): State<Node>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let name = parse_name(&name)?;
+    let Some(route) = node.route(name.as_str()) else {
+        return Err(ApiError::not_found(format!("service \"{name}\" not found")));
+    };
+    let events = node.registry(move |r| r.events(&name, 10)).await?;
+    let status = route.pool.status();
+    let per_replica = route.pool.replica_spec().requests;
+    let capacity = node.capacity().total();
+    let settings = &status.settings;
+    let load = if status.replicas == 0 {
+        0.0
+    } else {
+        f64::from(status.in_flight) / f64::from(status.replicas)
+    };
+    Ok(Json(serde_json::json!({
+        "name": route.pool.service().name(),
+        "revision": route.revision,
+        "isolation": route.spec.isolation.to_string(),
+        "replicas": {
+            "current": status.replicas,
+            "desired": status.desired,
+            "min": settings.min,
+            "max": settings.max,
+            "busy": status.busy,
+            "idle": status.idle,
+        },
+        "in_flight": status.in_flight,
+        "queued": status.queued,
+        "load": {
+            "per_replica": load,
+            "stable_demand": status.stable_demand,
+            "panic_demand": status.panic_demand,
+            "panicking": status.panicking,
+        },
+        "requests": {
+            "total": status.requests,
+            "per_second": status.request_rate,
+            "cold_starts": status.cold_starts,
+            "rejected": status.rejected,
+        },
+        "latency_ms": { "p50": millis(status.latency_p50), "p99": millis(status.latency_p99) },
+        "resources": {
+            "per_replica": resources_json(per_replica),
+            "reserved": resources_json(status.reserved),
+            "cpu_limit": route.spec.cpu_limit().map(|cpu| cpu.to_string()),
+        },
+        "resource_allocation": {
+            "per_replica": allocation_json(per_replica, capacity),
+            "total": allocation_json(status.reserved, capacity),
+        },
+        "scale": {
+            "min": settings.min,
+            "max": settings.max,
+            "concurrency": settings.concurrency,
+            "target": settings.target_percent,
+            "stable_window": duration(settings.stable_window),
+            "panic_window": duration(settings.panic_window),
+            "scale_down_delay": duration(settings.scale_down_delay),
+            "idle_timeout": duration(settings.idle_timeout),
+            "queue_limit": settings.queue_limit,
+            "queue_timeout": duration(settings.queue_timeout),
+        },
+        "events": events.into_iter().map(event_json).collect::<Vec<_>>(),
+    })))
+}
+
+/// A service's scale events, oldest first.
+async fn service_events(
+    State(node): State<Node>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let name = parse_name(&name)?;
+    let events = node
+        .registry(move |r| r.events(&name, shoal_registry::MAX_EVENTS_PER_SERVICE))
+        .await?;
+    Ok(Json(events.into_iter().map(event_json).collect()))
 }
 
 /// Reads a whole body, refusing it with 413 past `limit` bytes.
@@ -412,10 +555,10 @@ async fn deploy(
     node.check_limits(&limits)?;
     let (module, _) = node.add_module(bytes).await?;
     let spec = ServiceSpec {
-        module: module.digest,
         limits,
         env,
         args,
+        ..ServiceSpec::new(module.digest)
     };
     let (record, created) = node.put_service(name, spec).await?;
     let status = if created {

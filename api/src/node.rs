@@ -1,5 +1,10 @@
-//! The node: one registry, one runtime, and the in-memory routing table the gateway
-//! reads, kept in step with each other.
+//! The node: one registry, one runtime, the node's capacity, and the in-memory
+//! routing table the gateway reads, kept in step with each other.
+//!
+//! Each routed service is a [`ReplicaPool`]: its replicas reserve the service's
+//! resource requests from the node's [`Capacity`], so a deploy whose minimum replicas
+//! do not fit is refused before anything is written. Scale events flow from the pools
+//! through a channel to one task that records them in the registry.
 //!
 //! The registry is the truth; the routing table is derived from it at start and
 //! updated after every committed change, so the gateway's hot path never touches the
@@ -22,7 +27,10 @@ use bytes::Bytes;
 use shoal_registry::{
     Digest, ModuleKind, ModuleRecord, Registry, ServiceName, ServiceRecord, ServiceSpec,
 };
-use shoal_runtime::{Compiled, Runtime, RuntimeConfig, Service, ServiceConfig};
+use shoal_runtime::{
+    Capacity, Compiled, EventSink, Isolation, ReplicaPool, ReplicaSpec, Resources, Runtime,
+    RuntimeConfig, ScaleEvent, ScaleSettings, Service, ServiceConfig,
+};
 
 use crate::error::{ApiError, ApiResult};
 
@@ -41,6 +49,13 @@ pub struct NodeConfig {
     pub shutdown_timeout: Duration,
     /// The wasm runtime's settings (its cache dir is set from `data_dir`).
     pub runtime: RuntimeConfig,
+    /// What replicas may reserve; `None` measures the machine (3/4 of its memory and
+    /// every core).
+    pub capacity: Option<Resources>,
+    /// Fuel one core burns per second; `None` calibrates at start.
+    pub fuel_per_cpu_second: Option<u64>,
+    /// Scale settings for what a service's spec leaves out.
+    pub scale_defaults: ScaleSettings,
 }
 
 impl NodeConfig {
@@ -53,18 +68,21 @@ impl NodeConfig {
             max_module_size: 64 << 20,
             shutdown_timeout: Duration::from_secs(10),
             runtime: RuntimeConfig::default(),
+            capacity: None,
+            fuel_per_cpu_second: None,
+            scale_defaults: ScaleSettings::default(),
         }
     }
 }
 
 /// A service as the gateway sees it.
 pub struct Route {
-    /// The runnable service.
-    pub service: Service,
+    /// The service's replicas.
+    pub pool: Arc<ReplicaPool>,
     /// The revision it runs.
     pub revision: u64,
-    /// Whether its machine code came from the on-disk cache.
-    pub from_cache: bool,
+    /// The spec of that revision.
+    pub spec: ServiceSpec,
 }
 
 /// Shared state of a running node. Cheap to clone.
@@ -83,6 +101,9 @@ struct Inner {
     gateway_addr: std::sync::OnceLock<SocketAddr>,
     /// Requests the gateway is serving right now.
     in_flight: AtomicU64,
+    capacity: Arc<Capacity>,
+    fuel_per_cpu_second: u64,
+    events: tokio::sync::mpsc::UnboundedSender<(ServiceName, ScaleEvent)>,
 }
 
 /// Counts a request as in flight for as long as it lives.
@@ -104,22 +125,42 @@ impl Node {
         config.runtime.cache_dir = Some(config.data_dir.join("cache"));
         let db_path = config.data_dir.join("shoal.redb");
         let runtime_config = config.runtime.clone();
-        let (registry, runtime) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let registry = Registry::open(&db_path)
-                .with_context(|| format!("opening the registry {}", db_path.display()))?;
-            let runtime = Runtime::new(runtime_config).context("starting the wasm runtime")?;
-            Ok((registry, runtime))
-        })
-        .await??;
+        let fuel_rate = config.fuel_per_cpu_second;
+        let (registry, runtime, fuel_per_cpu_second) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let registry = Registry::open(&db_path)
+                    .with_context(|| format!("opening the registry {}", db_path.display()))?;
+                let runtime = Runtime::new(runtime_config).context("starting the wasm runtime")?;
+                let fuel_per_cpu_second = match fuel_rate {
+                    Some(rate) => rate,
+                    None => shoal_runtime::calibrate_fuel_rate(runtime.engine())
+                        .context("calibrating the fuel rate")?,
+                };
+                Ok((registry, runtime, fuel_per_cpu_second))
+            })
+            .await??;
+        let capacity = Capacity::new(config.capacity.unwrap_or_else(|| Capacity::detect(0.75)));
+        tracing::info!(
+            memory = capacity.total().memory,
+            cpu_millis = capacity.total().cpu_millis,
+            fuel_per_cpu_second,
+            "node capacity"
+        );
+        let registry = Arc::new(registry);
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(record_events(Arc::downgrade(&registry), receiver));
         let node = Node {
             inner: Arc::new(Inner {
                 config,
-                registry: Arc::new(registry),
+                registry,
                 runtime: Arc::new(runtime),
                 routes: ArcSwap::default(),
                 changes: tokio::sync::Mutex::new(()),
                 gateway_addr: std::sync::OnceLock::new(),
                 in_flight: AtomicU64::new(0),
+                capacity,
+                fuel_per_cpu_second,
+                events,
             }),
         };
         node.load_services().await?;
@@ -130,8 +171,9 @@ impl Node {
         let services = self.registry(|r| r.services()).await?;
         let mut routes = HashMap::with_capacity(services.len());
         for record in services {
-            match self.route_for(&record).await {
-                Ok(route) => {
+            match self.compiled(&record.spec.module).await {
+                Ok(compiled) => {
+                    let route = self.start_route(&record, compiled);
                     routes.insert(record.name.as_str().to_owned(), Arc::new(route));
                 }
                 Err(error) => {
@@ -157,6 +199,21 @@ impl Node {
     /// The service the gateway should send `name`'s requests to.
     pub fn route(&self, name: &str) -> Option<Arc<Route>> {
         self.inner.routes.load().get(name).cloned()
+    }
+
+    /// The node's capacity and what replicas reserve of it.
+    pub fn capacity(&self) -> &Capacity {
+        &self.inner.capacity
+    }
+
+    /// Fuel one core burns per second, as calibrated or configured.
+    pub fn fuel_per_cpu_second(&self) -> u64 {
+        self.inner.fuel_per_cpu_second
+    }
+
+    /// Every routed service.
+    pub fn routes(&self) -> Arc<HashMap<String, Arc<Route>>> {
+        self.inner.routes.load_full()
     }
 
     /// Number of routable services.
@@ -226,11 +283,15 @@ impl Node {
 
     /// Creates or updates a service, then routes to it. Returns the record and whether
     /// it was created.
+    ///
+    /// Everything that can refuse the change (validation, compiling, admission against
+    /// the node's capacity) happens before the registry is written.
     pub async fn put_service(
         &self,
         name: ServiceName,
-        spec: ServiceSpec,
+        mut spec: ServiceSpec,
     ) -> ApiResult<(ServiceRecord, bool)> {
+        spec.normalize();
         spec.validate()?;
         self.check_limits(&spec.limits)?;
         let _changes = self.inner.changes.lock().await;
@@ -240,16 +301,117 @@ impl Node {
         }
         // Compile (or load) before committing, so a committed service is always runnable.
         let compiled = self.compiled(&spec.module).await?;
+        if spec.isolation == shoal_registry::Isolation::Reuse
+            && compiled.kind() == shoal_runtime::ModuleKind::Cgi
+        {
+            return Err(ApiError::bad_request(
+                "invalid isolation: reuse needs a wasi:http component; a CGI command runs once per request",
+            ));
+        }
+        let current = self.route(name.as_str());
+        self.admit(&name, &spec, current.as_deref())?;
         let (record, created) = self.registry(move |r| r.put_service(&name, spec)).await?;
-        let route = Route {
-            service: Service::new(compiled.clone(), service_config(&record)),
-            revision: record.revision,
-            from_cache: compiled.from_cache(),
-        };
-        self.update_routes(|routes| {
-            routes.insert(record.name.as_str().to_owned(), Arc::new(route));
-        });
+        match current {
+            // Only scaling changed: keep the replicas (and their warm instances).
+            Some(route) if same_except_scale(&route.spec, &record.spec) => {
+                route.pool.retune(self.scale_settings(&record.spec));
+                let route = Route {
+                    pool: route.pool.clone(),
+                    revision: record.revision,
+                    spec: record.spec.clone(),
+                };
+                self.update_routes(|routes| {
+                    routes.insert(record.name.as_str().to_owned(), Arc::new(route));
+                });
+            }
+            current => {
+                if let Some(old) = &current {
+                    old.pool.retire();
+                }
+                let route = self.start_route(&record, compiled);
+                self.update_routes(|routes| {
+                    routes.insert(record.name.as_str().to_owned(), Arc::new(route));
+                });
+            }
+        }
         Ok((record, created))
+    }
+
+    /// Refuses a spec whose minimum replicas do not fit in the node, counting the
+    /// replicas of the revision it replaces as free.
+    fn admit(
+        &self,
+        name: &ServiceName,
+        spec: &ServiceSpec,
+        current: Option<&Route>,
+    ) -> ApiResult<()> {
+        let per_replica = replica_requests(spec);
+        let needed = per_replica.times(u64::from(spec.scale.min));
+        let credit = current
+            .map(|route| route.pool.reserved())
+            .unwrap_or_default();
+        self.inner
+            .capacity
+            .admit(needed, credit)
+            .map_err(|shortfall| {
+                ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "insufficient-capacity",
+                    format!(
+                        "service \"{name}\" does not fit: {} minimum replicas {shortfall}",
+                        spec.scale.min
+                    ),
+                )
+            })
+    }
+
+    /// The scale settings of a spec, with the node's defaults for what it leaves out.
+    pub fn scale_settings(&self, spec: &ServiceSpec) -> ScaleSettings {
+        let defaults = &self.inner.config.scale_defaults;
+        let scale = &spec.scale;
+        ScaleSettings {
+            min: scale.min,
+            max: scale.max,
+            concurrency: spec.concurrency,
+            target_percent: scale.target,
+            stable_window: scale.stable_window.unwrap_or(defaults.stable_window),
+            panic_window: scale.panic_window.unwrap_or(defaults.panic_window),
+            scale_down_delay: scale.scale_down_delay.unwrap_or(defaults.scale_down_delay),
+            idle_timeout: scale.idle_timeout.unwrap_or(defaults.idle_timeout),
+            queue_limit: scale.queue_limit.unwrap_or(defaults.queue_limit),
+            queue_timeout: scale.queue_timeout.unwrap_or(defaults.queue_timeout),
+        }
+    }
+
+    fn start_route(&self, record: &ServiceRecord, compiled: Compiled) -> Route {
+        let spec = &record.spec;
+        let replica = ReplicaSpec {
+            isolation: match spec.isolation {
+                shoal_registry::Isolation::PerRequest => Isolation::PerRequest,
+                shoal_registry::Isolation::Reuse => Isolation::Reuse,
+            },
+            max_requests: spec.max_requests,
+            requests: replica_requests(spec),
+            cpu_limit_millis: spec.cpu_limit().map(|cpu| cpu.0),
+        };
+        let events = self.inner.events.clone();
+        let name = record.name.clone();
+        let sink: EventSink = Arc::new(move |event| {
+            let _ = events.send((name.clone(), event));
+        });
+        let pool = ReplicaPool::new(
+            Service::new(compiled, service_config(record)),
+            replica,
+            self.scale_settings(spec),
+            self.inner.capacity.clone(),
+            self.inner.fuel_per_cpu_second,
+            sink,
+        );
+        Route {
+            pool,
+            revision: record.revision,
+            spec: record.spec.clone(),
+        }
     }
 
     /// Refuses limits this node cannot honour, beyond what [`ServiceSpec::validate`] checks.
@@ -270,7 +432,9 @@ impl Node {
         let _changes = self.inner.changes.lock().await;
         let record = self.registry(move |r| r.delete_service(&name)).await?;
         self.update_routes(|routes| {
-            routes.remove(record.name.as_str());
+            if let Some(route) = routes.remove(record.name.as_str()) {
+                route.pool.retire();
+            }
         });
         Ok(record)
     }
@@ -279,15 +443,6 @@ impl Node {
         let mut routes = HashMap::clone(&self.inner.routes.load());
         change(&mut routes);
         self.inner.routes.store(Arc::new(routes));
-    }
-
-    async fn route_for(&self, record: &ServiceRecord) -> ApiResult<Route> {
-        let compiled = self.compiled(&record.spec.module).await?;
-        Ok(Route {
-            service: Service::new(compiled.clone(), service_config(record)),
-            revision: record.revision,
-            from_cache: compiled.from_cache(),
-        })
     }
 
     async fn compiled(&self, digest: &Digest) -> ApiResult<Compiled> {
@@ -314,9 +469,53 @@ fn module_kind(compiled: &Compiled) -> ModuleKind {
     }
 }
 
+/// What one replica of `spec` reserves from the node.
+fn replica_requests(spec: &ServiceSpec) -> Resources {
+    Resources {
+        memory: spec.memory_request().bytes(),
+        cpu_millis: spec.cpu_request().0,
+    }
+}
+
+/// Whether two specs differ only in how they scale, which needs no new replicas.
+fn same_except_scale(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    let unscaled = |spec: &ServiceSpec| ServiceSpec {
+        scale: shoal_registry::Scale::default(),
+        concurrency: 1,
+        ..spec.clone()
+    };
+    unscaled(a) == unscaled(b)
+}
+
+/// Writes scale events to the registry, in order, off the request path.
+///
+/// It holds the registry weakly: a node that is gone must release its database file
+/// at once, so the next node can open it.
+async fn record_events(
+    registry: std::sync::Weak<Registry>,
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<(ServiceName, ScaleEvent)>,
+) {
+    while let Some((name, event)) = receiver.recv().await {
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            registry.record_event(&name, event.from, event.to, &event.reason)
+        })
+        .await;
+        match result {
+            Ok(Ok(_)) | Ok(Err(shoal_registry::Error::NotFound { .. })) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot record a scale event"),
+            Err(error) => tracing::warn!(%error, "cannot record a scale event"),
+        }
+    }
+}
+
 /// The runtime's view of a stored service.
 fn service_config(record: &ServiceRecord) -> ServiceConfig {
     let limits = &record.spec.limits;
+    // `limits.memory` is the effective limit: `ServiceSpec::normalize` copies
+    // `resources.limits.memory` into it.
     ServiceConfig {
         name: record.name.as_str().to_owned(),
         limits: shoal_runtime::Limits {

@@ -1,5 +1,14 @@
-//! shoal's durable registry: the modules, services and service revisions of one node, kept in a
-//! single redb file so that every acknowledged change survives a crash.
+//! shoal's durable registry: the modules, services and service revisions of one node, and the
+//! recent scale events of each service, kept in a single redb file so that every acknowledged
+//! change survives a crash.
+//!
+//! What is stored:
+//! - each module's bytes and its [`ModuleRecord`], keyed by [`Digest`];
+//! - each service's current [`ServiceRecord`], whose [`ServiceSpec`] says what it runs and how
+//!   it runs as a scaled workload ([`Limits`], [`Resources`], [`Isolation`], [`Scale`]);
+//! - every revision of each service's spec ([`RevisionRecord`]), until the service is deleted;
+//! - the newest [`MAX_EVENTS_PER_SERVICE`] scale events of each service ([`EventRecord`]);
+//! - the change index.
 //!
 //! The registry stores bytes plus metadata and nothing else.
 //! **Architecture Invariant:** it knows nothing of wasmtime, HTTP or axum; whether a module is a
@@ -12,13 +21,17 @@
 //! Every change (storing or deleting a module, creating, updating or deleting a service) is
 //! exactly one durable write transaction, and bumps a monotonic [change index](Registry::change_index)
 //! that watchers can use to notice that something changed.
+//! Recording a scale event is one durable write transaction too, but it is an observation, not
+//! configuration, so it leaves the change index alone.
 //!
 //! # Layout
 //!
-//! - `model.rs`: the stored records and the validated names they are keyed by ([`Digest`],
-//!   [`ServiceName`], [`ServiceSpec`], [`Limits`], ...).
-//! - `quantity.rs`: Kubernetes resource quantities ([`Quantity`], [`ByteSize`]) and the humantime
-//!   encoding of durations used in [`Limits`].
+//! - `model.rs`: the stored records, the validated names they are keyed by ([`Digest`],
+//!   [`ServiceName`]) and the service spec with its parts ([`ServiceSpec`], [`Limits`],
+//!   [`Resources`], [`Isolation`], [`Scale`], ...).
+//! - `quantity.rs`: Kubernetes resource quantities ([`Quantity`]), the byte sizes and cpu amounts
+//!   built on them ([`ByteSize`], [`Cpu`]), and the humantime encoding of durations used in
+//!   [`Limits`] and [`Scale`].
 //! - `tables.rs`: every redb table definition, in one place.
 //! - `store.rs`: [`Registry`], the transactions over those tables.
 
@@ -32,11 +45,11 @@ mod store;
 mod tables;
 
 pub use self::model::{
-    Digest, Limits, ModuleKind, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceName,
-    ServiceRecord, ServiceSpec,
+    Digest, EventRecord, Isolation, Limits, ModuleKind, ModuleRecord, ResourceList, Resources,
+    RevisionRecord, SCHEMA_VERSION, Scale, ServiceName, ServiceRecord, ServiceSpec,
 };
-pub use self::quantity::{ByteSize, Quantity};
-pub use self::store::Registry;
+pub use self::quantity::{ByteSize, Cpu, Quantity};
+pub use self::store::{MAX_EVENTS_PER_SERVICE, Registry};
 
 /// The errors of every registry operation.
 ///

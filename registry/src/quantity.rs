@@ -1,9 +1,10 @@
-//! Kubernetes resource quantities ([`Quantity`]), byte sizes built on them ([`ByteSize`]), and
-//! the humantime encoding of durations used by [`Limits`](crate::Limits).
+//! Kubernetes resource quantities ([`Quantity`]), the byte sizes and cpu amounts built on them
+//! ([`ByteSize`], [`Cpu`]), and the humantime encoding of durations used by
+//! [`Limits`](crate::Limits) and [`Scale`](crate::Scale).
 //!
-//! Service specs are written by people, so sizes are written the way Kubernetes users already
-//! write them (`64Mi`, `1G`, `128974848`, `129e6`) and follow Go's grammar in
-//! `k8s.io/apimachinery/pkg/api/resource`.
+//! Service specs are written by people, so sizes and cpu are written the way Kubernetes users
+//! already write them (`64Mi`, `1G`, `128974848`, `129e6`; `250m`, `0.5`, `2`) and follow Go's
+//! grammar in `k8s.io/apimachinery/pkg/api/resource`.
 //! A quantity is kept exactly, as an integer mantissa and a power of ten, so `0.1` is not a float
 //! and `500m` bytes can be refused instead of being rounded.
 
@@ -370,12 +371,176 @@ impl Visitor<'_> for ByteSizeVisitor {
     }
 }
 
+/// An amount of cpu in millicores, as Kubernetes counts it: `Cpu(250)` is a quarter of a core.
+///
+/// It deserializes from a quantity string (`"250m"`, `"0.5"`, `"2"`) or a JSON number of cores
+/// (`0.5`, `2`), which must not be negative; precision below a millicore is rounded up, like
+/// Kubernetes' `MilliValue`.
+/// It serializes canonically as a string: whole cores as `"1"` or `"2"`, anything else as
+/// millicores (`"250m"`, `"1500m"`), and [`Display`](fmt::Display) writes the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cpu(pub u64);
+
+impl Cpu {
+    /// The number of millicores.
+    pub fn millis(self) -> u64 {
+        self.0
+    }
+}
+
+/// Parses an amount of cpu into millicores, returning a bare reason on failure.
+fn parse_cpu(text: &str) -> Result<u64, String> {
+    Quantity::parse(text)?.to_millis()
+}
+
+impl FromStr for Cpu {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Cpu, String> {
+        parse_cpu(text)
+            .map(Cpu)
+            .map_err(|reason| format!("invalid cpu {text:?}: {reason}"))
+    }
+}
+
+impl fmt::Display for Cpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_multiple_of(1000) {
+            write!(f, "{}", self.0 / 1000)
+        } else {
+            write!(f, "{}m", self.0)
+        }
+    }
+}
+
+impl Serialize for Cpu {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cpu {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Cpu, D::Error> {
+        deserializer.deserialize_any(CpuVisitor { field: None })
+    }
+}
+
+/// Accepts a quantity string or a non-negative JSON number of cores.
+struct CpuVisitor {
+    /// The field being read, named in errors; `None` says "cpu".
+    field: Option<&'static str>,
+}
+
+impl CpuVisitor {
+    /// Parses `text`, naming `input` (the value as the client wrote it) in the error.
+    fn parse<E: de::Error>(&self, text: &str, input: impl fmt::Debug) -> Result<Cpu, E> {
+        parse_cpu(text).map(Cpu).map_err(|reason| {
+            let field = self.field.unwrap_or("cpu");
+            E::custom(format!("invalid {field} {input:?}: {reason}"))
+        })
+    }
+}
+
+impl Visitor<'_> for CpuVisitor {
+    type Value = Cpu;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cpu: a quantity string like \"250m\" or \"0.5\", or a number of cores")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Cpu, E> {
+        self.parse(text, text)
+    }
+
+    // Numbers go through the quantity parser too, so that every form of a value is refused
+    // or rounded alike. `f64`'s `Display` never uses an exponent, which the grammar would
+    // accept anyway.
+
+    fn visit_u64<E: de::Error>(self, cores: u64) -> Result<Cpu, E> {
+        self.parse(&cores.to_string(), cores)
+    }
+
+    fn visit_i64<E: de::Error>(self, cores: i64) -> Result<Cpu, E> {
+        self.parse(&cores.to_string(), cores)
+    }
+
+    fn visit_f64<E: de::Error>(self, cores: f64) -> Result<Cpu, E> {
+        self.parse(&cores.to_string(), cores)
+    }
+}
+
+/// Deserializes an optional [`ByteSize`] whose errors name `field`; `null` is `None`, as if
+/// the field were missing.
+pub(crate) fn deserialize_optional_byte_size_field<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    field: &'static str,
+) -> Result<Option<ByteSize>, D::Error> {
+    deserializer.deserialize_option(OptionalVisitor(ByteSizeVisitor { field: Some(field) }))
+}
+
+/// Deserializes an optional [`Cpu`] whose errors name `field`, e.g. `invalid
+/// resources.requests.cpu "K": expected a number, found 'K'`; `null` is `None`.
+pub(crate) fn deserialize_optional_cpu_field<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    field: &'static str,
+) -> Result<Option<Cpu>, D::Error> {
+    deserializer.deserialize_option(OptionalVisitor(CpuVisitor { field: Some(field) }))
+}
+
+/// Deserializes an optional non-zero humantime duration whose errors name `field`; `null` is
+/// `None`.
+pub(crate) fn deserialize_optional_nonzero_duration_field<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    field: &'static str,
+) -> Result<Option<Duration>, D::Error> {
+    deserializer.deserialize_option(OptionalVisitor(DurationVisitor { field }))
+}
+
+/// Reads `null` as `None` and anything else with the inner visitor, which keeps the errors
+/// naming the field (`Option<T>`'s own `Deserialize` would use `T`'s, which cannot).
+struct OptionalVisitor<V>(V);
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for OptionalVisitor<V> {
+    type Value = Option<V::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)?;
+        f.write_str(", or null")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        // JSON is self-describing, so `deserialize_any` reaches the visit method the inner
+        // visitor implements for each kind of value.
+        deserializer.deserialize_any(self.0).map(Some)
+    }
+}
+
 /// Serializes a duration as a humantime string such as `10s` or `250ms`.
 pub(crate) fn serialize_duration<S: Serializer>(
     duration: &Duration,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&humantime::format_duration(*duration))
+}
+
+/// Serializes an optional duration as a humantime string, or `null`; fields of this type skip
+/// `None` when serialized, so the `null` is never written in practice.
+pub(crate) fn serialize_optional_duration<S: Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => serialize_duration(duration, serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// Deserializes a humantime string such as `10s` or `250ms` into a non-zero duration, with errors
@@ -644,5 +809,93 @@ mod tests {
             bad.to_string(),
             r#"invalid byte size "64Q": unknown suffix "Q" at line 1 column 5"#
         );
+    }
+
+    #[test]
+    fn cpu_parses_like_kubernetes_and_prints_canonically() {
+        let cases: &[(&str, u64, &str)] = &[
+            ("250m", 250, "250m"),
+            ("0.5", 500, "500m"),
+            ("1", 1000, "1"),
+            ("2", 2000, "2"),
+            ("1.5", 1500, "1500m"),
+            ("1500m", 1500, "1500m"),
+            ("2000m", 2000, "2"),
+            ("0", 0, "0"),
+            // Below a millicore rounds up, like Kubernetes' MilliValue.
+            ("0.0001", 1, "1m"),
+        ];
+        for &(text, n_millis, shown) in cases {
+            let cpu: Cpu = text.parse().unwrap();
+            assert_eq!(cpu, Cpu(n_millis), "{text}");
+            assert_eq!(cpu.millis(), n_millis, "{text}");
+            assert_eq!(cpu.to_string(), shown, "{text}");
+            let json = serde_json::to_string(&cpu).unwrap();
+            assert_eq!(json, format!("\"{shown}\""), "{text}");
+            assert_eq!(serde_json::from_str::<Cpu>(&json).unwrap(), cpu, "{text}");
+        }
+    }
+
+    #[test]
+    fn cpu_accepts_json_numbers_of_cores() {
+        let cases: &[(&str, u64)] = &[
+            ("0.5", 500),
+            ("1", 1000),
+            ("2", 2000),
+            ("1.0", 1000),
+            ("0.25", 250),
+            ("0", 0),
+        ];
+        for &(json, n_millis) in cases {
+            assert_eq!(
+                serde_json::from_str::<Cpu>(json).unwrap(),
+                Cpu(n_millis),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_cpu() {
+        let cases = [
+            (
+                "K".parse::<Cpu>(),
+                r#"invalid cpu "K": expected a number, found 'K'"#,
+            ),
+            (
+                "-1".parse::<Cpu>(),
+                r#"invalid cpu "-1": must not be negative"#,
+            ),
+            (
+                "1Q".parse::<Cpu>(),
+                r#"invalid cpu "1Q": unknown suffix "Q""#,
+            ),
+        ];
+        for (parsed, expected) in cases {
+            assert_eq!(parsed, Err(expected.to_string()));
+        }
+        let cases = [
+            (
+                r#""-250m""#,
+                r#"invalid cpu "-250m": must not be negative at line 1 column 7"#,
+            ),
+            (
+                "-1",
+                "invalid cpu -1: must not be negative at line 1 column 2",
+            ),
+            (
+                "-0.5",
+                "invalid cpu -0.5: must not be negative at line 1 column 4",
+            ),
+            (
+                "true",
+                "invalid type: boolean `true`, expected cpu: a quantity string like \"250m\" \
+                 or \"0.5\", or a number of cores at line 1 column 4",
+            ),
+        ];
+        for (json, expected) in cases {
+            let err = serde_json::from_str::<Cpu>(json).unwrap_err();
+            assert_eq!(err.to_string(), expected, "{json}");
+        }
     }
 }

@@ -1,10 +1,14 @@
-//! [`Registry`]: the transactions over the tables in `tables.rs`.
+//! [`Registry`]: the transactions over the tables in `tables.rs`, for modules, services and
+//! their revisions, and each service's bounded history of scale events.
 //!
 //! **Invariants:**
 //! every change is exactly one redb write transaction, committed with redb's default (durable)
 //! commit, so an acknowledged change survives `kill -9`;
-//! every change increments the change index in that same transaction, and a request that
-//! changes nothing (an existing module, an unchanged spec, a failed check) commits nothing;
+//! every change of configuration (modules and services) increments the change index in that
+//! same transaction, and a request that changes nothing (an existing module, an unchanged spec,
+//! a failed check) commits nothing;
+//! recording a scale event is a write too, but an observation rather than configuration, so it
+//! leaves the change index alone;
 //! no transaction outlives the method that began it.
 //! redb serializes write transactions (`begin_write` blocks while another is live), which is
 //! what makes the check-then-write sequences here, like "is this module used?", race free.
@@ -19,14 +23,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::model::{
-    Digest, ModuleKind, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceName, ServiceRecord,
-    ServiceSpec,
+    Digest, EventRecord, ModuleKind, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceName,
+    ServiceRecord, ServiceSpec,
 };
-use crate::tables::{CHANGE_INDEX_KEY, META, MODULE_BYTES, MODULES, REVISIONS, SERVICES};
+use crate::tables::{CHANGE_INDEX_KEY, EVENTS, META, MODULE_BYTES, MODULES, REVISIONS, SERVICES};
 use crate::{Error, Result};
 
-/// The durable registry of one node: modules, services and service revisions in one redb
-/// database.
+/// The scale events kept per service: recording one more prunes the oldest.
+pub const MAX_EVENTS_PER_SERVICE: usize = 100;
+
+/// The durable registry of one node: modules, services, service revisions and the recent scale
+/// events of each service, in one redb database.
 ///
 /// All methods are synchronous and may block on disk IO, or on another thread's write; call
 /// them from async code through `spawn_blocking`.
@@ -68,6 +75,7 @@ impl Registry {
             txn.open_table(MODULE_BYTES)?;
             txn.open_table(SERVICES)?;
             txn.open_table(REVISIONS)?;
+            txn.open_table(EVENTS)?;
             let mut meta = txn.open_table(META)?;
             let missing_change_index = meta.get(CHANGE_INDEX_KEY)?.is_none();
             if missing_change_index {
@@ -206,6 +214,8 @@ impl Registry {
 
     /// Creates or updates a service, returning its record and whether it was created.
     ///
+    /// The spec is [normalized](ServiceSpec::normalize) first, so what is stored, and compared,
+    /// always shows the memory limit in force in `limits.memory`.
     /// A new spec becomes the next revision (1 for a new service), stored with the service
     /// record and a new change index in one transaction.
     /// A spec equal to the current one changes nothing and returns the current record with
@@ -215,8 +225,9 @@ impl Registry {
     pub fn put_service(
         &self,
         name: &ServiceName,
-        spec: ServiceSpec,
+        mut spec: ServiceSpec,
     ) -> Result<(ServiceRecord, bool)> {
+        spec.normalize();
         spec.validate()?;
         let (record, created, changed) = self.write(|txn| {
             let module_exists = txn
@@ -315,10 +326,10 @@ impl Registry {
         Ok(records)
     }
 
-    /// Deletes a service and its revision history, returning its last record.
+    /// Deletes a service, its revision history and its scale events, returning its last record.
     ///
     /// Fails with [`Error::NotFound`] if it does not exist.
-    /// A service created later under the same name starts again at revision 1.
+    /// A service created later under the same name starts again at revision 1 and event 1.
     pub fn delete_service(&self, name: &ServiceName) -> Result<ServiceRecord> {
         let record = self.write(|txn| {
             let mut services = txn.open_table(SERVICES)?;
@@ -328,11 +339,90 @@ impl Registry {
             };
             txn.open_table(REVISIONS)?
                 .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |_, _| false)?;
+            txn.open_table(EVENTS)?
+                .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |_, _| false)?;
             bump_change_index(txn)?;
             Ok(Write::Commit(record))
         })?;
         tracing::debug!(%name, "deleted service");
         Ok(record)
+    }
+
+    /// Records a scale decision of a service as its next [`EventRecord`], and prunes its
+    /// oldest events beyond [`MAX_EVENTS_PER_SERVICE`], in one write transaction.
+    ///
+    /// Events are observations, not configuration: recording one does not bump the
+    /// [change index](Registry::change_index), so watchers of configuration are not woken by
+    /// the autoscaler.
+    /// Sequence numbers continue from the newest event kept, so they are never reused while
+    /// the service exists.
+    /// Fails with [`Error::NotFound`] if the service does not exist; then nothing is written.
+    pub fn record_event(
+        &self,
+        name: &ServiceName,
+        from: u32,
+        to: u32,
+        reason: &str,
+    ) -> Result<EventRecord> {
+        let record = self.write(|txn| {
+            let service_exists = txn.open_table(SERVICES)?.get(name.as_str())?.is_some();
+            if !service_exists {
+                return Err(service_not_found(name));
+            }
+            let mut events = txn.open_table(EVENTS)?;
+            let newest_seq = events
+                .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))?
+                .next_back()
+                .transpose()?
+                .map_or(0, |(key, _)| key.value().1);
+            let seq = newest_seq.checked_add(1).ok_or_else(|| {
+                Error::Corrupt(format!("the event sequence of {name} cannot grow"))
+            })?;
+            let record = EventRecord {
+                version: SCHEMA_VERSION,
+                service: name.clone(),
+                seq,
+                time_unix_ms: now_unix_ms(),
+                from,
+                to,
+                reason: reason.to_owned(),
+            };
+            events.insert((name.as_str(), seq), encode(&record).as_slice())?;
+            // Sequence numbers have no gaps, so the newest events kept are exactly these.
+            let oldest_kept_seq = seq.saturating_sub(MAX_EVENTS_PER_SERVICE as u64 - 1);
+            events.retain_in(
+                (name.as_str(), 0)..(name.as_str(), oldest_kept_seq),
+                |_, _| false,
+            )?;
+            Ok(Write::Commit(record))
+        })?;
+        tracing::debug!(%name, seq = record.seq, from, to, reason, "recorded scale event");
+        Ok(record)
+    }
+
+    /// The newest `limit` scale events of a service, oldest first.
+    ///
+    /// At most [`MAX_EVENTS_PER_SERVICE`] are kept, so a larger `limit` gives them all.
+    /// Fails with [`Error::NotFound`] if the service does not exist.
+    pub fn events(&self, name: &ServiceName, limit: usize) -> Result<Vec<EventRecord>> {
+        let txn = self.database.begin_read()?;
+        let service_exists = txn.open_table(SERVICES)?.get(name.as_str())?.is_some();
+        if !service_exists {
+            return Err(service_not_found(name));
+        }
+        let events = txn.open_table(EVENTS)?;
+        let mut records = Vec::new();
+        let newest_first = events
+            .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))?
+            .rev()
+            .take(limit);
+        for entry in newest_first {
+            let (key, value) = entry?;
+            let (_, seq) = key.value();
+            records.push(decode(value.value(), &format!("{name} event {seq}"))?);
+        }
+        records.reverse();
+        Ok(records)
     }
 
     /// The change index: 1 for an empty registry, and incremented, durably, by every change.
@@ -420,6 +510,10 @@ impl StoredRecord for ModuleRecord {
 
 impl StoredRecord for ServiceRecord {
     const KIND: &'static str = "service";
+}
+
+impl StoredRecord for EventRecord {
+    const KIND: &'static str = "event";
 }
 
 impl StoredRecord for RevisionRecord {
@@ -878,6 +972,307 @@ mod tests {
             registry.modules().unwrap_err().to_string(),
             "corrupt registry: module record \"future\" has schema version 2, \
              but this shoal reads version 1"
+        );
+    }
+
+    #[test]
+    fn events_are_numbered_from_one_and_read_oldest_first() {
+        on_both_backends(|registry| {
+            let module = store_module(registry, b"events");
+            let web = name("web");
+            registry
+                .put_service(&web, ServiceSpec::new(module))
+                .unwrap();
+            assert_eq!(registry.events(&web, 10).unwrap(), vec![]);
+            let before = now_unix_ms();
+            let first = registry.record_event(&web, 0, 1, "cold start").unwrap();
+            assert_eq!(first.version, SCHEMA_VERSION);
+            assert_eq!(first.service, web);
+            assert_eq!(first.seq, 1);
+            assert!(first.time_unix_ms >= before);
+            assert_eq!(
+                (first.from, first.to, first.reason.as_str()),
+                (0, 1, "cold start")
+            );
+            registry.record_event(&web, 1, 3, "load").unwrap();
+            registry.record_event(&web, 3, 2, "idle").unwrap();
+
+            let all = registry.events(&web, 10).unwrap();
+            let seqs: Vec<u64> = all.iter().map(|event| event.seq).collect();
+            assert_eq!(seqs, [1, 2, 3]);
+            assert_eq!(all[0], first);
+            let reasons: Vec<&str> = all.iter().map(|event| event.reason.as_str()).collect();
+            assert_eq!(reasons, ["cold start", "load", "idle"]);
+            let newest_two: Vec<u64> = registry
+                .events(&web, 2)
+                .unwrap()
+                .iter()
+                .map(|event| event.seq)
+                .collect();
+            assert_eq!(newest_two, [2, 3]);
+            assert_eq!(registry.events(&web, 0).unwrap(), vec![]);
+        });
+    }
+
+    #[test]
+    fn events_keep_the_newest_hundred() {
+        on_both_backends(|registry| {
+            let module = store_module(registry, b"events");
+            let web = name("web");
+            registry
+                .put_service(&web, ServiceSpec::new(module))
+                .unwrap();
+            for n_replicas in 1..=105_u32 {
+                let event = registry
+                    .record_event(&web, n_replicas - 1, n_replicas, "load")
+                    .unwrap();
+                assert_eq!(event.seq, u64::from(n_replicas));
+            }
+            let kept = registry.events(&web, usize::MAX).unwrap();
+            assert_eq!(kept.len(), MAX_EVENTS_PER_SERVICE);
+            let seqs: Vec<u64> = kept.iter().map(|event| event.seq).collect();
+            assert_eq!(seqs, (6..=105).collect::<Vec<u64>>());
+            assert!(kept.iter().all(|event| u64::from(event.to) == event.seq));
+
+            let newest_three: Vec<u64> = registry
+                .events(&web, 3)
+                .unwrap()
+                .iter()
+                .map(|event| event.seq)
+                .collect();
+            assert_eq!(newest_three, [103, 104, 105]);
+            // Pruned numbers are never handed out again.
+            assert_eq!(
+                registry.record_event(&web, 105, 106, "load").unwrap().seq,
+                106
+            );
+            assert_eq!(registry.events(&web, 1000).unwrap()[0].seq, 7);
+        });
+    }
+
+    #[test]
+    fn events_of_an_unknown_service_are_not_found() {
+        on_both_backends(|registry| {
+            let ghost = name("ghost");
+            let change_index = registry.change_index().unwrap();
+            assert!(matches!(
+                registry.record_event(&ghost, 0, 1, "load"),
+                Err(Error::NotFound { kind: "service", key }) if key == "ghost"
+            ));
+            assert!(matches!(
+                registry.events(&ghost, 10),
+                Err(Error::NotFound { kind: "service", key }) if key == "ghost"
+            ));
+            // Nothing was written for it: created now, it has no events.
+            let module = store_module(registry, b"events");
+            registry
+                .put_service(&ghost, ServiceSpec::new(module))
+                .unwrap();
+            assert_eq!(registry.events(&ghost, 10).unwrap(), vec![]);
+            assert!(registry.change_index().unwrap() > change_index);
+        });
+    }
+
+    #[test]
+    fn recording_events_leaves_the_change_index_alone() {
+        on_both_backends(|registry| {
+            let module = store_module(registry, b"events");
+            let web = name("web");
+            let (record, _) = registry
+                .put_service(&web, ServiceSpec::new(module))
+                .unwrap();
+            let change_index = registry.change_index().unwrap();
+            for n_replicas in 1..=3 {
+                registry
+                    .record_event(&web, n_replicas - 1, n_replicas, "load")
+                    .unwrap();
+            }
+            assert_eq!(registry.change_index().unwrap(), change_index);
+            assert_eq!(registry.service(&web).unwrap(), Some(record));
+            assert_eq!(registry.revisions(&web).unwrap().len(), 1);
+        });
+    }
+
+    #[test]
+    fn delete_service_removes_its_events_only() {
+        on_both_backends(|registry| {
+            let module = store_module(registry, b"events");
+            // "a" is a prefix of "ab": deleting one must not touch the other's events.
+            for text in ["a", "ab"] {
+                registry
+                    .put_service(&name(text), ServiceSpec::new(module.clone()))
+                    .unwrap();
+                for n_replicas in 1..=3 {
+                    registry
+                        .record_event(&name(text), n_replicas - 1, n_replicas, "load")
+                        .unwrap();
+                }
+            }
+            registry.delete_service(&name("a")).unwrap();
+            assert!(matches!(
+                registry.events(&name("a"), 10),
+                Err(Error::NotFound { .. })
+            ));
+            assert_eq!(registry.events(&name("ab"), 10).unwrap().len(), 3);
+
+            // Created again, the service starts a new history of events too.
+            registry
+                .put_service(&name("a"), ServiceSpec::new(module))
+                .unwrap();
+            assert_eq!(registry.events(&name("a"), 10).unwrap(), vec![]);
+            assert_eq!(
+                registry
+                    .record_event(&name("a"), 0, 1, "cold start")
+                    .unwrap()
+                    .seq,
+                1
+            );
+        });
+    }
+
+    #[test]
+    fn events_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.redb");
+        let web = name("web");
+        let events = {
+            let registry = Registry::open(&path).unwrap();
+            let module = store_module(&registry, b"events");
+            registry
+                .put_service(&web, ServiceSpec::new(module))
+                .unwrap();
+            registry.record_event(&web, 0, 1, "cold start").unwrap();
+            registry.record_event(&web, 1, 2, "load").unwrap();
+            registry.events(&web, 10).unwrap()
+        };
+        let registry = Registry::open(&path).unwrap();
+        assert_eq!(registry.events(&web, 10).unwrap(), events);
+        assert_eq!(registry.record_event(&web, 2, 1, "idle").unwrap().seq, 3);
+    }
+
+    #[test]
+    fn put_service_stores_specs_normalized() {
+        on_both_backends(|registry| {
+            let module = store_module(registry, b"module");
+            let web = name("web");
+            let mut spec = ServiceSpec::new(module);
+            spec.resources.limits.memory = Some(ByteSize(32 << 20));
+            assert_eq!(spec.limits.memory, ByteSize(64 << 20));
+            let (record, created) = registry.put_service(&web, spec.clone()).unwrap();
+            assert!(created);
+            assert_eq!(record.spec.limits.memory, ByteSize(32 << 20));
+            assert_eq!(registry.revisions(&web).unwrap()[0].spec, record.spec);
+
+            // The same spec, in either spelling, is no change.
+            let change_index = registry.change_index().unwrap();
+            let (again, created) = registry.put_service(&web, spec.clone()).unwrap();
+            assert!(!created);
+            assert_eq!(again, record);
+            let mut normalized = spec;
+            normalized.normalize();
+            let (again, _) = registry.put_service(&web, normalized).unwrap();
+            assert_eq!(again, record);
+            assert_eq!(registry.change_index().unwrap(), change_index);
+        });
+    }
+
+    #[test]
+    fn put_service_with_invalid_workload_writes_nothing() {
+        on_both_backends(|registry| {
+            let module = store_module(registry, b"module");
+            let change_index = registry.change_index().unwrap();
+            let mut spec = ServiceSpec::new(module);
+            spec.scale.min = 4;
+            spec.scale.max = 3;
+            let err = registry.put_service(&name("web"), spec).unwrap_err();
+            assert!(
+                matches!(&err, Error::Invalid { field: "scale.min", reason } if reason == "must not exceed scale.max (3)"),
+                "{err}"
+            );
+            assert_eq!(registry.change_index().unwrap(), change_index);
+            assert_eq!(registry.services().unwrap(), vec![]);
+        });
+    }
+
+    #[test]
+    fn records_written_before_the_workload_fields_still_decode() {
+        let registry = Registry::in_memory().unwrap();
+        let module = store_module(&registry, b"old module");
+        // A service record exactly as the first version of shoal wrote it.
+        let old_spec = format!(
+            r#"{{"module":"{module}","limits":{{"memory":"128Mi","fuel":5000000000,"timeout":"10s",
+            "max_request_body":"10Mi","max_response":"16Mi","max_stderr":"64Ki"}},
+            "env":{{"GREETING":"hi"}},"args":[]}}"#
+        );
+        let old_service = format!(
+            r#"{{"version":1,"name":"old","revision":1,"spec":{old_spec},
+            "created_unix_ms":1700000000000,"updated_unix_ms":1700000000000,"change_index":3}}"#
+        );
+        let old_revision = format!(
+            r#"{{"version":1,"name":"old","revision":1,"spec":{old_spec},
+            "created_unix_ms":1700000000000,"change_index":3}}"#
+        );
+        let txn = registry.database.begin_write().unwrap();
+        {
+            let mut services = txn.open_table(SERVICES).unwrap();
+            services.insert("old", old_service.as_bytes()).unwrap();
+            let mut revisions = txn.open_table(REVISIONS).unwrap();
+            revisions
+                .insert(("old", 1), old_revision.as_bytes())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+
+        let mut expected = spec_with_env(&module, "hi");
+        expected.limits.memory = ByteSize(128 << 20);
+        let record = registry.service(&name("old")).unwrap().unwrap();
+        assert_eq!(record.spec, expected);
+        assert_eq!(record.spec.scale, crate::Scale::default());
+        assert_eq!(registry.revisions(&name("old")).unwrap()[0].spec, expected);
+        // Applying the same spec again is recognised as no change.
+        let (again, created) = registry.put_service(&name("old"), expected).unwrap();
+        assert!(!created);
+        assert_eq!(again, record);
+        // And events can be recorded for it.
+        assert_eq!(
+            registry
+                .record_event(&name("old"), 1, 2, "load")
+                .unwrap()
+                .seq,
+            1
+        );
+    }
+
+    #[test]
+    fn files_from_before_events_gain_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.redb");
+        {
+            // The tables the first version of shoal created, and no `events`.
+            let database = Database::create(&path).unwrap();
+            let txn = database.begin_write().unwrap();
+            txn.open_table(MODULES).unwrap();
+            txn.open_table(MODULE_BYTES).unwrap();
+            txn.open_table(SERVICES).unwrap();
+            txn.open_table(REVISIONS).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(CHANGE_INDEX_KEY, 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let registry = Registry::open(&path).unwrap();
+        let module = store_module(&registry, b"module");
+        registry
+            .put_service(&name("web"), ServiceSpec::new(module))
+            .unwrap();
+        assert_eq!(registry.events(&name("web"), 10).unwrap(), vec![]);
+        assert_eq!(
+            registry
+                .record_event(&name("web"), 0, 1, "cold start")
+                .unwrap()
+                .seq,
+            1
         );
     }
 }

@@ -5,6 +5,8 @@
 //! bytes are stored apart from their record so that listing modules never reads the bytes.
 //! Renaming a table or changing its key or value type is a schema change: old files would no
 //! longer open.
+//! Adding a table is not: opening a registry creates any table its file lacks, which is how
+//! files written before [`EVENTS`] existed gain it.
 
 use redb::TableDefinition;
 
@@ -23,6 +25,11 @@ pub(crate) const SERVICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::n
 /// (service name, revision), so one service's revisions are a contiguous range in order.
 pub(crate) const REVISIONS: TableDefinition<'_, (&str, u64), &[u8]> =
     TableDefinition::new("revisions");
+
+/// The newest scale events of every service ([`EventRecord`](crate::EventRecord) as JSON),
+/// keyed by (service name, sequence number), so one service's events are a contiguous range in
+/// order, and pruning the oldest is deleting the front of that range.
+pub(crate) const EVENTS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("events");
 
 /// Single values describing the whole database, keyed by [`CHANGE_INDEX_KEY`] and friends.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");

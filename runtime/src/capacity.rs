@@ -71,7 +71,7 @@ fn bytes(n: u64) -> String {
         ("Ki", 1 << 10),
     ];
     for (suffix, unit) in UNITS {
-        if n >= unit && n % unit == 0 {
+        if n >= unit && n.is_multiple_of(unit) {
             return format!("{}{suffix}", n / unit);
         }
     }

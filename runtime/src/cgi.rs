@@ -95,7 +95,7 @@ where
     let throttle = lease.as_ref().and_then(|lease| lease.throttle.clone());
     let metering = Metering::new(limits, throttle);
     let mut store = Store::new(pre.module().engine(), CgiState { wasi, metering });
-    service::prepare_store(&mut store);
+    service::prepare_store(&mut store)?;
     service::begin_request(&mut store, limits)?;
 
     let run = async {

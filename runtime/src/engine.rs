@@ -123,6 +123,11 @@ impl Runtime {
         })
     }
 
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The allocator in use.
     pub fn allocator(&self) -> AllocatorKind {
         self.allocator

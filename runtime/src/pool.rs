@@ -309,10 +309,22 @@ impl ReplicaPool {
         self.replica.requests.times(state.replicas.len() as u64)
     }
 
-    /// Replaces the scale settings in place (replicas and instances are kept).
+    /// Replaces the scale settings in place: replicas and their instances are kept,
+    /// and the new bounds apply at once.
     pub fn retune(&self, settings: ScaleSettings) {
-        let mut state = self.lock();
-        state.settings = settings;
+        {
+            let mut state = self.lock();
+            let min = settings.min;
+            state.decision.desired = state
+                .decision
+                .desired
+                .clamp(settings.min, settings.max.max(settings.min));
+            state.settings = settings;
+            if state.replicas.len() < min as usize {
+                self.grow(&mut state, min, "min replicas");
+            }
+        }
+        self.flush_events();
     }
 
     /// Stops taking part: the pool serves what it has queued, then scales to zero and

@@ -142,7 +142,7 @@ async fn instantiate(
         metering: Metering::new(limits, throttle),
     };
     let mut store = Store::new(pre.engine(), state);
-    service::prepare_store(&mut store);
+    service::prepare_store(&mut store)?;
     // Instantiation runs the guest's start functions: it spends this request's budget.
     service::begin_request(&mut store, limits)?;
     match pre.instantiate_async(&mut store).await {

@@ -164,7 +164,13 @@ pub(crate) trait Metered: Send + 'static {
 /// charges the cpu throttle and yields to the scheduler at every tick, so a spinning
 /// guest can neither starve its worker thread, nor outlive its timeout, nor exceed its
 /// cpu limit.
-pub(crate) fn prepare_store<T: Metered>(store: &mut Store<T>) {
+pub(crate) fn prepare_store<T: Metered>(store: &mut Store<T>) -> Result<()> {
+    if let Some(throttle) = &store.data_mut().metering().throttle {
+        let interval = throttle.fuel_yield_interval();
+        store
+            .fuel_async_yield_interval(Some(interval))
+            .map_err(|e| Error::Internal(e.into()))?;
+    }
     store.limiter(|state| &mut state.metering().limiter as &mut dyn wasmtime::ResourceLimiter);
     store.epoch_deadline_callback(|mut context| {
         let fuel_left = context.get_fuel().unwrap_or(0);
@@ -174,6 +180,7 @@ pub(crate) fn prepare_store<T: Metered>(store: &mut Store<T>) {
         }
         Ok(UpdateDeadline::Yield(1))
     });
+    Ok(())
 }
 
 /// Resets the per-request budgets of a store, fresh or reused.

@@ -8,6 +8,8 @@
 //! is at most one tick and is carried into the next period rather than forgiven.
 //!
 //! The fuel rate is measured when the node starts by timing a calibration loop.
+//! Throttled stores also set a fuel yield interval, so the count the epoch callback
+//! reads is current (compiled code otherwise keeps it in a register).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -45,6 +47,14 @@ impl CpuThrottle {
         }
     }
 
+    /// How often a throttled guest must hand its fuel count back to the host: compiled
+    /// code keeps the count in a register, and only writes it back when it yields, so
+    /// without this the throttle would see no fuel burned in a tight loop. A hundredth
+    /// of a period's budget keeps the count accurate to well under a millisecond.
+    pub(crate) fn fuel_yield_interval(&self) -> u64 {
+        (self.budget / 100).max(10_000)
+    }
+
     /// Charges `fuel` burned just now; returns when the guest may run again if it is
     /// over budget.
     pub(crate) fn charge(&self, fuel: u64, now: Instant) -> Option<Instant> {
@@ -71,14 +81,25 @@ impl CpuThrottle {
 
 /// Measures how much fuel this machine burns per second of one core, by timing a loop.
 pub fn calibrate(engine: &Engine) -> anyhow::Result<u64> {
-    // A loop of cheap arithmetic: fuel counts wasm operators, so this is the rate for
-    // plain compute, which is what a cpu limit is about.
+    // Fuel counts wasm operators, and operators differ in cost: `local.get` is free once
+    // compiled, a multiply is not. This loop has the mix compiled code has (values
+    // spilled to linear memory and read back, locals, arithmetic, a branch), which is
+    // what rustc emits for a loop of arithmetic; a loop of register-only adds would
+    // overstate the rate of real code threefold and make cpu limits lenient.
     let module = Module::new(
         engine,
-        r#"(module (func (export "spin") (local i64)
-             (loop (local.set 0 (i64.add (local.get 0) (i64.const 1))) (br 0))))"#,
+        r#"(module (memory 1) (func (export "spin") (local $x i64) (local $i i64)
+             (loop
+               (i64.store (i32.const 8) (local.get $x))
+               (local.set $x (i64.load (i32.const 8)))
+               (local.set $x (i64.mul (local.get $x) (i64.const 0x9E3779B97F4A7C15)))
+               (i64.store (i32.const 16) (local.get $i))
+               (local.set $x (i64.xor (local.get $x) (i64.load (i32.const 16))))
+               (local.set $x (i64.rotl (local.get $x) (i64.const 7)))
+               (local.set $i (i64.add (local.get $i) (i64.const 1)))
+               (br 0))))"#,
     )?;
-    let budget: u64 = 30_000_000;
+    let budget: u64 = 200_000_000;
     let mut best = Duration::MAX;
     for _ in 0..3 {
         let mut store = Store::new(engine, ());

@@ -379,6 +379,68 @@ async fn garbage_cgi() {
     still_serving(&node).await;
 }
 
+/// Uploads `guest` and PUTs a spec made of `extra` plus the module.
+async fn deploy_spec(
+    node: &TestNode,
+    name: &str,
+    guest: &str,
+    extra: serde_json::Value,
+) -> shoal_tests::Reply {
+    let digest = node
+        .upload(guest_artifacts::bytes(guest))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["digest"]
+        .clone();
+    let mut spec = json!({ "module": digest });
+    for (key, value) in extra.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    shoal_tests::Reply::from(node.put_service(name, &spec).await).await
+}
+
+/// `reuse` keeps an instance (and its state) across requests; `per-request` does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn counter_http() {
+    let node = TestNode::start().await;
+    assert_eq!(
+        deploy_spec(&node, "fresh", COUNTER_HTTP, json!({}))
+            .await
+            .status,
+        201
+    );
+    let extra = json!({ "isolation": "reuse", "max_requests": 3, "scale": { "max": 1 } });
+    assert_eq!(
+        deploy_spec(&node, "kept", COUNTER_HTTP, extra).await.status,
+        201
+    );
+    let mut fresh = Vec::new();
+    let mut kept = Vec::new();
+    for _ in 0..5 {
+        fresh.push(node.call("fresh", "/").await.body);
+        kept.push(node.call("kept", "/").await.body);
+    }
+    assert_eq!(fresh, ["1", "1", "1", "1", "1"]);
+    // Recycled after max_requests.
+    assert_eq!(kept, ["1", "2", "3", "1", "2"]);
+
+    // After a trap the instance is dropped, never reused, and the next request succeeds.
+    let reply = node.call("kept", "/?trap").await;
+    assert_eq!((reply.status, reply.kind.as_deref()), (502, Some("trap")));
+    assert_eq!(node.call("kept", "/").await.body, "1");
+    assert_eq!(node.call("kept", "/").await.body, "2");
+
+    // CGI commands cannot be reused.
+    let reply = deploy_spec(&node, "cgi", HELLO_CGI, json!({ "isolation": "reuse" })).await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.error().contains("reuse needs a wasi:http component"),
+        "{}",
+        reply.error()
+    );
+}
+
 macro_rules! assert_test_exists {
     ($name:ident) => {
         #[allow(unused_imports)]

@@ -6,4 +6,5 @@ mod guests;
 mod management;
 mod process;
 mod routing;
+mod scaling;
 mod tidy;

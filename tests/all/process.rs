@@ -119,6 +119,34 @@ async fn cli_round_trip() {
     let modules = stdout(&run(vec!["modules"]).await);
     assert!(modules.contains("cgi"), "{modules}");
 
+    // Scaling from the command line: bounds, the table of numbers, the events.
+    let scaled = stdout(&run(vec!["scale", "echo", "--min", "2", "--max", "3"]).await);
+    assert!(scaled.contains("echo: min 2 max 3"), "{scaled}");
+    let ps = stdout(&run(vec!["ps"]).await);
+    let row = ps
+        .lines()
+        .find(|line| line.trim_start().starts_with("echo"))
+        .unwrap_or_else(|| panic!("{ps}"));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &columns[1..5],
+        ["2", "2", "2", "3"],
+        "REPLICAS DESIRED MIN MAX in {ps}"
+    );
+    let statuses: Value = serde_json::from_str(&stdout(&run(vec!["ps", "--json"]).await)).unwrap();
+    assert_eq!(statuses[0]["replicas"]["current"], 2);
+    let events = stdout(&run(vec!["events", "echo"]).await);
+    assert!(
+        events.contains("REASON") && events.contains("min replicas"),
+        "{events}"
+    );
+    let failed = run(vec!["scale", "echo", "--min", "5"]).await;
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr)
+            .contains("scale.min: must not exceed scale.max (3)")
+    );
+
     // Failures: non-zero exit, one line on stderr naming the problem.
     let failed = run(vec!["inspect", "ghost"]).await;
     assert!(!failed.status.success());
