@@ -333,7 +333,11 @@ impl ReplicaPool {
         let mut state = self.lock();
         state.retired = true;
         state.settings.min = 0;
+        let before = state.replicas.len();
         state.replicas.retain(|replica| replica.in_flight > 0);
+        if state.replicas.len() != before {
+            state.note_change("retired");
+        }
     }
 
     /// Serves one request: waits for a replica (or starts one), runs the guest.
@@ -364,7 +368,9 @@ impl ReplicaPool {
             if let Some(grant) = self.take_free(&mut state) {
                 return Ok((self.lease(grant, arrived), false));
             }
-            let can_grow = !state.retired && state.replicas.len() < state.settings.max as usize;
+            // A retired pool still serves what reaches it (requests that looked up the
+            // route just before it was replaced), so it may grow too.
+            let can_grow = state.replicas.len() < state.settings.max as usize;
             if can_grow {
                 let from = state.replicas.len();
                 let reason = if from == 0 { "cold start" } else { "load" };
