@@ -115,6 +115,15 @@ pub struct UpArgs {
     /// Fuel one core burns per second, for cpu limits; default: measured at start.
     #[arg(long)]
     pub fuel_per_cpu_second: Option<u64>,
+    /// The datacenter the Consul API reports.
+    #[arg(long, default_value = "dc1")]
+    pub datacenter: String,
+    /// The node name the Consul API reports; default: the host name.
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The shortest DeregisterCriticalServiceAfter honoured, as in Consul (for tests).
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration, hide = true)]
+    pub min_deregister_critical_after: Duration,
 }
 
 impl UpArgs {
@@ -134,6 +143,11 @@ impl UpArgs {
             });
         }
         config.fuel_per_cpu_second = self.fuel_per_cpu_second;
+        config.datacenter = self.datacenter.clone();
+        if let Some(name) = &self.node_name {
+            config.node_name = name.clone();
+        }
+        config.min_deregister_critical_after = self.min_deregister_critical_after;
         config
     }
 }

@@ -85,6 +85,7 @@ impl From<shoal_registry::Error> for ApiError {
         match error {
             E::NotFound { .. } => ApiError::not_found(message),
             E::ModuleInUse { .. } => ApiError::new(StatusCode::CONFLICT, "in-use", message),
+            E::NameTaken { .. } => ApiError::new(StatusCode::CONFLICT, "name-taken", message),
             E::ModuleNotFound(_) => {
                 ApiError::bad_request(format!("{message}: upload it first with POST /v1/modules"))
             }
@@ -115,3 +116,15 @@ impl From<shoal_runtime::Error> for ApiError {
 
 /// The crate's handler result.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// An error and its causes, on one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -6,9 +6,11 @@
 //! CGI). `call_address = provider_address + request_data`, in the seed's words: the
 //! service name picks the provider, the rest of the request is passed on unchanged.
 //!
-//! The lookup reads the in-memory routing table only; nothing here touches the
-//! registry. The service's [`shoal_runtime::ReplicaPool`] then picks a replica, starts
-//! one, or queues the request.
+//! The lookup reads the in-memory routing tables only; nothing here touches the
+//! registry. A wasm service's [`shoal_runtime::ReplicaPool`] then picks a replica, starts
+//! one, or queues the request. A service registered through the Consul API is proxied to
+//! one of its instances without a critical check, in turn; when none qualifies the answer
+//! is 503, saying why.
 
 use std::net::SocketAddr;
 
@@ -19,6 +21,7 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use shoal_runtime::RequestContext;
 
+use crate::catalog::ExternalService;
 use crate::error::ApiError;
 use crate::node::Node;
 
@@ -97,6 +100,10 @@ async fn forward(State(node): State<Node>, mut request: Request) -> Response {
         .into_response();
     };
     let Some(route) = node.route(&target.service) else {
+        if let Some(external) = node.catalog().external.get(&target.service).cloned() {
+            let _in_flight = node.begin_request();
+            return proxy(&node, &external, target, remote_addr, request).await;
+        }
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown-service",
@@ -127,6 +134,114 @@ async fn forward(State(node): State<Node>, mut request: Request) -> Response {
         }
         Err(error) => {
             let error = ApiError::from(error);
+            tracing::info!(service = %target.service, kind = error.kind, "{}", error.message);
+            error.into_response()
+        }
+    }
+}
+
+/// Headers that describe one connection, not the request, and must not be forwarded
+/// (RFC 9110, section 7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+}
+
+/// Proxies a request to an instance of a registered service, streaming both ways.
+async fn proxy(
+    node: &Node,
+    service: &ExternalService,
+    target: Target,
+    remote_addr: Option<SocketAddr>,
+    request: Request,
+) -> Response {
+    let Some(endpoint) = service.pick() else {
+        let n = service.instances.len();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-healthy-instance",
+            format!(
+                "service {:?} has no instance to route to: {n} registered, none with a port and \
+                 without a critical check",
+                target.service
+            ),
+        )
+        .into_response();
+    };
+    let (parts, body) = request.into_parts();
+    let path_and_query = target.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("http://{}{path_and_query}", endpoint.authority);
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    let original_host = headers.remove(header::HOST);
+    if let Some(host) = original_host {
+        headers.insert("x-forwarded-host", host);
+    }
+    if !target.prefix.is_empty()
+        && let Ok(prefix) = HeaderValue::from_str(&target.prefix)
+    {
+        headers.insert("x-forwarded-prefix", prefix);
+    }
+    if let Some(addr) = remote_addr
+        && let Ok(value) = HeaderValue::from_str(&addr.ip().to_string())
+    {
+        headers.append("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let upstream = node
+        .http_client()
+        .request(parts.method, &url)
+        .headers(headers)
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()))
+        .send()
+        .await;
+    match upstream {
+        Ok(upstream) => {
+            let mut response = Response::builder().status(upstream.status());
+            if let Some(response_headers) = response.headers_mut() {
+                *response_headers = upstream.headers().clone();
+                strip_hop_by_hop(response_headers);
+            }
+            response
+                .body(Body::from_stream(upstream.bytes_stream()))
+                .unwrap_or_else(|error| ApiError::internal(error).into_response())
+        }
+        Err(error) => {
+            let error = ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream-unreachable",
+                format!(
+                    "cannot reach instance {:?} of service {:?} at {}: {}",
+                    endpoint.id,
+                    target.service,
+                    endpoint.authority,
+                    crate::error::error_chain(&error)
+                ),
+            );
             tracing::info!(service = %target.service, kind = error.kind, "{}", error.message);
             error.into_response()
         }

@@ -2,14 +2,18 @@
 //!
 //! This crate is the only one that knows HTTP and JSON. It puts the `shoal-runtime`
 //! (wasmtime) and `shoal-registry` (redb) crates behind two listeners:
-//! - the management API ([`mgmt::app`]): upload modules, deploy services, inspect;
-//! - the gateway ([`gateway::app`]): call a service by name.
+//! - the management API ([`mgmt::app`]): upload modules, deploy services, inspect; with the
+//!   Consul-compatible API ([`consul`]) beside it, for registration, discovery, health and KV;
+//! - the gateway ([`gateway::app`]): call a service by name, wasm or registered.
 //!
 //! [`serve`] runs both on listeners the caller has bound, until a shutdown future
 //! resolves, so tests run a whole node on `127.0.0.1:0`. The `shoal` binary
 //! (`main.rs`, `cli.rs`) is a thin layer of flags and client commands on top.
 
+pub mod catalog;
+mod checks;
 pub mod cli;
+pub mod consul;
 pub mod error;
 pub mod gateway;
 pub mod mgmt;

@@ -62,8 +62,18 @@ pub fn app(node: Node) -> Router {
         // An empty name is a bad name, not an unknown route.
         .route("/v1/services/", any(empty_name))
         .route("/v1/deploy/", any(empty_name))
-        .fallback(|| async { ApiError::not_found("no such API route; see GET /v1/node") })
         .layer(middleware::from_fn_with_state(node.clone(), require_token))
+        .merge(crate::consul::routes(node.clone()))
+        .fallback(|uri: axum::http::Uri| async move {
+            if crate::consul::PREFIXES
+                .iter()
+                .any(|p| uri.path().starts_with(p))
+            {
+                crate::consul::unknown_path()
+            } else {
+                ApiError::not_found("no such API route; see GET /v1/node").into_response()
+            }
+        })
         .with_state(node)
 }
 
@@ -89,7 +99,7 @@ async fn require_token(State(node): State<Node>, request: Request, next: Next) -
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

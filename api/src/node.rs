@@ -32,6 +32,8 @@ use shoal_runtime::{
     RuntimeConfig, ScaleEvent, ScaleSettings, Service, ServiceConfig,
 };
 
+use crate::catalog::Catalog;
+use crate::checks::CheckRunner;
 use crate::error::{ApiError, ApiResult};
 
 /// How a node is set up.
@@ -56,6 +58,15 @@ pub struct NodeConfig {
     pub fuel_per_cpu_second: Option<u64>,
     /// Scale settings for what a service's spec leaves out.
     pub scale_defaults: ScaleSettings,
+    /// The datacenter the Consul API reports.
+    pub datacenter: String,
+    /// The node name the Consul API reports; the host name by default.
+    pub node_name: String,
+    /// The address of this node in the Consul API, and of registered instances that give none.
+    pub node_address: String,
+    /// The shortest `DeregisterCriticalServiceAfter` honoured (Consul's is a minute; tests
+    /// lower it).
+    pub min_deregister_critical_after: Duration,
 }
 
 impl NodeConfig {
@@ -71,6 +82,53 @@ impl NodeConfig {
             capacity: None,
             fuel_per_cpu_second: None,
             scale_defaults: ScaleSettings::default(),
+            datacenter: "dc1".to_owned(),
+            node_name: host_name(),
+            node_address: "127.0.0.1".to_owned(),
+            min_deregister_critical_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The machine's host name, or `shoal` if it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "shoal".to_owned())
+}
+
+/// Who this node is, in the Consul API.
+#[derive(Debug, Clone)]
+pub struct ConsulNode {
+    /// A UUID, stable for a node name and data directory.
+    pub id: String,
+    /// The node's name.
+    pub name: String,
+    /// The node's address.
+    pub address: String,
+    /// What `/v1/status/leader` answers: this node, at Consul's server port.
+    pub raft_address: String,
+}
+
+impl ConsulNode {
+    fn new(config: &NodeConfig) -> ConsulNode {
+        use sha2::Digest as _;
+        let seed = format!("{}\n{}", config.node_name, config.data_dir.display());
+        let hash = hex::encode(sha2::Sha256::digest(seed.as_bytes()));
+        ConsulNode {
+            id: format!(
+                "{}-{}-{}-{}-{}",
+                &hash[0..8],
+                &hash[8..12],
+                &hash[12..16],
+                &hash[16..20],
+                &hash[20..32]
+            ),
+            name: config.node_name.clone(),
+            address: config.node_address.clone(),
+            raft_address: format!("{}:8300", config.node_address),
         }
     }
 }
@@ -83,6 +141,8 @@ pub struct Route {
     pub revision: u64,
     /// The spec of that revision.
     pub spec: ServiceSpec,
+    /// The change index that stored that revision.
+    pub change_index: u64,
 }
 
 /// Shared state of a running node. Cheap to clone.
@@ -104,6 +164,25 @@ struct Inner {
     capacity: Arc<Capacity>,
     fuel_per_cpu_second: u64,
     events: tokio::sync::mpsc::UnboundedSender<(ServiceName, ScaleEvent)>,
+    /// Registered services and checks, as of the registry's last change.
+    catalog: ArcSwap<Catalog>,
+    /// The change index of the newest committed change, for blocking queries to wait on.
+    committed: tokio::sync::watch::Sender<u64>,
+    checks: CheckRunner,
+    consul_node: ConsulNode,
+    /// For health checks and for proxying to registered services: no redirects followed, no
+    /// proxy from the environment.
+    http: reqwest::Client,
+}
+
+/// A node that does not keep the node alive, for its background tasks.
+#[derive(Clone)]
+pub(crate) struct WeakNode(std::sync::Weak<Inner>);
+
+impl WeakNode {
+    pub(crate) fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
 }
 
 /// Counts a request as in flight for as long as it lives.
@@ -148,7 +227,13 @@ impl Node {
         );
         let registry = Arc::new(registry);
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(record_events(Arc::downgrade(&registry), receiver));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("building the HTTP client")?;
+        let consul_node = ConsulNode::new(&config);
         let node = Node {
             inner: Arc::new(Inner {
                 config,
@@ -161,9 +246,16 @@ impl Node {
                 capacity,
                 fuel_per_cpu_second,
                 events,
+                catalog: ArcSwap::default(),
+                committed: tokio::sync::watch::Sender::new(0),
+                checks: CheckRunner::default(),
+                consul_node,
+                http,
             }),
         };
+        tokio::spawn(record_events(node.downgrade(), receiver));
         node.load_services().await?;
+        node.committed().await?;
         Ok(node)
     }
 
@@ -239,6 +331,125 @@ impl Node {
     /// Where the gateway listens, once it does.
     pub fn gateway_addr(&self) -> Option<SocketAddr> {
         self.inner.gateway_addr.get().copied()
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
+    /// Who this node is in the Consul API.
+    pub fn consul_node(&self) -> &ConsulNode {
+        &self.inner.consul_node
+    }
+
+    /// Registered services and checks, as of the registry's last change.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.inner.catalog.load_full()
+    }
+
+    /// The change index of every committed change, as it happens.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.committed.subscribe()
+    }
+
+    pub(crate) fn http_client(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// After a committed change: reloads the catalog (and with it the checks that run), then
+    /// wakes blocking queries. A reload older than the one in place is dropped, so concurrent
+    /// changes can finish in any order.
+    pub(crate) async fn committed(&self) -> ApiResult<()> {
+        let snapshot = self.registry(|r| r.catalog()).await?;
+        let change = snapshot.indexes.change;
+        let catalog = Arc::new(Catalog::new(snapshot, &self.inner.config.node_address));
+        let previous = self.inner.catalog.rcu(|current| {
+            if current.snapshot.indexes.change < change {
+                catalog.clone()
+            } else {
+                current.clone()
+            }
+        });
+        if previous.snapshot.indexes.change < change {
+            self.inner.checks.reconcile(self, &catalog.snapshot);
+        }
+        self.inner.committed.send_if_modified(|index| {
+            let newer = change > *index;
+            if newer {
+                *index = change;
+            }
+            newer
+        });
+        Ok(())
+    }
+
+    /// A change to registered services or checks: the registry call, then [`Node::committed`].
+    pub async fn catalog_write<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Registry) -> shoal_registry::Result<T> + Send + 'static,
+    {
+        let value = self.registry(f).await?;
+        if let Err(error) = self.committed().await {
+            tracing::warn!(error = %error.message, "cannot refresh the catalog");
+        }
+        Ok(value)
+    }
+
+    /// A key/value change: the registry call, then a wake-up for blocking queries.
+    pub async fn kv_write<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Registry) -> shoal_registry::Result<T> + Send + 'static,
+    {
+        let value = self.registry(f).await?;
+        let change = self.registry(|r| r.change_index()).await?;
+        self.inner.committed.send_if_modified(|index| {
+            let newer = change > *index;
+            if newer {
+                *index = change;
+            }
+            newer
+        });
+        Ok(value)
+    }
+
+    /// Records a check's state (written only if it changed).
+    pub(crate) async fn set_check(
+        &self,
+        id: &str,
+        status: shoal_registry::CheckStatus,
+        output: String,
+    ) -> ApiResult<()> {
+        let id = id.to_owned();
+        let current = self.catalog();
+        let unchanged = current
+            .snapshot
+            .checks
+            .iter()
+            .any(|c| c.definition.id == id && c.status == status && c.output == output);
+        if unchanged {
+            return Ok(());
+        }
+        self.catalog_write(move |r| r.update_check(&id, status, &output))
+            .await?;
+        Ok(())
+    }
+
+    /// A TTL report (`/v1/agent/check/pass/{id}` and friends): restarts the check's clock and
+    /// records its state. `false` if there is no TTL check with that ID.
+    pub(crate) async fn ttl_report(
+        &self,
+        id: &str,
+        status: shoal_registry::CheckStatus,
+        output: String,
+    ) -> ApiResult<bool> {
+        let Some(clock) = self.inner.checks.ttl_clock(id) else {
+            return Ok(false);
+        };
+        let _reported = clock.report(status).await;
+        self.set_check(id, status, output).await?;
+        Ok(true)
     }
 
     /// Runs a registry call on a blocking thread: the one bridge from async to redb.
@@ -319,6 +530,7 @@ impl Node {
                     pool: route.pool.clone(),
                     revision: record.revision,
                     spec: record.spec.clone(),
+                    change_index: record.change_index,
                 };
                 self.update_routes(|routes| {
                     routes.insert(record.name.as_str().to_owned(), Arc::new(route));
@@ -334,6 +546,7 @@ impl Node {
                 });
             }
         }
+        self.committed().await?;
         Ok((record, created))
     }
 
@@ -411,6 +624,7 @@ impl Node {
             pool,
             revision: record.revision,
             spec: record.spec.clone(),
+            change_index: record.change_index,
         }
     }
 
@@ -436,6 +650,7 @@ impl Node {
                 route.pool.retire();
             }
         });
+        self.committed().await?;
         Ok(record)
     }
 
@@ -487,26 +702,30 @@ fn same_except_scale(a: &ServiceSpec, b: &ServiceSpec) -> bool {
     unscaled(a) == unscaled(b)
 }
 
-/// Writes scale events to the registry, in order, off the request path.
+/// Writes scale events to the registry, in order, off the request path, and wakes the
+/// health watchers they concern (replicas are what health reports for a wasm service).
 ///
-/// It holds the registry weakly: a node that is gone must release its database file
-/// at once, so the next node can open it.
+/// It holds the node weakly: a node that is gone must release its database file at once, so
+/// the next node can open it.
 async fn record_events(
-    registry: std::sync::Weak<Registry>,
+    node: WeakNode,
     mut receiver: tokio::sync::mpsc::UnboundedReceiver<(ServiceName, ScaleEvent)>,
 ) {
     while let Some((name, event)) = receiver.recv().await {
-        let Some(registry) = registry.upgrade() else {
+        let Some(node) = node.upgrade() else {
             return;
         };
-        let result = tokio::task::spawn_blocking(move || {
-            registry.record_event(&name, event.from, event.to, &event.reason)
-        })
-        .await;
+        let result = node
+            .registry(move |r| r.record_event(&name, event.from, event.to, &event.reason))
+            .await;
         match result {
-            Ok(Ok(_)) | Ok(Err(shoal_registry::Error::NotFound { .. })) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "cannot record a scale event"),
-            Err(error) => tracing::warn!(%error, "cannot record a scale event"),
+            Ok(_) => {
+                if let Err(error) = node.committed().await {
+                    tracing::warn!(error = %error.message, "cannot refresh the catalog");
+                }
+            }
+            Err(error) if error.status == axum::http::StatusCode::NOT_FOUND => {}
+            Err(error) => tracing::warn!(error = %error.message, "cannot record a scale event"),
         }
     }
 }

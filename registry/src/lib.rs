@@ -18,11 +18,18 @@
 //! The async bridge (`spawn_blocking`) lives in the `api` crate, and no method here holds a
 //! transaction longer than one call.
 //!
-//! Every change (storing or deleting a module, creating, updating or deleting a service) is
-//! exactly one durable write transaction, and bumps a monotonic [change index](Registry::change_index)
-//! that watchers can use to notice that something changed.
-//! Recording a scale event is one durable write transaction too, but it is an observation, not
-//! configuration, so it leaves the change index alone.
+//! It also holds what the Consul-compatible API serves: service instances registered from
+//! outside with their health checks ([`Registration`], [`CheckRecord`]), and a key/value store
+//! ([`KvEntry`]).
+//!
+//! Every change (storing or deleting a module, creating, updating or deleting a service,
+//! registering an instance or a check, a check changing state, a key/value write) is exactly
+//! one durable write transaction, and bumps a monotonic [change index](Registry::change_index)
+//! that watchers use to notice that something changed; it is Consul's `X-Consul-Index`.
+//! Each change also marks the [area](Indexes) it touched (catalog, health, key/value), so a
+//! watcher of one area is not woken by the others.
+//! Recording a scale event is a write too: an observation, not configuration, it marks only the
+//! health area, where replicas show as instances.
 //!
 //! # Layout
 //!
@@ -32,6 +39,8 @@
 //! - `quantity.rs`: Kubernetes resource quantities ([`Quantity`]), the byte sizes and cpu amounts
 //!   built on them ([`ByteSize`], [`Cpu`]), and the humantime encoding of durations used in
 //!   [`Limits`] and [`Scale`].
+//! - `catalog.rs`: registered service instances and their checks.
+//! - `kv.rs`: the key/value store.
 //! - `tables.rs`: every redb table definition, in one place.
 //! - `store.rs`: [`Registry`], the transactions over those tables.
 
@@ -39,17 +48,24 @@
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod catalog;
+mod kv;
 mod model;
 mod quantity;
 mod store;
 mod tables;
 
+pub use self::catalog::{
+    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, Probe, Registration, TaggedAddress,
+    Weights,
+};
+pub use self::kv::{KvEntry, MAX_KV_VALUE_SIZE};
 pub use self::model::{
     Digest, EventRecord, Isolation, Limits, ModuleKind, ModuleRecord, ResourceList, Resources,
     RevisionRecord, SCHEMA_VERSION, Scale, ServiceName, ServiceRecord, ServiceSpec,
 };
 pub use self::quantity::{ByteSize, Cpu, Quantity};
-pub use self::store::{MAX_EVENTS_PER_SERVICE, Registry};
+pub use self::store::{Indexes, MAX_EVENTS_PER_SERVICE, Registry};
 
 /// The errors of every registry operation.
 ///
@@ -73,6 +89,15 @@ pub enum Error {
         digest: Digest,
         /// The names of the services using it, sorted.
         services: Vec<String>,
+    },
+    /// A service name is held by something else: a wasm service, or registered instances.
+    /// The gateway routes by name, so a name has one owner.
+    #[error("service name \"{name}\" is taken by {owner}")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// Who holds it, in words.
+        owner: &'static str,
     },
     /// A service spec names a module that is not stored.
     #[error("module {0} not found")]

@@ -7,8 +7,8 @@
 //! every change of configuration (modules and services) increments the change index in that
 //! same transaction, and a request that changes nothing (an existing module, an unchanged spec,
 //! a failed check) commits nothing;
-//! recording a scale event is a write too, but an observation rather than configuration, so it
-//! leaves the change index alone;
+//! recording a scale event is a write too, an observation rather than configuration, which
+//! bumps the change index for health watchers only;
 //! no transaction outlives the method that began it.
 //! redb serializes write transactions (`begin_write` blocks while another is live), which is
 //! what makes the check-then-write sequences here, like "is this module used?", race free.
@@ -26,7 +26,10 @@ use crate::model::{
     Digest, EventRecord, ModuleKind, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceName,
     ServiceRecord, ServiceSpec,
 };
-use crate::tables::{CHANGE_INDEX_KEY, EVENTS, META, MODULE_BYTES, MODULES, REVISIONS, SERVICES};
+use crate::tables::{
+    CHANGE_INDEX_KEY, CHECKS, EVENTS, INDEX_CATALOG_KEY, INDEX_HEALTH_KEY, INDEX_KV_KEY, KV, META,
+    MODULE_BYTES, MODULES, REGISTRATIONS, REVISIONS, SERVICES,
+};
 use crate::{Error, Result};
 
 /// The scale events kept per service: recording one more prunes the oldest.
@@ -40,11 +43,11 @@ pub const MAX_EVENTS_PER_SERVICE: usize = 100;
 /// A `Registry` is `Send + Sync`: share it in an `Arc`.
 #[derive(Debug)]
 pub struct Registry {
-    database: Database,
+    pub(crate) database: Database,
 }
 
 /// What a write transaction's body asks for once it has succeeded.
-enum Write<T> {
+pub(crate) enum Write<T> {
     /// Something changed: commit durably, then return the value.
     Commit(T),
     /// Nothing changed: abort, then return the value.
@@ -76,6 +79,9 @@ impl Registry {
             txn.open_table(SERVICES)?;
             txn.open_table(REVISIONS)?;
             txn.open_table(EVENTS)?;
+            txn.open_table(REGISTRATIONS)?;
+            txn.open_table(CHECKS)?;
+            txn.open_table(KV)?;
             let mut meta = txn.open_table(META)?;
             let missing_change_index = meta.get(CHANGE_INDEX_KEY)?.is_none();
             if missing_change_index {
@@ -124,7 +130,7 @@ impl Registry {
                 size: bytes.len() as u64,
                 kind,
                 created_unix_ms: now_unix_ms(),
-                change_index: bump_change_index(txn)?,
+                change_index: bump_change_index(txn, &[])?,
             };
             modules.insert(digest.as_str(), encode(&record).as_slice())?;
             txn.open_table(MODULE_BYTES)?
@@ -205,7 +211,7 @@ impl Registry {
             }
             modules.remove(digest.as_str())?;
             txn.open_table(MODULE_BYTES)?.remove(digest.as_str())?;
-            bump_change_index(txn)?;
+            bump_change_index(txn, &[])?;
             Ok(Write::Commit(record))
         })?;
         tracing::debug!(%digest, "deleted module");
@@ -237,6 +243,12 @@ impl Registry {
             if !module_exists {
                 return Err(Error::ModuleNotFound(spec.module.clone()));
             }
+            if crate::catalog::name_is_registered(txn, name.as_str())? {
+                return Err(Error::NameTaken {
+                    name: name.to_string(),
+                    owner: "service instances registered through the Consul API",
+                });
+            }
             let mut services = txn.open_table(SERVICES)?;
             let current = services
                 .get(name.as_str())?
@@ -245,7 +257,7 @@ impl Registry {
             if let Some(current) = current.as_ref().filter(|current| current.spec == spec) {
                 return Ok(Write::Abort((current.clone(), false, false)));
             }
-            let change_index = bump_change_index(txn)?;
+            let change_index = bump_change_index(txn, &[Area::Catalog])?;
             let now = now_unix_ms();
             let (revision, created_unix_ms) = match &current {
                 Some(current) => (current.revision + 1, current.created_unix_ms),
@@ -341,7 +353,7 @@ impl Registry {
                 .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |_, _| false)?;
             txn.open_table(EVENTS)?
                 .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |_, _| false)?;
-            bump_change_index(txn)?;
+            bump_change_index(txn, &[Area::Catalog])?;
             Ok(Write::Commit(record))
         })?;
         tracing::debug!(%name, "deleted service");
@@ -351,9 +363,9 @@ impl Registry {
     /// Records a scale decision of a service as its next [`EventRecord`], and prunes its
     /// oldest events beyond [`MAX_EVENTS_PER_SERVICE`], in one write transaction.
     ///
-    /// Events are observations, not configuration: recording one does not bump the
-    /// [change index](Registry::change_index), so watchers of configuration are not woken by
-    /// the autoscaler.
+    /// A replica count is what health reports for a wasm service, so recording an event bumps
+    /// the change index in the health area only: watchers of the catalog and the key/value
+    /// store are not woken by the autoscaler, and no service revision changes.
     /// Sequence numbers continue from the newest event kept, so they are never reused while
     /// the service exists.
     /// Fails with [`Error::NotFound`] if the service does not exist; then nothing is written.
@@ -388,6 +400,7 @@ impl Registry {
                 reason: reason.to_owned(),
             };
             events.insert((name.as_str(), seq), encode(&record).as_slice())?;
+            bump_change_index(txn, &[Area::Health])?;
             // Sequence numbers have no gaps, so the newest events kept are exactly these.
             let oldest_kept_seq = seq.saturating_sub(MAX_EVENTS_PER_SERVICE as u64 - 1);
             events.retain_in(
@@ -439,9 +452,18 @@ impl Registry {
         Ok(change_index)
     }
 
+    /// The change index and the index of each watched area, read together.
+    pub fn indexes(&self) -> Result<Indexes> {
+        let txn = self.database.begin_read()?;
+        read_indexes(&txn.open_table(META)?)
+    }
+
     /// Runs `body` in one write transaction, commits or aborts as it asks, and aborts if it
     /// fails.
-    fn write<T>(&self, body: impl FnOnce(&WriteTransaction) -> Result<Write<T>>) -> Result<T> {
+    pub(crate) fn write<T>(
+        &self,
+        body: impl FnOnce(&WriteTransaction) -> Result<Write<T>>,
+    ) -> Result<T> {
         let txn = self.database.begin_write()?;
         match body(&txn) {
             Ok(Write::Commit(value)) => {
@@ -464,8 +486,61 @@ impl Registry {
     }
 }
 
-/// Increments the change index within `txn`, returning the new value.
-fn bump_change_index(txn: &WriteTransaction) -> Result<u64> {
+/// The parts of the registry that Consul-style blocking queries watch apart, so that a watcher
+/// of one is not woken by changes to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Area {
+    /// Which services exist: wasm services and registered ones.
+    Catalog,
+    /// What health reports: check states, and the replicas of wasm services.
+    Health,
+    /// The key/value store.
+    Kv,
+}
+
+impl Area {
+    fn key(self) -> &'static str {
+        match self {
+            Area::Catalog => INDEX_CATALOG_KEY,
+            Area::Health => INDEX_HEALTH_KEY,
+            Area::Kv => INDEX_KV_KEY,
+        }
+    }
+}
+
+/// The change index, and the change index of the last change to each watched area.
+///
+/// Every value is at least 1, and none ever decreases, across restarts too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Indexes {
+    /// The change index of the newest change of any kind.
+    pub change: u64,
+    /// Of the newest change to which services exist.
+    pub catalog: u64,
+    /// Of the newest change to check states or replica counts.
+    pub health: u64,
+    /// Of the newest change to the key/value store.
+    pub kv: u64,
+}
+
+/// Reads the [`Indexes`] from an open META table.
+pub(crate) fn read_indexes(meta: &impl ReadableTable<&'static str, u64>) -> Result<Indexes> {
+    let read = |key: &str| -> Result<u64> { Ok(meta.get(key)?.map_or(1, |value| value.value())) };
+    let change = meta
+        .get(CHANGE_INDEX_KEY)?
+        .map(|value| value.value())
+        .ok_or_else(missing_change_index)?;
+    Ok(Indexes {
+        change,
+        catalog: read(INDEX_CATALOG_KEY)?,
+        health: read(INDEX_HEALTH_KEY)?,
+        kv: read(INDEX_KV_KEY)?,
+    })
+}
+
+/// Increments the change index within `txn`, marks `areas` as changed at the new value, and
+/// returns it.
+pub(crate) fn bump_change_index(txn: &WriteTransaction, areas: &[Area]) -> Result<u64> {
     let mut meta = txn.open_table(META)?;
     let current = meta
         .get(CHANGE_INDEX_KEY)?
@@ -475,6 +550,9 @@ fn bump_change_index(txn: &WriteTransaction) -> Result<u64> {
         .checked_add(1)
         .ok_or_else(|| Error::Corrupt(format!("the change index {current} cannot grow")))?;
     meta.insert(CHANGE_INDEX_KEY, next)?;
+    for area in areas {
+        meta.insert(area.key(), next)?;
+    }
     Ok(next)
 }
 
@@ -490,7 +568,7 @@ fn service_not_found(name: &ServiceName) -> Error {
 }
 
 /// The milliseconds since the Unix epoch; 0 if the clock is before it.
-fn now_unix_ms() -> u64 {
+pub(crate) fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {
@@ -499,7 +577,7 @@ fn now_unix_ms() -> u64 {
 }
 
 /// A record type stored as JSON, named in corruption errors.
-trait StoredRecord: Serialize + DeserializeOwned {
+pub(crate) trait StoredRecord: Serialize + DeserializeOwned {
     /// What the record describes, e.g. `"module"`.
     const KIND: &'static str;
 }
@@ -520,13 +598,13 @@ impl StoredRecord for RevisionRecord {
     const KIND: &'static str = "revision";
 }
 
-fn encode<R: StoredRecord>(record: &R) -> Vec<u8> {
+pub(crate) fn encode<R: StoredRecord>(record: &R) -> Vec<u8> {
     serde_json::to_vec(record)
         .expect("records always serialize: every map has string keys and no serializer fails")
 }
 
 /// Decodes the record stored under `key`, refusing schema versions this build does not know.
-fn decode<R: StoredRecord>(bytes: &[u8], key: &str) -> Result<R> {
+pub(crate) fn decode<R: StoredRecord>(bytes: &[u8], key: &str) -> Result<R> {
     /// Just the version, read first so that a record from a newer shoal is reported as such
     /// rather than as whichever field no longer fits.
     #[derive(Deserialize)]
@@ -1074,20 +1152,23 @@ mod tests {
     }
 
     #[test]
-    fn recording_events_leaves_the_change_index_alone() {
+    fn recording_events_changes_the_health_area_only() {
         on_both_backends(|registry| {
             let module = store_module(registry, b"events");
             let web = name("web");
             let (record, _) = registry
                 .put_service(&web, ServiceSpec::new(module))
                 .unwrap();
-            let change_index = registry.change_index().unwrap();
+            let before = registry.indexes().unwrap();
             for n_replicas in 1..=3 {
                 registry
                     .record_event(&web, n_replicas - 1, n_replicas, "load")
                     .unwrap();
             }
-            assert_eq!(registry.change_index().unwrap(), change_index);
+            let after = registry.indexes().unwrap();
+            assert_eq!(after.change, before.change + 3);
+            assert_eq!(after.health, after.change);
+            assert_eq!((after.catalog, after.kv), (before.catalog, before.kv));
             assert_eq!(registry.service(&web).unwrap(), Some(record));
             assert_eq!(registry.revisions(&web).unwrap().len(), 1);
         });

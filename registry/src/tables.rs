@@ -31,8 +31,27 @@ pub(crate) const REVISIONS: TableDefinition<'_, (&str, u64), &[u8]> =
 /// order, and pruning the oldest is deleting the front of that range.
 pub(crate) const EVENTS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("events");
 
+/// Service instances registered through the Consul-compatible API
+/// ([`Registration`](crate::Registration) as JSON), keyed by instance ID.
+pub(crate) const REGISTRATIONS: TableDefinition<'_, &str, &[u8]> =
+    TableDefinition::new("registrations");
+
+/// Health checks and their state ([`CheckRecord`](crate::CheckRecord) as JSON), keyed by check ID.
+pub(crate) const CHECKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("checks");
+
+/// The key/value store: key to (create index, modify index, flags, value).
+/// Values are raw bytes, not JSON, so a 512 KiB value costs 512 KiB.
+pub(crate) const KV: TableDefinition<'_, &str, (u64, u64, u64, &[u8])> = TableDefinition::new("kv");
+
 /// Single values describing the whole database, keyed by [`CHANGE_INDEX_KEY`] and friends.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 /// The key in [`META`] of the change index, which every change increments.
 pub(crate) const CHANGE_INDEX_KEY: &str = "change_index";
+
+/// The keys in [`META`] of the change index of the newest change to each watched area.
+pub(crate) const INDEX_CATALOG_KEY: &str = "index.catalog";
+/// See [`INDEX_CATALOG_KEY`].
+pub(crate) const INDEX_HEALTH_KEY: &str = "index.health";
+/// See [`INDEX_CATALOG_KEY`].
+pub(crate) const INDEX_KV_KEY: &str = "index.kv";

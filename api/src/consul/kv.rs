@@ -1,0 +1,209 @@
+//! `/v1/kv/*`: Consul's key/value store over the registry's.
+//!
+//! Reads answer a JSON *array* of entries with base64 values (the clients take element 0),
+//! or with `?keys` an array of key names, or with `?raw` the bare value; a missing key is a
+//! 404 that still carries the index headers. Writes answer `true` or `false` (a failed
+//! check-and-set is `false`, not an error).
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use http_body_util::{BodyExt as _, Limited};
+use serde_json::{Value, json};
+use shoal_registry::{KvEntry, MAX_KV_VALUE_SIZE};
+
+use super::{ConsulError, ConsulResult, Query, blocking, json, read_json, set_read_headers};
+use crate::node::Node;
+
+fn entry_view(entry: &KvEntry) -> Value {
+    json!({
+        "LockIndex": 0,
+        "Key": entry.key,
+        "Flags": entry.flags,
+        "Value": (!entry.value.is_empty())
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&entry.value)),
+        "CreateIndex": entry.create_index,
+        "ModifyIndex": entry.modify_index,
+    })
+}
+
+/// What a read found.
+enum Found {
+    Entries(Vec<KvEntry>),
+    Keys(Vec<String>),
+}
+
+pub(super) async fn get_root(node: State<Node>, raw: RawQuery) -> ConsulResult<Response> {
+    get(node, String::new(), raw).await
+}
+
+pub(super) async fn get_key(
+    node: State<Node>,
+    Path(key): Path<String>,
+    raw: RawQuery,
+) -> ConsulResult<Response> {
+    get(node, key, raw).await
+}
+
+/// `GET /v1/kv/{key}[?recurse][?keys&separator=][?raw]`.
+async fn get(
+    State(node): State<Node>,
+    key: String,
+    RawQuery(raw): RawQuery,
+) -> ConsulResult<Response> {
+    let query = Query::parse(raw.as_deref());
+    let recurse = query.flag("recurse")?;
+    let keys = query.has("keys") && query.flag("keys")?;
+    let raw_value = query.has("raw");
+    if key.is_empty() && !recurse && !keys {
+        return Err(ConsulError::bad_request("Missing key name"));
+    }
+    let separator = query.get("separator").unwrap_or_default().to_owned();
+    let (found, index) = blocking(&node, &query, || {
+        let key = key.clone();
+        let separator = separator.clone();
+        let node = node.clone();
+        async move {
+            if keys {
+                let prefix = key.clone();
+                let (entries, index) = node.registry(move |r| r.kv_list(&prefix)).await?;
+                let mut names: Vec<String> = Vec::new();
+                for entry in entries {
+                    let name = match entry.key[key.len()..].find(separator.as_str()) {
+                        Some(at) if !separator.is_empty() => {
+                            entry.key[..key.len() + at + separator.len()].to_owned()
+                        }
+                        _ => entry.key,
+                    };
+                    if names.last() != Some(&name) {
+                        names.push(name);
+                    }
+                }
+                Ok((Found::Keys(names), index))
+            } else if recurse {
+                let (entries, index) = node.registry(move |r| r.kv_list(&key)).await?;
+                Ok((Found::Entries(entries), index))
+            } else {
+                let (entry, index) = node.registry(move |r| r.kv_get(&key)).await?;
+                Ok((Found::Entries(entry.into_iter().collect()), index))
+            }
+        }
+    })
+    .await?;
+    match found {
+        Found::Keys(names) if names.is_empty() => Err(ConsulError::not_found_at(index)),
+        Found::Entries(entries) if entries.is_empty() => Err(ConsulError::not_found_at(index)),
+        Found::Keys(names) => Ok(read_json(&query, &names, index)),
+        Found::Entries(entries) if raw_value && !recurse => {
+            let mut response = (
+                [
+                    (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                ],
+                entries
+                    .into_iter()
+                    .next()
+                    .map(|e| e.value)
+                    .unwrap_or_default(),
+            )
+                .into_response();
+            set_read_headers(response.headers_mut(), index);
+            Ok(response)
+        }
+        Found::Entries(entries) => {
+            let views: Vec<Value> = entries.iter().map(entry_view).collect();
+            Ok(read_json(&query, &views, index))
+        }
+    }
+}
+
+pub(super) async fn put_root(_: State<Node>) -> ConsulResult<Response> {
+    Err(ConsulError::bad_request("Missing key name"))
+}
+
+/// `PUT /v1/kv/{key}[?flags=][?cas=]`: the body is the value.
+pub(super) async fn put_key(
+    State(node): State<Node>,
+    Path(key): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ConsulResult<Response> {
+    let query = Query::parse(raw.as_deref());
+    query.check_common(&node)?;
+    if query.has("acquire") || query.has("release") {
+        return Err(ConsulError::bad_request(
+            "sessions are not supported by shoal, so neither are ?acquire and ?release",
+        ));
+    }
+    let flags = query.number("flags")?.unwrap_or(0);
+    let cas = query.number("cas")?;
+    let too_large = |size: Option<u64>| {
+        let size = size.map_or_else(
+            || format!("more than {MAX_KV_VALUE_SIZE}"),
+            |n| n.to_string(),
+        );
+        ConsulError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body({size} bytes) too large, max size: {MAX_KV_VALUE_SIZE} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_KV_VALUE_SIZE as u64) {
+        return Err(too_large(declared));
+    }
+    let value = match Limited::new(body, MAX_KV_VALUE_SIZE).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large(None)),
+        Err(e) => {
+            return Err(ConsulError::bad_request(format!(
+                "cannot read the body: {e}"
+            )));
+        }
+    };
+    let written = node
+        .kv_write(move |r| r.kv_put(&key, &value, flags, cas))
+        .await?;
+    Ok(json(&query, &written))
+}
+
+pub(super) async fn delete_root(node: State<Node>, raw: RawQuery) -> ConsulResult<Response> {
+    delete(node, String::new(), raw).await
+}
+
+pub(super) async fn delete_key(
+    node: State<Node>,
+    Path(key): Path<String>,
+    raw: RawQuery,
+) -> ConsulResult<Response> {
+    delete(node, key, raw).await
+}
+
+/// `DELETE /v1/kv/{key}[?recurse][?cas=]`.
+async fn delete(
+    State(node): State<Node>,
+    key: String,
+    RawQuery(raw): RawQuery,
+) -> ConsulResult<Response> {
+    let query = Query::parse(raw.as_deref());
+    query.check_common(&node)?;
+    let recurse = query.flag("recurse")?;
+    let cas = query.number("cas")?;
+    if recurse && cas.is_some() {
+        return Err(ConsulError::bad_request(
+            "Conflicting flags: cas and recurse",
+        ));
+    }
+    if key.is_empty() && !recurse {
+        return Err(ConsulError::bad_request("Missing key name"));
+    }
+    let deleted = node
+        .kv_write(move |r| r.kv_delete(&key, recurse, cas))
+        .await?;
+    Ok(json(&query, &deleted))
+}
