@@ -2,6 +2,10 @@
 
 mod bad_input;
 mod cache;
+mod consul;
+mod consul_gateway;
+mod consul_health;
+mod consul_kv;
 mod guests;
 mod management;
 mod process;

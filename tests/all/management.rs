@@ -200,14 +200,17 @@ async fn graceful_shutdown_lets_requests_finish() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_listed_route_exists() {
     let node = TestNode::start().await;
-    for route in shoal::mgmt::ROUTES {
+    for route in shoal::mgmt::ROUTES.iter().chain(shoal::consul::ROUTES) {
         let (method, path) = route.split_once(' ').unwrap();
         let path = path
             .replace(
                 "{digest}",
                 "sha256:0000000000000000000000000000000000000000000000000000000000000000",
             )
-            .replace("{name}", "nope");
+            .replace("{name}", "nope")
+            .replace("{id}", "nope")
+            .replace("{key}", "nope")
+            .replace("{state}", "any");
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let reply = Reply::from(
             node.client
@@ -218,7 +221,7 @@ async fn every_listed_route_exists() {
         )
         .await;
         assert!(
-            !reply.body.contains("no such API route"),
+            !reply.body.contains("no such API route") && !reply.body.contains("Invalid URL path"),
             "{route} is not routed"
         );
         assert_ne!(reply.status, 405, "{route} has the wrong method");
@@ -239,7 +242,7 @@ async fn every_listed_route_exists() {
 fn routes_are_documented() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    for route in shoal::mgmt::ROUTES {
+    for route in shoal::mgmt::ROUTES.iter().chain(shoal::consul::ROUTES) {
         assert!(
             readme.contains(&format!("`{route}`")),
             "README.md does not document `{route}`"

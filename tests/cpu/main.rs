@@ -62,8 +62,16 @@ async fn cpu_limits_hold_a_busy_loop_to_its_share() {
             .unwrap();
         assert_eq!(response.status(), 201);
     }
-    let limited = core_share(&node, "limited").await;
+    // The median of three runs: one run on a shared machine can be skewed by whatever else
+    // the host does in those two seconds.
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(core_share(&node, "limited").await);
+    }
+    runs.sort_by(f64::total_cmp);
+    let limited = runs[1];
     let unlimited = core_share(&node, "unlimited").await;
+    eprintln!("core share: 250m {runs:.3?} (median {limited:.3}), unlimited {unlimited:.3}");
     assert!(
         (0.15..=0.35).contains(&limited),
         "250m used {limited:.2} of a core"

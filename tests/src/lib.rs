@@ -148,6 +148,18 @@ impl TestNode {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sends `method` to a management (or Consul) path with an optional raw body, and reads
+    /// the whole reply. Nothing is added: no Content-Type, no token, as the Python Consul
+    /// clients send.
+    pub async fn send(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid method");
+        let mut request = self.client.request(method, format!("{}{path}", self.api));
+        if let Some(body) = body {
+            request = request.body(body.to_owned());
+        }
+        Reply::from(request.send().await.expect("API request")).await
+    }
+
     /// GETs `/{service}{path}` through the gateway.
     pub async fn call(&self, service: &str, path: &str) -> Reply {
         Reply::from(
@@ -292,6 +304,72 @@ impl ChildNode {
             .wait()
             .await
             .expect("waiting for the killed child");
+    }
+}
+
+/// A small HTTP server on loopback standing in for a service registered from outside: it
+/// answers every request with its current status and a body naming itself and the path.
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// The status it answers with; change it to fail health checks.
+    pub status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Starts one on a free loopback port, answering 200.
+    pub async fn start(name: &'static str) -> Upstream {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let status = std::sync::Arc::new(AtomicU16::new(200));
+        let answer = status.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let answer = answer.clone();
+            async move {
+                let status = axum::http::StatusCode::from_u16(answer.load(Ordering::Relaxed))
+                    .expect("a valid status");
+                let forwarded = request
+                    .headers()
+                    .get("x-forwarded-prefix")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                (status, format!("{name} {} {forwarded}", request.uri()))
+            }
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Upstream {
+            addr,
+            status,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops listening and closes its connections: connecting is refused from now on.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

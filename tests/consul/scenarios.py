@@ -1,0 +1,179 @@
+"""What a Consul client does against shoal, run with whichever client is installed.
+
+Run by `run.py` inside a virtual environment holding one pinned client (`py-consul` 1.8.0
+or `python-consul` 1.1.0; both are imported as `consul`), after `seed_register.py` has
+registered the seed's service on the same node:
+
+    python scenarios.py API_PORT GATEWAY_URL [TOKEN]
+
+With a TOKEN it runs only what both clients send the token with (registration, catalog and
+health reads, KV), against a node that requires it. Exits non-zero on the first failure.
+Talks to 127.0.0.1 only.
+"""
+
+import http.server
+import sys
+import threading
+import time
+import urllib.request
+
+import consul
+
+
+def check(condition, what):
+    if not condition:
+        raise AssertionError(what)
+
+
+def discovery(client):
+    """The seed's registration, found through the catalog and health."""
+    index, entries = client.catalog.service("my-service")
+    check(int(index) > 0, f"X-Consul-Index {index!r}")
+    check(len(entries) == 1, f"catalog.service: {entries}")
+    entry = entries[0]
+    check(entry["ServiceAddress"] == "127.0.0.1", entry)
+    check(entry["ServicePort"] == 8080, entry)
+    check(entry["ServiceTags"] == ["my-tag"], entry)
+    _, healthy = client.health.service("my-service", passing=True)
+    check([e["Service"]["ID"] for e in healthy] == ["my-service"], f"health.service: {healthy}")
+    _, names = client.catalog.services()
+    check(names.get("my-service") == ["my-tag"], f"catalog.services: {names}")
+
+
+def ttl_heartbeat(client):
+    """A TTL check starts critical, and a heartbeat makes it pass."""
+    check(
+        client.agent.service.register("worker", service_id="worker-1", check=consul.Check.ttl("30s")),
+        "register with a TTL check",
+    )
+    _, healthy = client.health.service("worker", passing=True)
+    check(healthy == [], f"a TTL check starts critical: {healthy}")
+    check(client.agent.check.ttl_pass("service:worker-1", "all good"), "ttl_pass")
+    _, healthy = client.health.service("worker", passing=True)
+    check([e["Service"]["ID"] for e in healthy] == ["worker-1"], f"after ttl_pass: {healthy}")
+    checks = {c["CheckID"]: c for c in healthy[0]["Checks"]}
+    check(checks["service:worker-1"]["Output"] == "all good", checks)
+    check(client.agent.service.deregister("worker-1"), "deregister")
+    _, entries = client.catalog.service("worker")
+    check(entries == [], f"after deregister: {entries}")
+
+
+def key_value(client):
+    """Put, get, list and delete, with values as bytes."""
+    check(client.kv.put("scenario/greeting", "hello") is True, "kv.put")
+    check(client.kv.put("scenario/other", b"\x00\xffbytes") is True, "kv.put bytes")
+    index, item = client.kv.get("scenario/greeting")
+    check(item["Value"] == b"hello", item)
+    check(int(index) >= int(item["ModifyIndex"]), (index, item))
+    _, items = client.kv.get("scenario/", recurse=True)
+    check([i["Key"] for i in items] == ["scenario/greeting", "scenario/other"], items)
+    check(items[1]["Value"] == b"\x00\xffbytes", items)
+    _, keys = client.kv.get("scenario/", keys=True)
+    check(keys == ["scenario/greeting", "scenario/other"], keys)
+    check(client.kv.delete("scenario/", recurse=True) is True, "kv.delete recurse")
+    _, item = client.kv.get("scenario/greeting")
+    check(item is None, f"after delete: {item}")
+
+
+def blocking_get(client):
+    """A blocking kv.get, woken by a put from another thread."""
+    client.kv.put("scenario/watched", "before")
+    index, _ = client.kv.get("scenario/watched")
+    entering = threading.Event()
+
+    def put_later():
+        entering.wait()
+        # The get below cannot announce that it is blocked; give it a moment to be.
+        time.sleep(0.3)
+        client.kv.put("scenario/watched", "after")
+
+    writer = threading.Thread(target=put_later)
+    writer.start()
+    started = time.monotonic()
+    entering.set()
+    new_index, item = client.kv.get("scenario/watched", index=index, wait="30s")
+    elapsed = time.monotonic() - started
+    writer.join()
+    check(item["Value"] == b"after", item)
+    check(int(new_index) > int(index), (index, new_index))
+    check(elapsed < 20, f"the blocking get took {elapsed:.1f}s")
+    client.kv.delete("scenario/watched")
+
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"external {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def gateway(client, gateway_url):
+    """An HTTP server registered through the client is reached through the gateway by name."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        url = f"http://127.0.0.1:{port}/health"
+        check(
+            client.agent.service.register(
+                "py-web", address="127.0.0.1", port=port, check=consul.Check.http(url, "100ms")
+            ),
+            "register with an HTTP check",
+        )
+        # Wait for the first probe with blocking queries, as a Consul client would.
+        index, healthy = client.health.service("py-web", passing=True)
+        deadline = time.monotonic() + 20
+        while not healthy:
+            check(time.monotonic() < deadline, "the HTTP check never passed")
+            index, healthy = client.health.service("py-web", passing=True, index=index, wait="2s")
+        with urllib.request.urlopen(f"{gateway_url}/py-web/hello?x=1") as response:
+            body = response.read().decode()
+        check(body == "external /hello?x=1", body)
+        client.agent.service.deregister("py-web")
+    finally:
+        server.shutdown()
+
+
+def with_token(client, api_port):
+    """What both clients send the token with: registration, reads and KV."""
+    check(client.agent.service.register("secured", address="127.0.0.1", port=9000), "register")
+    _, entries = client.catalog.service("secured")
+    check([e["ServiceID"] for e in entries] == ["secured"], entries)
+    check(client.kv.put("secured/key", "v") is True, "kv.put")
+    _, item = client.kv.get("secured/key")
+    check(item["Value"] == b"v", item)
+    anonymous = consul.Consul(host="127.0.0.1", port=api_port)
+    try:
+        anonymous.kv.get("secured/key")
+    except consul.ACLPermissionDenied:
+        pass
+    else:
+        raise AssertionError("a read without the token was allowed")
+
+
+def main():
+    api_port, gateway_url = int(sys.argv[1]), sys.argv[2]
+    token = sys.argv[3] if len(sys.argv) > 3 else None
+    client = consul.Consul(host="127.0.0.1", port=api_port, token=token)
+    if token:
+        steps = [(with_token, (client, api_port))]
+    else:
+        steps = [
+            (discovery, (client,)),
+            (ttl_heartbeat, (client,)),
+            (key_value, (client,)),
+            (blocking_get, (client,)),
+            (gateway, (client, gateway_url)),
+        ]
+    for step, args in steps:
+        step(*args)
+        print(f"  ok: {step.__doc__.splitlines()[0]}")
+
+
+if __name__ == "__main__":
+    main()
