@@ -67,6 +67,14 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(ERROR_KIND_HEADER, HeaderValue::from_static(self.kind));
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was never read: the connection cannot carry another
+            // request, and a client that tried would see it reset.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
         if self.kind == "overloaded" {
             // Queues drain in about a request's time; a second is a polite first retry.
             response.headers_mut().insert(

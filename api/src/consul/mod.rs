@@ -202,6 +202,12 @@ impl IntoResponse for ConsulError {
         if let Some(index) = self.index {
             set_read_headers(response.headers_mut(), index);
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was never read: the connection cannot be reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
