@@ -22,6 +22,7 @@ pub mod node;
 use std::future::Future;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
@@ -55,6 +56,11 @@ pub async fn serve(
         let _ = stopped.wait_for(|stop| *stop).await;
     };
     let api_app = mgmt::app(node.clone()).layer(TraceLayer::new_for_http());
+    // Responses are written as they are produced (a head, then chunks): with Nagle's
+    // algorithm on, the last small write waits for the client's delayed ACK, tens of
+    // milliseconds. Both listeners send at once.
+    let api = api.tap_io(set_nodelay);
+    let gateway = gateway.tap_io(set_nodelay);
     let api_server = axum::serve(
         api,
         api_app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -88,6 +94,12 @@ pub async fn serve(
         gateway_task.abort();
     }
     Ok(())
+}
+
+fn set_nodelay(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
 }
 
 /// Refuses a non-loopback management address when there is no token.

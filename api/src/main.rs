@@ -1,6 +1,12 @@
 //! The `shoal` binary: `shoal up` runs a node; the other commands are its client.
 
 use anyhow::Context as _;
+
+// Requests allocate and free many small objects across threads: mimalloc does that with
+// less contention and fewer page faults than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser as _;
 use shoal::cli::{Cli, Command};
 

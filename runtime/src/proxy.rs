@@ -1,9 +1,9 @@
 //! The executor for `wasi:http` components, serving requests the way `wasmtime serve`
 //! does, in a fresh instance per request or in an instance a replica keeps.
 //!
-//! The guest runs in its own task so that it can keep streaming the body after the
-//! response head has been handed back; the task owns the instance (and the replica
-//! lease), and the request's timeout bounds the whole of it. A reused instance goes
+//! The guest runs in the request's task until it answers; if it is still running then
+//! (streaming its body), it continues in a task of its own, which owns the instance (and
+//! the replica lease). The request's timeout bounds the whole of it. A reused instance goes
 //! back to its replica only when the request succeeded: after any fault it is dropped.
 //! Outbound HTTP is refused by the hooks below, and the WASI context grants no files,
 //! no environment but the spec's and no sockets.
@@ -197,7 +197,7 @@ where
     let (sender, receiver) = oneshot::channel();
     let pre = pre.clone();
     let task_config = config.clone();
-    let guest = tokio::spawn(async move {
+    let guest = async move {
         let config = task_config;
         let run = async {
             let mut instance = match kept {
@@ -246,19 +246,46 @@ where
         pipes.log(&config.name);
         drop(lease);
         outcome
-    });
+    };
 
-    let response = match receiver.await {
-        Ok(Ok(response)) => response,
-        Ok(Err(code)) => return Err(guest_error_code(code)),
-        // The guest dropped the outparam without answering: its task says why.
-        Err(_) => {
-            return Err(match guest.await {
-                Ok(Err(error)) => error,
-                Ok(Ok(())) => Error::Trap("the guest returned without setting a response".into()),
-                Err(join) => Error::Internal(anyhow::anyhow!("guest task failed: {join}")),
-            });
+    // Run the guest here until it answers. Most guests answer and finish in one go, and
+    // then the response, body included, is ready without a task of its own; one still
+    // running when it answers (streaming its body) continues in a task.
+    let mut guest = Box::pin(guest);
+    let mut receiver = receiver;
+    let answered = tokio::select! {
+        biased;
+        outcome = &mut guest => {
+            match receiver.try_recv() {
+                Ok(answered) => answered,
+                // Finished without answering: the outcome says why.
+                Err(_) => {
+                    return Err(match outcome {
+                        Err(error) => error,
+                        Ok(()) => Error::Trap("the guest returned without setting a response".into()),
+                    });
+                }
+            }
         }
+        answered = &mut receiver => {
+            match answered {
+                Ok(answered) => {
+                    tokio::spawn(guest);
+                    answered
+                }
+                // The guest dropped the outparam without answering: its run says why.
+                Err(_) => {
+                    return Err(match guest.await {
+                        Err(error) => error,
+                        Ok(()) => Error::Trap("the guest returned without setting a response".into()),
+                    });
+                }
+            }
+        }
+    };
+    let response = match answered {
+        Ok(response) => response,
+        Err(code) => return Err(guest_error_code(code)),
     };
     let response_limit = usize::try_from(config.limits.max_response).unwrap_or(usize::MAX);
     Ok(response.map(|body| {

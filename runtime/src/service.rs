@@ -110,7 +110,14 @@ impl Service {
         self.run(request, context, Some(lease)).await
     }
 
-    #[tracing::instrument(name = "shoal_runtime.handle", skip_all, fields(service = %self.config.name))]
+    // Debug level: at the default (info) filter the span is disabled, and costs nothing; an
+    // enabled span formats its fields for every request.
+    #[tracing::instrument(
+        name = "shoal_runtime.handle",
+        level = "debug",
+        skip_all,
+        fields(service = %self.config.name)
+    )]
     async fn run<B>(
         &self,
         request: http::Request<B>,

@@ -28,6 +28,19 @@ async fn hello_http() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn large_http() {
+    let bytes = guest_artifacts::bytes(LARGE_HTTP);
+    assert!(bytes.len() > 3 << 20, "{} bytes is not large", bytes.len());
+    let node = TestNode::start().await;
+    node.deploy("large", LARGE_HTTP, json!({})).await;
+    let first = node.call("large", "/").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(first.body.starts_with("large "), "{}", first.body);
+    // Every function ran, the same way every time.
+    assert_eq!(node.call("large", "/").await.body, first.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn echo_http() {
     let node = TestNode::start().await;
     node.deploy("echo", ECHO_HTTP, json!({})).await;

@@ -1,20 +1,34 @@
 #!/usr/bin/env python3
 """shoal's benchmarks, side by side in one run: `python3 tests/bench/run.py`.
 
-Builds shoal and the hello guest in release mode, starts a node on loopback, and
-measures, interleaving scenarios (A B A B ...) so drift on a shared machine hits all
-of them alike:
-- requests per second and latency of the hello wasi:http component through the
-  gateway, with limits on, in `per-request` and `reuse` isolation (wrk, 32
-  connections);
-- the time from the first request to a service scaled to zero until its response
-  (median of 20).
-Prints a markdown table to paste into BENCHMARKS.md. Talks to 127.0.0.1 only.
+Builds shoal, a native axum server and the guests in release mode, obtains the peer
+(`wasmtime serve` from the wasmtime-cli crate of the version shoal uses, installed with
+cargo into target/bench-cache and reused from there), runs every scenario and prints a
+markdown table (also written to target/bench/report.md). Everything talks to 127.0.0.1
+only; every load is bounded in time.
+
+Scenarios, each repeated and interleaved (A B A B ...) so drift on a shared machine hits
+all alike, medians reported:
+- throughput and latency of the same hello wasi:http component (wrk, 32 connections):
+  native axum; wasmtime serve with defaults, tuned (pooling allocator, keep-resident,
+  pagemap scan) and reusing instances; shoal per-request and reuse, with fuel, memory limit
+  and timeout on, through the gateway by name;
+- fuel's cost on a compute-bound guest;
+- cold paths: upload to first response for the hello component and a large one, and the
+  first response from a service scaled to zero;
+- density: 1,000 services (one module, and 100 distinct modules): idle RSS, p99 over
+  requests spread at random, and the time from restart to all 1,000 answering.
+
+Environment: BENCH_DURATION (wrk duration, default 5s), BENCH_ROUNDS (default 3),
+BENCH_ONLY (comma-separated sections: throughput, fuel, cold, density).
 """
 
+import http.client
 import json
 import os
 import re
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -23,55 +37,108 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TARGET = os.path.join(ROOT, "target")
+WASMTIME_VERSION = "48.0.8"
 CONNECTIONS = 32
 DURATION = os.environ.get("BENCH_DURATION", "5s")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-COLD_STARTS = 20
+ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+N_DENSITY = 1000
+N_MODULES = 100
+
+
+# Servers run as in production: without RUST_BACKTRACE, which makes every error capture a
+# backtrace (wasmtime creates some on its request path), whatever this shell has set.
+SERVER_ENV = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
 
 
 def run(*args, **kwargs):
     return subprocess.run(args, check=True, cwd=ROOT, **kwargs)
 
 
+# ---------------------------------------------------------------- building and the peer
+
 def build():
-    run("cargo", "build", "--release", "--locked", "--bin", "shoal")
-    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, "target", "bench-guests"))
+    run("cargo", "build", "--release", "--locked", "--bin", "shoal", "--bin", "native-hello")
+    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(TARGET, "bench-guests"))
+    env.pop("CARGO_ENCODED_RUSTFLAGS", None)
     run("cargo", "build", "--release", "--locked", "--manifest-path", "guests/Cargo.toml",
-        "--target", "wasm32-wasip2", "-p", "hello-http", env=env)
-    return (os.path.join(ROOT, "target", "release", "shoal"),
-            os.path.join(ROOT, "target", "bench-guests", "wasm32-wasip2", "release", "hello_http.wasm"))
+        "--target", "wasm32-wasip2", "-p", "hello-http", "-p", "busy-http", "-p", "large-http", env=env)
+    guests = os.path.join(TARGET, "bench-guests", "wasm32-wasip2", "release")
+    return {
+        "shoal": os.path.join(TARGET, "release", "shoal"),
+        "native": os.path.join(TARGET, "release", "native-hello"),
+        "hello": os.path.join(guests, "hello_http.wasm"),
+        "busy": os.path.join(guests, "busy_http.wasm"),
+        "large": os.path.join(guests, "large_http.wasm"),
+    }
 
 
-def api(base, method, path, body=None):
-    data = json.dumps(body).encode() if isinstance(body, dict) else body
-    request = urllib.request.Request(base + path, data=data, method=method)
-    with urllib.request.urlopen(request) as response:
-        return json.loads(response.read())
+def wasmtime():
+    """`wasmtime` of shoal's wasmtime version, installed once into the cache."""
+    root = os.path.join(TARGET, "bench-cache", f"wasmtime-{WASMTIME_VERSION}")
+    binary = os.path.join(root, "bin", "wasmtime")
+    if not os.path.exists(binary):
+        log(f"installing wasmtime-cli {WASMTIME_VERSION} into {root} (once)")
+        run("cargo", "install", "--locked", "wasmtime-cli", "--version", WASMTIME_VERSION, "--root", root)
+    return binary
 
 
-def start_node(shoal, data_dir):
-    node = subprocess.Popen(
-        [shoal, "up", "--data-dir", data_dir, "--api-listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = node.stdout.readline()
-    match = re.search(r"api (\S+) gateway (\S+)", line)
-    if not match:
-        node.kill()
-        sys.exit(f"shoal did not start: {line!r}")
-    return node, match.group(1), match.group(2)
+# ---------------------------------------------------------------- servers
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def wrk(url):
-    out = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION}", "--latency", url],
-                         check=True, capture_output=True, text=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    def latency(p):
-        value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()
-        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        sys.exit(f"{url}: {errors.group(1)} failed responses\n{out}")
-    return rps, latency(50), latency(99)
+def wait_http(url, process, limit=60):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"{process.args[0]} exited with {process.returncode} before serving {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                response.read()
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{url} did not answer within {limit}s")
+
+
+class Shoal:
+    """`shoal up` on loopback, with its API and gateway addresses."""
+
+    def __init__(self, binary, data_dir):
+        self.binary, self.data_dir = binary, data_dir
+        self.start()
+
+    def start(self):
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [self.binary, "up", "--data-dir", self.data_dir, "--api-listen", "127.0.0.1:0",
+             "--gateway-listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=SERVER_ENV)
+        line = self.process.stdout.readline()
+        match = re.search(r"api (\S+) gateway (\S+)", line)
+        if not match:
+            self.process.kill()
+            sys.exit(f"shoal did not start: {line!r}")
+        self.api, self.gateway = match.group(1), match.group(2)
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait()
+
+    def call(self, method, path, body=None):
+        data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+        request = urllib.request.Request(self.api + path, data=data, method=method)
+        with urllib.request.urlopen(request) as response:
+            return json.loads(response.read())
 
 
 def rss_mib(pid):
@@ -79,56 +146,291 @@ def rss_mib(pid):
         return int(re.search(r"VmRSS:\s+(\d+) kB", status.read()).group(1)) / 1024
 
 
-def main():
-    shoal, hello = build()
+# ---------------------------------------------------------------- measuring
+
+def wrk(url, script=None):
+    args = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION}", "--latency"]
+    if script:
+        args += ["-s", script]
+    out = subprocess.run(args + [url], check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def latency(p):
+        value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors or "Socket errors" in out:
+        sys.exit(f"{url}: failed requests\n{out}")
+    return rps, latency(50), latency(99)
+
+
+def timed_get(url):
+    started = time.perf_counter()
+    with urllib.request.urlopen(url) as response:
+        response.read()
+    return (time.perf_counter() - started) * 1000
+
+
+def with_custom_section(wasm, tag):
+    """The same component under a new digest: a custom section appended at the end."""
+    def leb(n):
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+    name = b"shoal-bench"
+    payload = leb(len(name)) + name + tag.encode()
+    return wasm + b"\x00" + leb(len(payload)) + payload
+
+
+def med(values):
+    return statistics.median(values)
+
+
+# ---------------------------------------------------------------- scenarios
+
+def throughput(paths, shoal, peer):
+    hello = paths["hello"]
+    servers = []
+    try:
+        port = free_port()
+        native = subprocess.Popen([paths["native"], f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, env=SERVER_ENV)
+        servers.append(("native axum", native, f"http://127.0.0.1:{port}/"))
+        tuned = ["-O", "pooling-allocator=y", "-O", "pooling-memory-keep-resident=10485760",
+                 "-O", "pooling-table-keep-resident=1048576", "-O", "pooling-async-stack-keep-resident=1048576",
+                 "-O", "pooling-pagemap-scan=y"]
+        for name, flags in [
+            ("wasmtime serve, defaults", []),
+            ("wasmtime serve, tuned", tuned),
+            ("wasmtime serve, reusing instances", tuned + ["--max-instance-reuse-count", "1000000"]),
+        ]:
+            port = free_port()
+            process = subprocess.Popen([peer, "serve", "-Scli", "--addr", f"127.0.0.1:{port}", *flags, hello],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=SERVER_ENV)
+            servers.append((name, process, f"http://127.0.0.1:{port}/"))
+        with open(hello, "rb") as f:
+            digest = shoal.call("POST", "/v1/modules", f.read())["digest"]
+        limits = {"memory": "64Mi", "fuel": 100_000_000, "timeout": "10s"}
+        scale = {"min": CONNECTIONS, "max": CONNECTIONS, "queue_limit": 1000}
+        for isolation in ["per-request", "reuse"]:
+            shoal.call("PUT", f"/v1/services/{isolation}",
+                       {"module": digest, "limits": limits, "isolation": isolation, "scale": scale})
+            servers.append((f"shoal, {isolation}", shoal.process, f"{shoal.gateway}/{isolation}/"))
+        for _, process, url in servers:
+            wait_http(url, process)
+        results = {name: [] for name, _, _ in servers}
+        for round_idx in range(ROUNDS):
+            for name, _, url in servers:
+                log(f"  round {round_idx + 1}/{ROUNDS}: {name}")
+                results[name].append(wrk(url))
+        rows = []
+        for name, process, _ in servers:
+            runs = results[name]
+            rows.append((name, med(r[0] for r in runs), med(r[1] for r in runs), med(r[2] for r in runs),
+                         rss_mib(process.pid)))
+        return rows
+    finally:
+        for _, process, _ in servers:
+            if process is not shoal.process:
+                process.kill()
+                process.wait()
+
+
+def fuel_cost(paths, shoal, peer):
+    """A compute-bound request with fuel on and off: the instrumentation's price."""
+    iterations = 20_000_000
+    path = f"/?iterations={iterations}"
+    servers = []
+    try:
+        for name, flags in [("wasmtime serve, fuel off", []),
+                            ("wasmtime serve, fuel on", ["-W", "fuel=1000000000000"]),
+                            ("wasmtime serve, fuel and epoch interruption on",
+                             ["-W", "fuel=1000000000000", "-W", "timeout=30s"])]:
+            port = free_port()
+            process = subprocess.Popen([peer, "serve", "-Scli", "--addr", f"127.0.0.1:{port}", *flags, paths["busy"]],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=SERVER_ENV)
+            servers.append((name, process, f"http://127.0.0.1:{port}{path}"))
+        with open(paths["busy"], "rb") as f:
+            digest = shoal.call("POST", "/v1/modules", f.read())["digest"]
+        shoal.call("PUT", "/v1/services/busy",
+                   {"module": digest, "limits": {"fuel": 1_000_000_000_000, "timeout": "30s"}})
+        servers.append(("shoal (fuel and epoch interruption always on)", shoal.process, f"{shoal.gateway}/busy{path}"))
+        for _, process, url in servers:
+            wait_http(url, process)
+        times = {name: [] for name, _, _ in servers}
+        for _ in range(10):
+            for name, _, url in servers:
+                times[name].append(timed_get(url))
+        return [(name, med(values)) for name, values in times.items()]
+    finally:
+        for _, process, _ in servers:
+            if process is not shoal.process:
+                process.kill()
+                process.wait()
+
+
+def cold_paths(paths, shoal):
+    rows = []
+    for guest, n in [("hello", 20), ("large", 5)]:
+        with open(paths[guest], "rb") as f:
+            wasm = f.read()
+        times = []
+        for i in range(n):
+            unique = with_custom_section(wasm, f"{guest}-{time.time_ns()}-{i}")
+            name = f"cold-{guest}-{i}"
+            started = time.perf_counter()
+            shoal.call("POST", f"/v1/deploy/{name}", unique)
+            with urllib.request.urlopen(f"{shoal.gateway}/{name}/") as response:
+                response.read()
+            times.append((time.perf_counter() - started) * 1000)
+            shoal.call("DELETE", f"/v1/services/{name}")
+        rows.append((f"upload to first response, {guest} ({len(wasm) / 1e6:.1f} MB), median of {n}", med(times)))
+
+    with open(paths["hello"], "rb") as f:
+        digest = shoal.call("POST", "/v1/modules", f.read())["digest"]
+    scale = {"min": 0, "max": 1, "idle_timeout": "50ms", "stable_window": "100ms",
+             "panic_window": "50ms", "scale_down_delay": "50ms"}
+    shoal.call("PUT", "/v1/services/zero", {"module": digest, "scale": scale})
+    times = []
+    for _ in range(20):
+        while shoal.call("GET", "/v1/services/zero/status")["replicas"]["current"] != 0:
+            time.sleep(0.01)
+        started = time.perf_counter()
+        with urllib.request.urlopen(f"{shoal.gateway}/zero/") as response:
+            response.read()
+            assert response.headers["x-shoal-cold-start"] == "true"
+        times.append((time.perf_counter() - started) * 1000)
+    rows.append(("first response from zero replicas, median of 20", med(times)))
+    return rows
+
+
+def density(paths, distinct_modules):
+    """1,000 services on a fresh node: idle RSS, p99 spread at random, restart time."""
+    with open(paths["hello"], "rb") as f:
+        hello = f.read()
     with tempfile.TemporaryDirectory() as data_dir:
-        node, api_url, gateway = start_node(shoal, data_dir)
+        node = Shoal(paths["shoal"], data_dir)
         try:
-            with open(hello, "rb") as f:
-                digest = api(api_url, "POST", "/v1/modules", f.read())["digest"]
-            limits = {"memory": "64Mi", "fuel": 100_000_000, "timeout": "10s"}
-            scale = {"min": CONNECTIONS, "max": CONNECTIONS, "queue_limit": 1000}
-            for name, isolation in [("per-request", "per-request"), ("reuse", "reuse")]:
-                api(api_url, "PUT", f"/v1/services/{name}",
-                    {"module": digest, "limits": limits, "isolation": isolation, "scale": scale})
-            cold_scale = {"min": 0, "max": 1, "idle_timeout": "50ms", "stable_window": "100ms",
-                          "panic_window": "50ms", "scale_down_delay": "50ms"}
-            api(api_url, "PUT", "/v1/services/cold", {"module": digest, "limits": limits, "scale": cold_scale})
-
-            results = {"per-request": [], "reuse": []}
-            for _ in range(ROUNDS):
-                for name in results:
-                    results[name].append(wrk(f"{gateway}/{name}/"))
-            rss = rss_mib(node.pid)
-
-            cold = []
-            for _ in range(COLD_STARTS):
-                while api(api_url, "GET", "/v1/services/cold/status")["replicas"]["current"] != 0:
-                    time.sleep(0.01)
-                started = time.perf_counter()
-                with urllib.request.urlopen(f"{gateway}/cold/") as response:
-                    response.read()
-                    assert response.headers["x-shoal-cold-start"] == "true"
-                cold.append((time.perf_counter() - started) * 1000)
+            digests = []
+            for i in range(distinct_modules):
+                module = hello if distinct_modules == 1 else with_custom_section(hello, f"module-{i}")
+                digests.append(node.call("POST", "/v1/modules", module)["digest"])
+            for i in range(N_DENSITY):
+                node.call("PUT", f"/v1/services/s{i}", {
+                    "module": digests[i % len(digests)],
+                    "limits": {"memory": "16Mi"},
+                    "scale": {"min": 0, "max": 4},
+                })
+            time.sleep(1)  # let the allocator and the autoscaler settle before reading RSS
+            idle_rss = rss_mib(node.process.pid)
+            with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+                script.write(f"math.randomseed(7)\nrequest = function()\n"
+                             f"  return wrk.format('GET', '/s' .. math.random(0, {N_DENSITY - 1}) .. '/')\nend\n")
+            try:
+                _, _, p99 = wrk(node.gateway + "/", script.name)
+            finally:
+                os.unlink(script.name)
+            loaded_rss = rss_mib(node.process.pid)
+            node.stop()
+            node.start()
+            answered = answer_all(node.gateway)
+            restart = answered - node.started
+            compiled = node.call("GET", "/v1/node")["compile"]["compiled"]
         finally:
-            node.terminate()
-            node.wait()
+            node.stop()
+    return idle_rss, loaded_rss, p99, restart, compiled
 
-    cores = os.cpu_count()
+
+def answer_all(gateway):
+    """Calls every service once, 32 at a time; returns when all have answered 200."""
+    host, port = gateway.removeprefix("http://").rsplit(":", 1)
+    pending = list(range(N_DENSITY))
+    connections = [http.client.HTTPConnection(host, int(port), timeout=30) for _ in range(CONNECTIONS)]
+    while pending:
+        batch, pending = pending[:CONNECTIONS], pending[CONNECTIONS:]
+        for connection, i in zip(connections, batch):
+            connection.request("GET", f"/s{i}/")
+        for connection, i in zip(connections, batch):
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                pending.append(i)
+    return time.monotonic()
+
+
+# ---------------------------------------------------------------- the report
+
+def machine():
     with open("/proc/meminfo") as meminfo:
         mem_gib = int(re.search(r"MemTotal:\s+(\d+)", meminfo.read()).group(1)) / 1024 / 1024
-    print(f"Machine: {cores} cores, {mem_gib:.0f} GiB; wrk -c{CONNECTIONS} -d{DURATION}, {ROUNDS} interleaved rounds, medians.\n")
-    print("| scenario | requests/s | p50 | p99 |")
-    print("|---|---|---|---|")
-    for name, runs in results.items():
-        rps = statistics.median(r[0] for r in runs)
-        p50 = statistics.median(r[1] for r in runs)
-        p99 = statistics.median(r[2] for r in runs)
-        print(f"| hello, `{name}` | {rps:,.0f} | {p50:.2f} ms | {p99:.2f} ms |")
-    ratio = statistics.median(r[0] for r in results["reuse"]) / statistics.median(r[0] for r in results["per-request"])
-    print(f"\n`reuse` / `per-request` throughput: {ratio:.2f}x. Node RSS after the load: {rss:.0f} MiB.")
-    print(f"\nCold start from zero replicas to response, median of {COLD_STARTS}: "
-          f"{statistics.median(cold):.2f} ms (min {min(cold):.2f}, max {max(cold):.2f}).")
+    model = ""
+    with open("/proc/cpuinfo") as cpuinfo:
+        match = re.search(r"model name\s*:\s*(.+)", cpuinfo.read())
+        if match:
+            model = match.group(1).strip()
+    return f"{os.cpu_count()} cores ({model}), {mem_gib:.0f} GiB"
+
+
+def main():
+    paths = build()
+    peer = wasmtime()
+    lines = [f"Machine: {machine()}. wrk -t2 -c{CONNECTIONS} -d{DURATION}, {ROUNDS} interleaved rounds, medians.", ""]
+
+    def section(name):
+        return not ONLY or name in ONLY
+
+    with tempfile.TemporaryDirectory() as data_dir:
+        shoal = Shoal(paths["shoal"], data_dir)
+        try:
+            if section("throughput"):
+                log("throughput")
+                rows = throughput(paths, shoal, peer)
+                by_name = {row[0]: row for row in rows}
+                lines += ["| hello component | requests/s | p50 | p99 | server RSS |", "|---|---|---|---|---|"]
+                for name, rps, p50, p99, rss in rows:
+                    lines.append(f"| {name} | {rps:,.0f} | {p50:.2f} ms | {p99:.2f} ms | {rss:.0f} MiB |")
+                ratio = lambda a, b: by_name[a][1] / by_name[b][1]
+                lines += ["",
+                          f"- shoal per-request / wasmtime serve tuned: {ratio('shoal, per-request', 'wasmtime serve, tuned'):.2f}x",
+                          f"- shoal reuse / wasmtime serve reusing instances: "
+                          f"{ratio('shoal, reuse', 'wasmtime serve, reusing instances'):.2f}x",
+                          f"- shoal reuse / native axum: {ratio('shoal, reuse', 'native axum'):.2f}x",
+                          "- shoal's two rows are one process serving both services, so its RSS is the same figure.",
+                          ""]
+            if section("fuel"):
+                log("fuel")
+                rows = fuel_cost(paths, shoal, peer)
+                lines += ["| 20M iterations of arithmetic, one request | median time |", "|---|---|"]
+                lines += [f"| {name} | {ms:.1f} ms |" for name, ms in rows]
+                times = dict(rows)
+                lines += ["", f"- fuel on / fuel off (wasmtime serve): "
+                              f"{times['wasmtime serve, fuel on'] / times['wasmtime serve, fuel off']:.2f}x", ""]
+            if section("cold"):
+                log("cold paths")
+                rows = cold_paths(paths, shoal)
+                lines += ["| cold path | median |", "|---|---|"]
+                lines += [f"| {name} | {ms:.1f} ms |" for name, ms in rows]
+                lines.append("")
+        finally:
+            shoal.stop()
+
+    if section("density"):
+        lines += ["| 1,000 services | idle RSS | RSS after load | p99, random spread | restart to all answering | compiled after restart |",
+                  "|---|---|---|---|---|---|"]
+        for label, n_modules in [("one module", 1), (f"{N_MODULES} distinct modules", N_MODULES)]:
+            log(f"density: {label}")
+            idle, loaded, p99, restart, compiled = density(paths, n_modules)
+            lines.append(f"| {label} | {idle:.0f} MiB | {loaded:.0f} MiB | {p99:.2f} ms | {restart * 1000:.0f} ms | {compiled} |")
+        lines.append("")
+
+    report = "\n".join(lines)
+    print(report)
+    os.makedirs(os.path.join(TARGET, "bench"), exist_ok=True)
+    with open(os.path.join(TARGET, "bench", "report.md"), "w") as f:
+        f.write(report + "\n")
 
 
 if __name__ == "__main__":
