@@ -86,6 +86,21 @@ impl CheckRunner {
         // What is left in `running` was removed; dropping it aborts its tasks.
     }
 
+    /// Stops every check and waits until their tasks are gone, so nothing holds the node.
+    pub(crate) async fn shutdown(&self) {
+        let running = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            // Nothing may start again: a later snapshot would otherwise restart the checks.
+            state.reconciled = u64::MAX;
+            std::mem::take(&mut state.running)
+        };
+        for (_, running) in running {
+            let mut task = running._task;
+            task.0.abort();
+            let _ = (&mut task.0).await;
+        }
+    }
+
     /// The clock of a TTL check, or `None` for an unknown ID or another kind of check.
     pub(crate) fn ttl_clock(&self, id: &str) -> Option<Arc<TtlClock>> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -28,9 +28,60 @@ use crate::node::Node;
 /// Set on a response whose request found the service at zero replicas and started one.
 pub const COLD_START_HEADER: &str = "x-shoal-cold-start";
 
-/// The gateway's router: everything goes to [`forward`].
+/// The gateway's router: everything goes to [`handle`]. [`serve`] does without the
+/// router; this is for embedding and for tests that call it without a socket.
 pub fn app(node: Node) -> Router {
     Router::new().fallback(forward).with_state(node)
+}
+
+/// Serves the gateway on `listener` until `stopped`, then lets the connections finish
+/// the requests they are serving.
+///
+/// Plain HTTP/1.1 on hyper, one task per connection, without a router: every request
+/// goes to [`handle`], and this is the hot path of the whole node.
+pub(crate) async fn serve(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    stopped: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        let (stream, remote_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors or a connection reset before it was accepted:
+                // the listener itself is fine.
+                Err(error) => {
+                    tracing::debug!(%error, "accepting a gateway connection failed");
+                    continue;
+                }
+            },
+            () = &mut stopped => break,
+        };
+        crate::set_nodelay(&stream);
+        let node = node.clone();
+        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let node = node.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    handle(&node, Some(remote_addr), request.map(Body::new)).await,
+                )
+            }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "gateway connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Where a request goes: the service's name, the prefix consumed to find it, and the
@@ -79,11 +130,20 @@ fn target(uri: &Uri, host: Option<&str>, domain: &str) -> Option<Target> {
     })
 }
 
-async fn forward(State(node): State<Node>, mut request: Request) -> Response {
+async fn forward(State(node): State<Node>, request: Request) -> Response {
     let remote_addr = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr);
+    handle(&node, remote_addr, request).await
+}
+
+/// Routes one request by service name and answers it: the gateway's whole job.
+pub async fn handle(
+    node: &Node,
+    remote_addr: Option<SocketAddr>,
+    mut request: Request,
+) -> Response {
     let host = request
         .headers()
         .get(header::HOST)
@@ -102,7 +162,7 @@ async fn forward(State(node): State<Node>, mut request: Request) -> Response {
     let Some(route) = node.route(&target.service) else {
         if let Some(external) = node.catalog().external.get(&target.service).cloned() {
             let _in_flight = node.begin_request();
-            return proxy(&node, &external, target, remote_addr, request).await;
+            return proxy(node, &external, target, remote_addr, request).await;
         }
         return ApiError::new(
             StatusCode::NOT_FOUND,

@@ -59,21 +59,15 @@ pub async fn serve(
     // Responses are written as they are produced (a head, then chunks): with Nagle's
     // algorithm on, the last small write waits for the client's delayed ACK, tens of
     // milliseconds. Both listeners send at once.
-    let api = api.tap_io(set_nodelay);
-    let gateway = gateway.tap_io(set_nodelay);
+    let api = api.tap_io(|stream| set_nodelay(stream));
     let api_server = axum::serve(
         api,
         api_app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(until_stopped(stopped.clone()));
-    let gateway_app = gateway::app(node.clone());
-    let gateway_server = axum::serve(
-        gateway,
-        gateway_app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(until_stopped(stopped));
+    let gateway_server = gateway::serve(node.clone(), gateway, until_stopped(stopped));
     let mut api_task = tokio::spawn(async move { api_server.await });
-    let mut gateway_task = tokio::spawn(async move { gateway_server.await });
+    let mut gateway_task = tokio::spawn(gateway_server);
 
     tokio::select! {
         () = shutdown => {}
@@ -93,10 +87,11 @@ pub async fn serve(
         api_task.abort();
         gateway_task.abort();
     }
+    node.shutdown().await;
     Ok(())
 }
 
-fn set_nodelay(stream: &mut tokio::net::TcpStream) {
+fn set_nodelay(stream: &tokio::net::TcpStream) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "cannot set TCP_NODELAY");
     }

@@ -169,6 +169,8 @@ struct Inner {
     /// The change index of the newest committed change, for blocking queries to wait on.
     committed: tokio::sync::watch::Sender<u64>,
     checks: CheckRunner,
+    /// The scale-event writer, stopped by [`Node::shutdown`].
+    recorder: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     consul_node: ConsulNode,
     /// For health checks and for proxying to registered services: no redirects followed, no
     /// proxy from the environment.
@@ -249,11 +251,17 @@ impl Node {
                 catalog: ArcSwap::default(),
                 committed: tokio::sync::watch::Sender::new(0),
                 checks: CheckRunner::default(),
+                recorder: std::sync::Mutex::new(None),
                 consul_node,
                 http,
             }),
         };
-        tokio::spawn(record_events(node.downgrade(), receiver));
+        let recorder = tokio::spawn(record_events(node.downgrade(), receiver));
+        *node
+            .inner
+            .recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(recorder);
         node.load_services().await?;
         node.committed().await?;
         Ok(node)
@@ -331,6 +339,23 @@ impl Node {
     /// Where the gateway listens, once it does.
     pub fn gateway_addr(&self) -> Option<SocketAddr> {
         self.inner.gateway_addr.get().copied()
+    }
+
+    /// Stops the background tasks (check probes, the scale-event writer) and waits until
+    /// they are gone: they hold the node only for moments, but a node about to be opened
+    /// again on the same data directory needs the registry file released now.
+    pub async fn shutdown(&self) {
+        self.inner.checks.shutdown().await;
+        let recorder = self
+            .inner
+            .recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(recorder) = recorder {
+            recorder.abort();
+            let _ = recorder.await;
+        }
     }
 
     pub(crate) fn downgrade(&self) -> WeakNode {

@@ -179,7 +179,9 @@ async fn capacity_bounds_replicas_and_full_queues_answer_503() {
         deploy_spec(&node, "slow", SLEEP_HTTP, extra).await.status,
         201
     );
-    let requests = get_all(&node, "/slow/?ms=600".into(), 12);
+    // Long enough that all twelve arrive while the first four are still sleeping, even on a
+    // loaded machine.
+    let requests = get_all(&node, "/slow/?ms=2000".into(), 12);
     let mut ok = 0;
     let mut refused = 0;
     for request in requests {
