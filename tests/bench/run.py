@@ -19,7 +19,7 @@ all alike, medians reported:
 - density: 1,000 services (one module, and 100 distinct modules): idle RSS, p99 over
   requests spread at random, and the time from restart to all 1,000 answering.
 
-Environment: BENCH_DURATION (wrk duration, default 5s), BENCH_ROUNDS (default 3),
+Environment: BENCH_DURATION (wrk duration, default 5s), BENCH_ROUNDS (default 5),
 BENCH_ONLY (comma-separated sections: throughput, fuel, cold, density).
 """
 
@@ -41,7 +41,7 @@ TARGET = os.path.join(ROOT, "target")
 WASMTIME_VERSION = "48.0.8"
 CONNECTIONS = 32
 DURATION = os.environ.get("BENCH_DURATION", "5s")
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 N_DENSITY = 1000
 N_MODULES = 100
@@ -261,7 +261,7 @@ def fuel_cost(paths, shoal, peer):
         for _, process, url in servers:
             wait_http(url, process)
         times = {name: [] for name, _, _ in servers}
-        for _ in range(10):
+        for _ in range(30):
             for name, _, url in servers:
                 times[name].append(timed_get(url))
         return [(name, med(values)) for name, values in times.items()]
