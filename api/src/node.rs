@@ -398,6 +398,12 @@ impl Node {
         if previous.snapshot.indexes.change < change {
             self.inner.checks.reconcile(self, &catalog.snapshot);
         }
+        self.publish(change);
+        Ok(())
+    }
+
+    /// Wakes blocking queries with the change index `change`, unless a newer one is out.
+    fn publish(&self, change: u64) {
         self.inner.committed.send_if_modified(|index| {
             let newer = change > *index;
             if newer {
@@ -405,7 +411,6 @@ impl Node {
             }
             newer
         });
-        Ok(())
     }
 
     /// A change to registered services or checks: the registry call, then [`Node::committed`].
@@ -429,13 +434,7 @@ impl Node {
     {
         let value = self.registry(f).await?;
         let change = self.registry(|r| r.change_index()).await?;
-        self.inner.committed.send_if_modified(|index| {
-            let newer = change > *index;
-            if newer {
-                *index = change;
-            }
-            newer
-        });
+        self.publish(change);
         Ok(value)
     }
 

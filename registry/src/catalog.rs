@@ -490,12 +490,7 @@ pub(crate) fn name_is_registered(txn: &WriteTransaction, name: &str) -> Result<b
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn on_both_backends(test: impl Fn(&Registry)) {
-        test(&Registry::in_memory().unwrap());
-        let dir = tempfile::tempdir().unwrap();
-        test(&Registry::open(&dir.path().join("registry.redb")).unwrap());
-    }
+    use crate::store::tests::on_both_backends;
 
     fn web(id: &str) -> Registration {
         Registration {

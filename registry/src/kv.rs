@@ -165,12 +165,7 @@ fn entry(key: &str, (create_index, modify_index, flags, value): (u64, u64, u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn on_both_backends(test: impl Fn(&Registry)) {
-        test(&Registry::in_memory().unwrap());
-        let dir = tempfile::tempdir().unwrap();
-        test(&Registry::open(&dir.path().join("registry.redb")).unwrap());
-    }
+    use crate::store::tests::on_both_backends;
 
     #[test]
     fn put_get_list_delete() {

@@ -624,7 +624,7 @@ pub(crate) fn decode<R: StoredRecord>(bytes: &[u8], key: &str) -> Result<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use crate::quantity::ByteSize;
@@ -632,7 +632,7 @@ mod tests {
     use super::*;
 
     /// Runs `test` against an in-memory registry and against one in a file.
-    fn on_both_backends(test: impl Fn(&Registry)) {
+    pub(crate) fn on_both_backends(test: impl Fn(&Registry)) {
         test(&Registry::in_memory().unwrap());
         let dir = tempfile::tempdir().unwrap();
         test(&Registry::open(&dir.path().join("registry.redb")).unwrap());

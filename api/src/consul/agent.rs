@@ -673,37 +673,13 @@ pub(super) async fn deregister_check(
     Ok(ok_empty())
 }
 
-pub(super) async fn check_pass(
-    state: State<Node>,
-    id: Path<String>,
-    raw: RawQuery,
-) -> ConsulResult<Response> {
-    ttl_report(state, id, raw, CheckStatus::Passing).await
-}
-
-pub(super) async fn check_warn(
-    state: State<Node>,
-    id: Path<String>,
-    raw: RawQuery,
-) -> ConsulResult<Response> {
-    ttl_report(state, id, raw, CheckStatus::Warning).await
-}
-
-pub(super) async fn check_fail(
-    state: State<Node>,
-    id: Path<String>,
-    raw: RawQuery,
-) -> ConsulResult<Response> {
-    ttl_report(state, id, raw, CheckStatus::Critical).await
-}
-
 /// `PUT /v1/agent/check/{pass,warn,fail}/{id}?note=`: sets a TTL check's state and restarts
 /// its clock. Any other check, or an unknown ID, is Consul's 500.
-async fn ttl_report(
+pub(super) async fn ttl_report(
+    status: CheckStatus,
     State(node): State<Node>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
-    status: CheckStatus,
 ) -> ConsulResult<Response> {
     let query = Query::parse(raw.as_deref());
     let mut note = query.get("note").unwrap_or_default().to_owned();

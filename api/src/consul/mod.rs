@@ -35,6 +35,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde::Serialize;
+use shoal_registry::CheckStatus;
 
 use crate::error::ApiError;
 use crate::node::Node;
@@ -91,9 +92,18 @@ pub(crate) fn routes(node: Node) -> Router<Node> {
             "/v1/agent/check/deregister/{*id}",
             put(agent::deregister_check),
         )
-        .route("/v1/agent/check/pass/{*id}", put(agent::check_pass))
-        .route("/v1/agent/check/warn/{*id}", put(agent::check_warn))
-        .route("/v1/agent/check/fail/{*id}", put(agent::check_fail))
+        .route(
+            "/v1/agent/check/pass/{*id}",
+            put(|s, p, q| agent::ttl_report(CheckStatus::Passing, s, p, q)),
+        )
+        .route(
+            "/v1/agent/check/warn/{*id}",
+            put(|s, p, q| agent::ttl_report(CheckStatus::Warning, s, p, q)),
+        )
+        .route(
+            "/v1/agent/check/fail/{*id}",
+            put(|s, p, q| agent::ttl_report(CheckStatus::Critical, s, p, q)),
+        )
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))
         .route("/v1/catalog/nodes", get(catalog::nodes))
