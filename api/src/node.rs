@@ -171,6 +171,8 @@ struct Inner {
     checks: CheckRunner,
     /// The scale-event writer, stopped by [`Node::shutdown`].
     recorder: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Registry calls running on blocking threads, which [`Node::shutdown`] waits for.
+    blocking_calls: Arc<BlockingCalls>,
     consul_node: ConsulNode,
     /// For health checks and for proxying to registered services: no redirects followed, no
     /// proxy from the environment.
@@ -252,6 +254,7 @@ impl Node {
                 committed: tokio::sync::watch::Sender::new(0),
                 checks: CheckRunner::default(),
                 recorder: std::sync::Mutex::new(None),
+                blocking_calls: Arc::default(),
                 consul_node,
                 http,
             }),
@@ -356,6 +359,9 @@ impl Node {
             recorder.abort();
             let _ = recorder.await;
         }
+        // A task aborted while it waited for a registry call leaves the call running on
+        // its blocking thread, holding the database: wait for those to end too.
+        self.inner.blocking_calls.wait_idle().await;
     }
 
     pub(crate) fn downgrade(&self) -> WeakNode {
@@ -483,10 +489,16 @@ impl Node {
         F: FnOnce(&Registry) -> shoal_registry::Result<T> + Send + 'static,
     {
         let registry = self.inner.registry.clone();
-        tokio::task::spawn_blocking(move || f(&registry))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::from)
+        let call = self.inner.blocking_calls.enter();
+        tokio::task::spawn_blocking(move || {
+            let result = f(&registry);
+            drop(registry);
+            drop(call);
+            result
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
     }
 
     /// Stores a module after validating and compiling it. Idempotent by digest:
@@ -687,17 +699,59 @@ impl Node {
     async fn compiled(&self, digest: &Digest) -> ApiResult<Compiled> {
         let runtime = self.inner.runtime.clone();
         let registry = self.inner.registry.clone();
+        let call = self.inner.blocking_calls.enter();
         let digest = digest.clone();
         let compiled = tokio::task::spawn_blocking(move || {
-            runtime.load(digest.as_str(), || {
+            let compiled = runtime.load(digest.as_str(), || {
                 registry
                     .module_bytes(&digest)?
                     .ok_or_else(|| anyhow::anyhow!("the bytes of module {digest} are missing"))
-            })
+            });
+            drop(registry);
+            drop(call);
+            compiled
         })
         .await
         .map_err(ApiError::internal)??;
         Ok(compiled)
+    }
+}
+
+/// Counts registry calls running on blocking threads, so that shutdown can wait for them.
+#[derive(Default)]
+struct BlockingCalls {
+    running: AtomicU64,
+    idle: tokio::sync::Notify,
+}
+
+/// One registry call on a blocking thread; dropping it ends the call.
+struct BlockingCall(Arc<BlockingCalls>);
+
+impl BlockingCalls {
+    fn enter(self: &Arc<Self>) -> BlockingCall {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        BlockingCall(self.clone())
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a call ending in between still wakes us.
+            notified.as_mut().enable();
+            if self.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for BlockingCall {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 

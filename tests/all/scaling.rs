@@ -36,13 +36,31 @@ fn replicas(status: &Value) -> u64 {
     status["replicas"]["current"].as_u64().unwrap()
 }
 
-async fn events(node: &TestNode, service: &str) -> Vec<Value> {
-    node.get(&format!("/v1/services/{service}/events"))
-        .await
-        .1
-        .as_array()
-        .unwrap()
-        .clone()
+/// The service's scale events once `done` holds for them. Events are written to the
+/// registry after the replica count changes, so a test that saw the count change waits for
+/// them with blocking health queries, which every recorded event wakes.
+async fn events(node: &TestNode, service: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut index = 0;
+    loop {
+        let health = node
+            .send(
+                "GET",
+                &format!("/v1/health/service/{service}?index={index}&wait=1s"),
+                None,
+            )
+            .await;
+        index = health.headers["x-consul-index"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (_, events) = node.get(&format!("/v1/services/{service}/events")).await;
+        let events = events.as_array().unwrap().clone();
+        if done(&events) || Instant::now() > deadline {
+            return events;
+        }
+    }
 }
 
 async fn deploy_spec(node: &TestNode, name: &str, guest: &str, extra: Value) -> Reply {
@@ -108,17 +126,14 @@ async fn a_burst_scales_up_at_once_and_back_down_after_the_delay() {
         |s| replicas(s) == 1,
     )
     .await;
-    let events = events(&node, "slow").await;
+    let fell =
+        |e: &Value| e["to"] == 1 && e["from"].as_u64() > Some(1) && e["reason"] == "load fell";
+    let events = events(&node, "slow", |events| events.iter().any(fell)).await;
     assert!(
         events.iter().any(|e| e["to"].as_u64() > Some(1)),
         "{events:?}"
     );
-    assert!(
-        events
-            .iter()
-            .any(|e| e["to"] == 1 && e["from"].as_u64() > Some(1) && e["reason"] == "load fell"),
-        "{events:?}"
-    );
+    assert!(events.iter().any(fell), "{events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -152,16 +167,19 @@ async fn idle_services_go_to_zero_and_come_back_cold() {
         )
         .await;
     }
-    let events = events(&node, "lazy").await;
-    let cold = events
-        .iter()
-        .filter(|e| e["reason"] == "cold start" && e["from"] == 0 && e["to"] == 1)
-        .count();
-    let idle = events
-        .iter()
-        .filter(|e| e["reason"] == "idle" && e["to"] == 0)
-        .count();
-    assert_eq!((cold, idle), (2, 2), "{events:?}");
+    let counts = |events: &[Value]| {
+        let cold = events
+            .iter()
+            .filter(|e| e["reason"] == "cold start" && e["from"] == 0 && e["to"] == 1)
+            .count();
+        let idle = events
+            .iter()
+            .filter(|e| e["reason"] == "idle" && e["to"] == 0)
+            .count();
+        (cold, idle)
+    };
+    let events = events(&node, "lazy", |events| counts(events) == (2, 2)).await;
+    assert_eq!(counts(&events), (2, 2), "{events:?}");
     assert_eq!(
         node.get("/v1/services/lazy/status").await.1["requests"]["cold_starts"],
         2
@@ -199,17 +217,13 @@ async fn capacity_bounds_replicas_and_full_queues_answer_503() {
     }
     // Four replicas fit, four requests queue behind them, four are refused.
     assert_eq!((ok, refused), (8, 4));
-    let events = events(&node, "slow").await;
+    let at_capacity = |e: &Value| e["reason"].as_str().unwrap().starts_with("at capacity");
+    let events = events(&node, "slow", |events| events.iter().any(at_capacity)).await;
     assert!(
         events.iter().all(|e| e["to"].as_u64().unwrap() <= 4),
         "{events:?}"
     );
-    assert!(
-        events
-            .iter()
-            .any(|e| e["reason"].as_str().unwrap().starts_with("at capacity")),
-        "{events:?}"
-    );
+    assert!(events.iter().any(at_capacity), "{events:?}");
     let info = node.get("/v1/node").await.1;
     assert_eq!(info["capacity"]["memory"], "256Mi");
     assert!(info["replicas"].as_u64().unwrap() <= 4);
