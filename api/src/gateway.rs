@@ -14,9 +14,8 @@
 
 use std::net::SocketAddr;
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use shoal_runtime::RequestContext;
@@ -27,12 +26,6 @@ use crate::node::Node;
 
 /// Set on a response whose request found the service at zero replicas and started one.
 pub const COLD_START_HEADER: &str = "x-shoal-cold-start";
-
-/// The gateway's router: everything goes to [`handle`]. [`serve`] does without the
-/// router; this is for embedding and for tests that call it without a socket.
-pub fn app(node: Node) -> Router {
-    Router::new().fallback(forward).with_state(node)
-}
 
 /// Serves the gateway on `listener` until `stopped`, then lets the connections finish
 /// the requests they are serving.
@@ -130,15 +123,8 @@ fn target(uri: &Uri, host: Option<&str>, domain: &str) -> Option<Target> {
     })
 }
 
-async fn forward(State(node): State<Node>, request: Request) -> Response {
-    let remote_addr = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr);
-    handle(&node, remote_addr, request).await
-}
-
-/// Routes one request by service name and answers it: the gateway's whole job.
+/// Routes one request by service name and answers it: the gateway's whole job. Callable
+/// without a socket, which is how embedders and tests reach the gateway directly.
 pub async fn handle(
     node: &Node,
     remote_addr: Option<SocketAddr>,

@@ -4,7 +4,7 @@
 //! (wasmtime) and `shoal-registry` (redb) crates behind two listeners:
 //! - the management API ([`mgmt::app`]): upload modules, deploy services, inspect; with the
 //!   Consul-compatible API ([`consul`]) beside it, for registration, discovery, health and KV;
-//! - the gateway ([`gateway::app`]): call a service by name, wasm or registered.
+//! - the gateway ([`gateway::handle`]): call a service by name, wasm or registered.
 //!
 //! [`serve`] runs both on listeners the caller has bound, until a shutdown future
 //! resolves, so tests run a whole node on `127.0.0.1:0`. The `shoal` binary

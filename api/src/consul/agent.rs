@@ -244,6 +244,16 @@ fn is_unspecified(address: &str) -> bool {
         .is_ok_and(|ip| ip.is_unspecified())
 }
 
+/// Where an instance registered with `address` is: the node's address when it gave none,
+/// as Consul fills in.
+fn instance_address(node: &Node, address: &str) -> String {
+    if address.is_empty() {
+        node.consul_node().address.clone()
+    } else {
+        address.to_owned()
+    }
+}
+
 /// Whether a check may probe `host`: the instance's own address, or this machine.
 fn may_probe(host: &str, service_address: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
@@ -483,11 +493,7 @@ pub(super) async fn register_service(
         .chain(body.checks.unwrap_or_default().into_iter().flatten())
         .collect();
     let n_checks = bodies.len();
-    let probe_address = if address.is_empty() {
-        node.consul_node().address.clone()
-    } else {
-        address.clone()
-    };
+    let probe_address = instance_address(&node, &address);
     let mut checks = Vec::with_capacity(n_checks);
     for (n, check) in bodies.into_iter().enumerate() {
         let check_id = check
@@ -634,13 +640,9 @@ pub(super) async fn register_check(
                 .ok_or_else(|| {
                     ConsulError::bad_request(format!("ServiceID {service_id:?} does not exist"))
                 })?;
-            if registration.address.is_empty() {
-                node.consul_node().address.clone()
-            } else {
-                registration.address.clone()
-            }
+            instance_address(&node, &registration.address)
         }
-        None => node.consul_node().address.clone(),
+        None => instance_address(&node, ""),
     };
     let definition = check_definition(body, id, name, service_id.clone(), &service_address)?;
     node.catalog_write(move |r| r.register_check(definition))

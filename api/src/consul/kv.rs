@@ -55,7 +55,7 @@ async fn get(
 ) -> ConsulResult<Response> {
     let query = Query::parse(raw.as_deref());
     let recurse = query.flag("recurse")?;
-    let keys = query.has("keys") && query.flag("keys")?;
+    let keys = query.flag("keys")?;
     let raw_value = query.has("raw");
     if key.is_empty() && !recurse && !keys {
         return Err(ConsulError::bad_request("Missing key name"));
