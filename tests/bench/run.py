@@ -13,6 +13,8 @@ all alike, medians reported:
   native axum; wasmtime serve with defaults, tuned (pooling allocator, keep-resident,
   pagemap scan) and reusing instances; shoal per-request and reuse, with fuel, memory limit
   and timeout on, through the gateway by name;
+- latency of the same servers at fixed rates below saturation (oha, 32 connections,
+  corrected for coordinated omission), where it measures the server and not the queue;
 - fuel's cost on a compute-bound guest;
 - cold paths: upload to first response for the hello component and a large one, and the
   first response from a service scaled to zero;
@@ -20,7 +22,7 @@ all alike, medians reported:
   requests spread at random, and the time from restart to all 1,000 answering.
 
 Environment: BENCH_DURATION (wrk duration, default 5s), BENCH_ROUNDS (default 5),
-BENCH_ONLY (comma-separated sections: throughput, fuel, cold, density).
+BENCH_ONLY (comma-separated sections: throughput, latency, fuel, cold, density).
 """
 
 import http.client
@@ -43,6 +45,8 @@ CONNECTIONS = 32
 DURATION = os.environ.get("BENCH_DURATION", "5s")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+RATES = [10_000, 20_000]
+OHA_VERSION = "1.16.0"
 N_DENSITY = 1000
 N_MODULES = 100
 
@@ -78,14 +82,26 @@ def build():
     }
 
 
+def cached_install(crate, version, binary, *flags):
+    """A crates.io binary, installed once into target/bench-cache and reused from there."""
+    suffix = "".join(f"-{flag.lstrip('-')}" for flag in flags)
+    root = os.path.join(TARGET, "bench-cache", f"{crate}-{version}{suffix}")
+    path = os.path.join(root, "bin", binary)
+    if not os.path.exists(path):
+        log(f"installing {crate} {version} into {root} (once)")
+        run("cargo", "install", "--locked", crate, "--version", version, *flags, "--root", root)
+    return path
+
+
 def wasmtime():
-    """`wasmtime` of shoal's wasmtime version, installed once into the cache."""
-    root = os.path.join(TARGET, "bench-cache", f"wasmtime-{WASMTIME_VERSION}")
-    binary = os.path.join(root, "bin", "wasmtime")
-    if not os.path.exists(binary):
-        log(f"installing wasmtime-cli {WASMTIME_VERSION} into {root} (once)")
-        run("cargo", "install", "--locked", "wasmtime-cli", "--version", WASMTIME_VERSION, "--root", root)
-    return binary
+    """`wasmtime` of shoal's wasmtime version, built with wasmtime's own `fastest-runtime`
+    profile (fat LTO, one codegen unit): the optimisation shoal's release profile uses, so
+    neither side wins on compiler settings."""
+    return cached_install("wasmtime-cli", WASMTIME_VERSION, "wasmtime", "--profile", "fastest-runtime")
+
+
+def oha():
+    return cached_install("oha", OHA_VERSION, "oha")
 
 
 # ---------------------------------------------------------------- servers
@@ -165,6 +181,20 @@ def wrk(url, script=None):
     return rps, latency(50), latency(99)
 
 
+def oha_at_rate(oha_path, url, rate):
+    """Requests per second achieved and p50, p99 in ms at a fixed offered rate, latency
+    counted from when each request was due (coordinated omission corrected)."""
+    out = subprocess.run([oha_path, "-z", DURATION, "-c", str(CONNECTIONS), "-q", str(rate),
+                          "--latency-correction", "--no-tui", "--output-format", "json", url],
+                         check=True, capture_output=True, text=True).stdout
+    report = json.loads(out)
+    codes = report["statusCodeDistribution"]
+    if set(codes) != {"200"}:
+        sys.exit(f"{url}: failed requests: {codes}")
+    percentiles = report["latencyPercentiles"]
+    return report["summary"]["requestsPerSec"], percentiles["p50"] * 1000, percentiles["p99"] * 1000
+
+
 def timed_get(url):
     started = time.perf_counter()
     with urllib.request.urlopen(url) as response:
@@ -192,7 +222,9 @@ def med(values):
 
 # ---------------------------------------------------------------- scenarios
 
-def throughput(paths, shoal, peer):
+def hello_servers(paths, shoal, peer):
+    """Every contender serving the hello component, started and answering: (name, process,
+    url) each. The caller kills the processes that are not shoal's."""
     hello = paths["hello"]
     servers = []
     try:
@@ -221,22 +253,52 @@ def throughput(paths, shoal, peer):
             servers.append((f"shoal, {isolation}", shoal.process, f"{shoal.gateway}/{isolation}/"))
         for _, process, url in servers:
             wait_http(url, process)
-        results = {name: [] for name, _, _ in servers}
-        for round_idx in range(ROUNDS):
+        return servers
+    except BaseException:
+        stop_peers(servers, shoal)
+        raise
+
+
+def stop_peers(servers, shoal):
+    for _, process, _ in servers:
+        if process is not shoal.process:
+            process.kill()
+            process.wait()
+
+
+def throughput(servers):
+    """Saturated: wrk as fast as the server answers."""
+    results = {name: [] for name, _, _ in servers}
+    for round_idx in range(ROUNDS):
+        for name, _, url in servers:
+            log(f"  round {round_idx + 1}/{ROUNDS}: {name}")
+            results[name].append(wrk(url))
+    rows = []
+    for name, process, _ in servers:
+        runs = results[name]
+        rows.append((name, med(r[0] for r in runs), med(r[1] for r in runs), med(r[2] for r in runs),
+                     rss_mib(process.pid)))
+    return rows
+
+
+def latency_at_rates(servers, oha_path):
+    """p50 and p99 at each of RATES, or None where the server did not keep up (answered
+    under 97% of the offered rate): there the figure would measure its queue."""
+    results = {(name, rate): [] for name, _, _ in servers for rate in RATES}
+    for round_idx in range(ROUNDS):
+        for rate in RATES:
             for name, _, url in servers:
-                log(f"  round {round_idx + 1}/{ROUNDS}: {name}")
-                results[name].append(wrk(url))
-        rows = []
-        for name, process, _ in servers:
-            runs = results[name]
-            rows.append((name, med(r[0] for r in runs), med(r[1] for r in runs), med(r[2] for r in runs),
-                         rss_mib(process.pid)))
-        return rows
-    finally:
-        for _, process, _ in servers:
-            if process is not shoal.process:
-                process.kill()
-                process.wait()
+                log(f"  round {round_idx + 1}/{ROUNDS}: {name} at {rate} req/s")
+                results[(name, rate)].append(oha_at_rate(oha_path, url, rate))
+    rows = []
+    for name, _, _ in servers:
+        cells = []
+        for rate in RATES:
+            runs = results[(name, rate)]
+            kept_up = med(r[0] for r in runs) >= 0.97 * rate
+            cells.append((med(r[1] for r in runs), med(r[2] for r in runs)) if kept_up else None)
+        rows.append((name, cells))
+    return rows
 
 
 def fuel_cost(paths, shoal, peer):
@@ -374,10 +436,36 @@ def machine():
     return f"{os.cpu_count()} cores ({model}), {mem_gib:.0f} GiB"
 
 
+def throughput_report(rows):
+    by_name = {row[0]: row for row in rows}
+    lines = ["| hello component, saturated | requests/s | p50 | p99 | server RSS |", "|---|---|---|---|---|"]
+    for name, rps, p50, p99, rss in rows:
+        lines.append(f"| {name} | {rps:,.0f} | {p50:.2f} ms | {p99:.2f} ms | {rss:.0f} MiB |")
+    ratio = lambda a, b: by_name[a][1] / by_name[b][1]
+    return lines + [
+        "",
+        f"- shoal per-request / wasmtime serve tuned: {ratio('shoal, per-request', 'wasmtime serve, tuned'):.2f}x",
+        f"- shoal reuse / wasmtime serve reusing instances: {ratio('shoal, reuse', 'wasmtime serve, reusing instances'):.2f}x",
+        f"- shoal reuse / native axum: {ratio('shoal, reuse', 'native axum'):.2f}x",
+        "- shoal's two rows are one process serving both services, so its RSS is the same figure.",
+        ""]
+
+
+def latency_report(rows):
+    header = "| hello component, fixed rate | " + " | ".join(f"p50 / p99 at {rate:,} req/s" for rate in RATES) + " |"
+    lines = [header, "|---|" + "---|" * len(RATES)]
+    for name, cells in rows:
+        shown = [f"{cell[0]:.2f} / {cell[1]:.2f} ms" if cell else "did not keep up" for cell in cells]
+        lines.append(f"| {name} | " + " | ".join(shown) + " |")
+    return lines + [""]
+
+
 def main():
     paths = build()
     peer = wasmtime()
-    lines = [f"Machine: {machine()}. wrk -t2 -c{CONNECTIONS} -d{DURATION}, {ROUNDS} interleaved rounds, medians.", ""]
+    load = oha()
+    lines = [f"Machine: {machine()}. Saturated: wrk -t2 -c{CONNECTIONS} -d{DURATION}; fixed rate: oha -c{CONNECTIONS} "
+             f"-z{DURATION} -q RATE --latency-correction; {ROUNDS} interleaved rounds, medians.", ""]
 
     def section(name):
         return not ONLY or name in ONLY
@@ -385,21 +473,17 @@ def main():
     with tempfile.TemporaryDirectory() as data_dir:
         shoal = Shoal(paths["shoal"], data_dir)
         try:
-            if section("throughput"):
-                log("throughput")
-                rows = throughput(paths, shoal, peer)
-                by_name = {row[0]: row for row in rows}
-                lines += ["| hello component | requests/s | p50 | p99 | server RSS |", "|---|---|---|---|---|"]
-                for name, rps, p50, p99, rss in rows:
-                    lines.append(f"| {name} | {rps:,.0f} | {p50:.2f} ms | {p99:.2f} ms | {rss:.0f} MiB |")
-                ratio = lambda a, b: by_name[a][1] / by_name[b][1]
-                lines += ["",
-                          f"- shoal per-request / wasmtime serve tuned: {ratio('shoal, per-request', 'wasmtime serve, tuned'):.2f}x",
-                          f"- shoal reuse / wasmtime serve reusing instances: "
-                          f"{ratio('shoal, reuse', 'wasmtime serve, reusing instances'):.2f}x",
-                          f"- shoal reuse / native axum: {ratio('shoal, reuse', 'native axum'):.2f}x",
-                          "- shoal's two rows are one process serving both services, so its RSS is the same figure.",
-                          ""]
+            if section("throughput") or section("latency"):
+                servers = hello_servers(paths, shoal, peer)
+                try:
+                    if section("throughput"):
+                        log("throughput")
+                        lines += throughput_report(throughput(servers))
+                    if section("latency"):
+                        log("latency at fixed rates")
+                        lines += latency_report(latency_at_rates(servers, load))
+                finally:
+                    stop_peers(servers, shoal)
             if section("fuel"):
                 log("fuel")
                 rows = fuel_cost(paths, shoal, peer)
