@@ -23,6 +23,8 @@ async fn bad_modules_are_refused() {
     let hello = guest_artifacts::bytes(HELLO_HTTP);
     let core_without_start =
         wat::parse_str(r#"(module (func (export "main")) (memory (export "memory") 1))"#).unwrap();
+    let shared_memory =
+        wat::parse_str(r#"(module (func (export "_start")) (memory 1 1 shared))"#).unwrap();
     let big = {
         let mut bytes = b"\0asm\x01\0\0\0".to_vec();
         bytes.resize(5 << 20, 0);
@@ -47,6 +49,14 @@ async fn bad_modules_are_refused() {
             core_without_start,
             400,
             "does not export a `_start` function (exports: main, memory)",
+        ),
+        (
+            // shoal's wasmtime is built without the threads proposal (no WASI 0.2 guest
+            // uses it), so a shared memory is refused at upload, whatever the allocator.
+            "core module with a shared memory",
+            shared_memory,
+            400,
+            "threads must be enabled for shared memories",
         ),
         (
             "component without the HTTP export",
