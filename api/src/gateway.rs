@@ -123,8 +123,8 @@ fn target(uri: &Uri, host: Option<&str>, domain: &str) -> Option<Target> {
     })
 }
 
-/// Routes one request by service name and answers it: the gateway's whole job. Callable
-/// without a socket, which is how embedders and tests reach the gateway directly.
+/// Routes one request by service name and answers it: the gateway's whole job, called by
+/// [`serve`] for every request, and by an embedder serving the gateway its own way.
 pub async fn handle(
     node: &Node,
     remote_addr: Option<SocketAddr>,

@@ -1,14 +1,13 @@
 //! The `shoal` binary: `shoal up` runs a node; the other commands are its client.
 
 use anyhow::Context as _;
+use clap::Parser as _;
+use shoal::cli::{Cli, Command};
 
 // Requests allocate and free many small objects across threads: mimalloc does that with
 // less contention and fewer page faults than the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use clap::Parser as _;
-use shoal::cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();

@@ -25,21 +25,34 @@ fn main() {
         seed
     };
     for function_idx in 0..N_FUNCTIONS {
-        writeln!(code, "#[inline(never)]\nfn f{function_idx}(mut x: u64) -> u64 {{").unwrap();
+        writeln!(
+            code,
+            "#[inline(never)]\nfn f{function_idx}(mut x: u64) -> u64 {{"
+        )
+        .unwrap();
         for _ in 0..N_STEPS {
             let constant = next();
             let op = match constant % 4 {
                 0 => format!("x = x.wrapping_mul({constant:#x});"),
                 1 => format!("x ^= x.rotate_left({});", constant % 63 + 1),
-                2 => format!("x = x.wrapping_add(DATA[(x as usize) % DATA.len()] as u64 ^ {constant:#x});"),
-                _ => format!("x = x.wrapping_sub({constant:#x}) ^ (x >> {});", constant % 31 + 1),
+                2 => format!(
+                    "x = x.wrapping_add(DATA[(x as usize) % DATA.len()] as u64 ^ {constant:#x});"
+                ),
+                _ => format!(
+                    "x = x.wrapping_sub({constant:#x}) ^ (x >> {});",
+                    constant % 31 + 1
+                ),
             };
             code.push_str(&op);
             code.push('\n');
         }
         code.push_str("x\n}\n");
     }
-    write!(code, "static FUNCTIONS: [fn(u64) -> u64; {N_FUNCTIONS}] = [").unwrap();
+    write!(
+        code,
+        "static FUNCTIONS: [fn(u64) -> u64; {N_FUNCTIONS}] = ["
+    )
+    .unwrap();
     for function_idx in 0..N_FUNCTIONS {
         write!(code, "f{function_idx},").unwrap();
     }

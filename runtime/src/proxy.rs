@@ -259,12 +259,7 @@ where
             match receiver.try_recv() {
                 Ok(answered) => answered,
                 // Finished without answering: the outcome says why.
-                Err(_) => {
-                    return Err(match outcome {
-                        Err(error) => error,
-                        Ok(()) => Error::Trap("the guest returned without setting a response".into()),
-                    });
-                }
+                Err(_) => return Err(unanswered(outcome)),
             }
         }
         answered = &mut receiver => {
@@ -274,12 +269,7 @@ where
                     answered
                 }
                 // The guest dropped the outparam without answering: its run says why.
-                Err(_) => {
-                    return Err(match guest.await {
-                        Err(error) => error,
-                        Ok(()) => Error::Trap("the guest returned without setting a response".into()),
-                    });
-                }
+                Err(_) => return Err(unanswered(guest.await)),
             }
         }
     };
@@ -293,6 +283,14 @@ where
             .map_err(|e| -> BoxError { e })
             .boxed_unsync()
     }))
+}
+
+/// Why a guest that ran to the end gave no response: its fault, or none at all.
+fn unanswered(outcome: Result<()>) -> Error {
+    match outcome {
+        Err(error) => error,
+        Ok(()) => Error::Trap("the guest returned without setting a response".into()),
+    }
 }
 
 fn guest_error_code(code: ErrorCode) -> Error {

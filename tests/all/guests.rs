@@ -151,6 +151,16 @@ async fn trap_http() {
     assert_eq!(reply.status, 502);
     assert_eq!(reply.kind.as_deref(), Some("trap"));
     assert!(reply.error().contains("unreachable"), "{}", reply.error());
+    let reply = node.call("trap", "/return").await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.kind.as_deref(), Some("trap"));
+    assert!(
+        reply
+            .error()
+            .contains("the guest returned without setting a response"),
+        "{}",
+        reply.error()
+    );
     still_serving(&node).await;
 }
 

@@ -1,6 +1,7 @@
-//! A wasi:http guest that traps on every request before sending a response.
+//! A wasi:http guest that fails every request before sending a response: it traps, or,
+//! on `/return`, returns without setting one.
 //!
-//! Tests use it to check how the host reports a guest trap.
+//! Tests use it to check how the host reports a guest that never answers.
 
 use wasi::http::types::{IncomingRequest, ResponseOutparam};
 
@@ -9,7 +10,12 @@ wasi::http::proxy::export!(TrapHttp);
 struct TrapHttp;
 
 impl wasi::exports::http::incoming_handler::Guest for TrapHttp {
-    fn handle(_request: IncomingRequest, _response_out: ResponseOutparam) {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        if request.path_with_query().as_deref() == Some("/return") {
+            // Dropping the outparam unset is what a buggy guest does.
+            drop(response_out);
+            return;
+        }
         core::arch::wasm32::unreachable()
     }
 }
