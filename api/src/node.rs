@@ -153,7 +153,9 @@ pub struct Node {
 
 struct Inner {
     config: NodeConfig,
-    registry: Arc<Registry>,
+    /// Taken out by [`Node::shutdown`], so the database file is released even while other
+    /// handles to the node (a connection task finishing, an embedder's clone) still exist.
+    registry: arc_swap::ArcSwapOption<Registry>,
     runtime: Arc<Runtime>,
     routes: ArcSwap<HashMap<String, Arc<Route>>>,
     /// Serializes service changes so the routing table follows the registry's order.
@@ -241,7 +243,7 @@ impl Node {
         let node = Node {
             inner: Arc::new(Inner {
                 config,
-                registry,
+                registry: arc_swap::ArcSwapOption::new(Some(registry)),
                 runtime: Arc::new(runtime),
                 routes: ArcSwap::default(),
                 changes: tokio::sync::Mutex::new(()),
@@ -344,6 +346,17 @@ impl Node {
         self.inner.gateway_addr.get().copied()
     }
 
+    /// The registry, unless the node has shut down.
+    fn open_registry(&self) -> ApiResult<Arc<Registry>> {
+        self.inner.registry.load_full().ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "shutting-down",
+                "the node is shutting down",
+            )
+        })
+    }
+
     /// Stops the background tasks (check probes, the scale-event writer) and waits until
     /// they are gone: they hold the node only for moments, but a node about to be opened
     /// again on the same data directory needs the registry file released now.
@@ -359,8 +372,9 @@ impl Node {
             recorder.abort();
             let _ = recorder.await;
         }
-        // A task aborted while it waited for a registry call leaves the call running on
-        // its blocking thread, holding the database: wait for those to end too.
+        // Later registry calls fail; the file closes when the last call still running on a
+        // blocking thread (a task aborted while it waited leaves its call running) ends.
+        self.inner.registry.store(None);
         self.inner.blocking_calls.wait_idle().await;
     }
 
@@ -488,7 +502,7 @@ impl Node {
         T: Send + 'static,
         F: FnOnce(&Registry) -> shoal_registry::Result<T> + Send + 'static,
     {
-        let registry = self.inner.registry.clone();
+        let registry = self.open_registry()?;
         let call = self.inner.blocking_calls.enter();
         tokio::task::spawn_blocking(move || {
             let result = f(&registry);
@@ -698,7 +712,7 @@ impl Node {
 
     async fn compiled(&self, digest: &Digest) -> ApiResult<Compiled> {
         let runtime = self.inner.runtime.clone();
-        let registry = self.inner.registry.clone();
+        let registry = self.open_registry()?;
         let call = self.inner.blocking_calls.enter();
         let digest = digest.clone();
         let compiled = tokio::task::spawn_blocking(move || {

@@ -249,3 +249,19 @@ fn routes_are_documented() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_releases_the_registry_while_handles_live() {
+    let temp = tempfile::tempdir().unwrap();
+    let node = shoal::Node::open(shoal::NodeConfig::new(temp.path()))
+        .await
+        .unwrap();
+    // A handle still alive after shutdown, as a connection task finishing late holds one.
+    let handle = node.clone();
+    node.shutdown().await;
+    let reopened = shoal::Node::open(shoal::NodeConfig::new(temp.path()))
+        .await
+        .expect("the data directory opens again while the old node has a live handle");
+    reopened.shutdown().await;
+    drop(handle);
+}
