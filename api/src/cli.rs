@@ -209,12 +209,12 @@ pub struct CallArgs {
 }
 
 fn parse_bytes(text: &str) -> Result<u64, String> {
-    text.parse::<shoal_registry::ByteSize>()
+    text.parse::<shoal_spec::ByteSize>()
         .map(|size| size.bytes())
 }
 
 fn parse_cpu(text: &str) -> Result<u64, String> {
-    let millis = text.parse::<shoal_registry::Quantity>()?.to_millis()?;
+    let millis = text.parse::<shoal_spec::Quantity>()?.to_millis()?;
     if millis == 0 {
         Err("must be greater than zero".into())
     } else {

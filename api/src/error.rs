@@ -103,6 +103,12 @@ impl From<shoal_registry::Error> for ApiError {
     }
 }
 
+impl From<shoal_spec::Error> for ApiError {
+    fn from(error: shoal_spec::Error) -> ApiError {
+        ApiError::bad_request(error.to_string())
+    }
+}
+
 impl From<shoal_runtime::Error> for ApiError {
     fn from(error: shoal_runtime::Error) -> ApiError {
         use shoal_runtime::Error as E;

@@ -15,11 +15,9 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
 use serde::Serialize;
-use shoal_registry::{
-    ByteSize, Cpu, Digest, EventRecord, ModuleRecord, RevisionRecord, ServiceName, ServiceRecord,
-    ServiceSpec,
-};
+use shoal_registry::{EventRecord, ModuleRecord, RevisionRecord, ServiceRecord};
 use shoal_runtime::Resources;
+use shoal_spec::{ByteSize, Cpu, Digest, ServiceName, ServiceSpec};
 
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
@@ -119,20 +117,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for SpecJson
                 "the body is empty: expected a JSON object",
             ));
         }
-        let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(deserializer)
-            .map(SpecJson)
-            .map_err(|error| {
-                let path = error.path().to_string();
-                let inner = error.into_inner();
-                if inner.is_syntax() || inner.is_eof() {
-                    ApiError::bad_request(format!("malformed JSON: {inner}"))
-                } else if path == "." {
-                    ApiError::bad_request(format!("invalid body: {inner}"))
-                } else {
-                    ApiError::bad_request(format!("invalid {path}: {inner}"))
-                }
-            })
+        Ok(SpecJson(shoal_spec::from_json(&bytes)?))
     }
 }
 
@@ -247,7 +232,7 @@ async fn node_info(State(node): State<Node>) -> ApiResult<Json<serde_json::Value
             "cache_hits": stats.cache_hits,
             "cache_rejected": stats.cache_rejected,
         },
-        "default_limits": shoal_registry::Limits::default(),
+        "default_limits": shoal_spec::Limits::default(),
     })))
 }
 
@@ -557,11 +542,8 @@ async fn deploy(
             }
         }
     }
-    let limits: shoal_registry::Limits =
-        serde_path_to_error::deserialize(serde_json::Value::Object(limits)).map_err(|error| {
-            let path = error.path().to_string();
-            ApiError::bad_request(format!("invalid limits.{path}: {}", error.into_inner()))
-        })?;
+    let limits: shoal_spec::Limits =
+        shoal_spec::from_json_value_at("limits", serde_json::Value::Object(limits))?;
     node.check_limits(&limits)?;
     let (module, _) = node.add_module(bytes).await?;
     let spec = ServiceSpec {

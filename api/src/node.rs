@@ -24,13 +24,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use shoal_registry::{
-    Digest, ModuleKind, ModuleRecord, Registry, ServiceName, ServiceRecord, ServiceSpec,
-};
+use shoal_registry::{ModuleRecord, Registry, ServiceRecord};
 use shoal_runtime::{
     Capacity, Compiled, EventSink, Isolation, ReplicaPool, ReplicaSpec, Resources, Runtime,
     RuntimeConfig, ScaleEvent, ScaleSettings, Service, ServiceConfig,
 };
+use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
 
 use crate::catalog::Catalog;
 use crate::checks::CheckRunner;
@@ -562,7 +561,7 @@ impl Node {
         }
         // Compile (or load) before committing, so a committed service is always runnable.
         let compiled = self.compiled(&spec.module).await?;
-        if spec.isolation == shoal_registry::Isolation::Reuse
+        if spec.isolation == shoal_spec::Isolation::Reuse
             && compiled.kind() == shoal_runtime::ModuleKind::Cgi
         {
             return Err(ApiError::bad_request(
@@ -650,8 +649,8 @@ impl Node {
         let spec = &record.spec;
         let replica = ReplicaSpec {
             isolation: match spec.isolation {
-                shoal_registry::Isolation::PerRequest => Isolation::PerRequest,
-                shoal_registry::Isolation::Reuse => Isolation::Reuse,
+                shoal_spec::Isolation::PerRequest => Isolation::PerRequest,
+                shoal_spec::Isolation::Reuse => Isolation::Reuse,
             },
             max_requests: spec.max_requests,
             requests: replica_requests(spec),
@@ -679,7 +678,7 @@ impl Node {
     }
 
     /// Refuses limits this node cannot honour, beyond what [`ServiceSpec::validate`] checks.
-    pub fn check_limits(&self, limits: &shoal_registry::Limits) -> ApiResult<()> {
+    pub fn check_limits(&self, limits: &shoal_spec::Limits) -> ApiResult<()> {
         limits.validate()?;
         let max_memory = self.inner.runtime.config().max_memory_per_instance;
         if limits.memory.bytes() > max_memory {
@@ -787,7 +786,7 @@ fn replica_requests(spec: &ServiceSpec) -> Resources {
 /// Whether two specs differ only in how they scale, which needs no new replicas.
 fn same_except_scale(a: &ServiceSpec, b: &ServiceSpec) -> bool {
     let unscaled = |spec: &ServiceSpec| ServiceSpec {
-        scale: shoal_registry::Scale::default(),
+        scale: shoal_spec::Scale::default(),
         concurrency: 1,
         ..spec.clone()
     };

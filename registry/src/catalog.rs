@@ -20,11 +20,13 @@ use std::time::Duration;
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use crate::model::SCHEMA_VERSION;
+use crate::record::SCHEMA_VERSION;
 use crate::store::{
     Area, Indexes, StoredRecord, Write, bump_change_index, decode, encode, read_indexes,
 };
 use crate::tables::{CHECKS, META, REGISTRATIONS, SERVICES};
+use shoal_spec::FieldError;
+
 use crate::{Error, Registry, Result};
 
 /// One service instance registered through the agent API.
@@ -122,10 +124,10 @@ impl FromStr for CheckStatus {
             "passing" => Ok(CheckStatus::Passing),
             "warning" => Ok(CheckStatus::Warning),
             "critical" => Ok(CheckStatus::Critical),
-            _ => Err(Error::Invalid {
-                field: "status",
-                reason: format!("{text:?} is not one of passing, warning, critical"),
-            }),
+            _ => Err(Error::Invalid(FieldError::new(
+                "status",
+                format!("{text:?} is not one of passing, warning, critical"),
+            ))),
         }
     }
 }
@@ -257,10 +259,10 @@ impl Registry {
             registration.id = registration.name.clone();
         }
         if registration.name.is_empty() {
-            return Err(Error::Invalid {
-                field: "name",
-                reason: "missing service name".into(),
-            });
+            return Err(Error::Invalid(FieldError::new(
+                "name",
+                "missing service name",
+            )));
         }
         self.write(|txn| {
             if txn
@@ -674,13 +676,13 @@ mod tests {
     fn a_name_has_one_owner() {
         on_both_backends(|registry| {
             let bytes = b"module";
-            let digest = crate::Digest::of(bytes);
+            let digest = shoal_spec::Digest::of(bytes);
             registry
-                .put_module(&digest, crate::ModuleKind::Http, bytes)
+                .put_module(&digest, shoal_spec::ModuleKind::Http, bytes)
                 .unwrap();
-            let wasm: crate::ServiceName = "wasm".parse().unwrap();
+            let wasm: shoal_spec::ServiceName = "wasm".parse().unwrap();
             registry
-                .put_service(&wasm, crate::ServiceSpec::new(digest.clone()))
+                .put_service(&wasm, shoal_spec::ServiceSpec::new(digest.clone()))
                 .unwrap();
             let before = registry.indexes().unwrap();
             assert!(matches!(
@@ -690,9 +692,9 @@ mod tests {
             registry
                 .register_service(Registration::new("web"), vec![], false)
                 .unwrap();
-            let web: crate::ServiceName = "web".parse().unwrap();
+            let web: shoal_spec::ServiceName = "web".parse().unwrap();
             let taken = registry
-                .put_service(&web, crate::ServiceSpec::new(digest))
+                .put_service(&web, shoal_spec::ServiceSpec::new(digest))
                 .unwrap_err();
             assert_eq!(
                 taken.to_string(),

@@ -6,6 +6,8 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::store::{Area, Write, bump_change_index, read_indexes};
 use crate::tables::{KV, META};
+use shoal_spec::FieldError;
+
 use crate::{Error, Registry, Result};
 
 /// The largest value a key may hold, as in Consul: 512 KiB.
@@ -65,19 +67,16 @@ impl Registry {
     /// Fails with [`Error::Invalid`] for an empty key or a value over [`MAX_KV_VALUE_SIZE`].
     pub fn kv_put(&self, key: &str, value: &[u8], flags: u64, cas: Option<u64>) -> Result<bool> {
         if key.is_empty() {
-            return Err(Error::Invalid {
-                field: "key",
-                reason: "missing key name".into(),
-            });
+            return Err(Error::Invalid(FieldError::new("key", "missing key name")));
         }
         if value.len() > MAX_KV_VALUE_SIZE {
-            return Err(Error::Invalid {
-                field: "value",
-                reason: format!(
+            return Err(Error::Invalid(FieldError::new(
+                "value",
+                format!(
                     "{} bytes exceeds the limit of {MAX_KV_VALUE_SIZE} bytes",
                     value.len()
                 ),
-            });
+            )));
         }
         self.write(|txn| {
             let existing = txn
@@ -107,10 +106,7 @@ impl Registry {
     /// With `cas` (and not `recurse`), deletes only if the key's modify index is `cas`.
     pub fn kv_delete(&self, key: &str, recurse: bool, cas: Option<u64>) -> Result<bool> {
         if key.is_empty() && !recurse {
-            return Err(Error::Invalid {
-                field: "key",
-                reason: "missing key name".into(),
-            });
+            return Err(Error::Invalid(FieldError::new("key", "missing key name")));
         }
         self.write(|txn| {
             let mut table = txn.open_table(KV)?;
@@ -247,17 +243,17 @@ mod tests {
             let start = registry.indexes().unwrap();
             assert!(matches!(
                 registry.kv_put("", b"", 0, None),
-                Err(Error::Invalid { field: "key", .. })
+                Err(Error::Invalid(e)) if e.field == "key"
             ));
             let too_big = vec![0; MAX_KV_VALUE_SIZE + 1];
             assert!(matches!(
                 registry.kv_put("k", &too_big, 0, None),
-                Err(Error::Invalid { field: "value", .. })
+                Err(Error::Invalid(e)) if e.field == "value"
             ));
             assert!(registry.kv_put("k", &too_big[1..], 0, None).unwrap());
             assert!(matches!(
                 registry.kv_delete("", false, None),
-                Err(Error::Invalid { field: "key", .. })
+                Err(Error::Invalid(e)) if e.field == "key"
             ));
             assert_eq!(registry.indexes().unwrap().kv, start.kv + 1);
         });

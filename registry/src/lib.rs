@@ -3,9 +3,9 @@
 //! change survives a crash.
 //!
 //! What is stored:
-//! - each module's bytes and its [`ModuleRecord`], keyed by [`Digest`];
-//! - each service's current [`ServiceRecord`], whose [`ServiceSpec`] says what it runs and how
-//!   it runs as a scaled workload ([`Limits`], [`Resources`], [`Isolation`], [`Scale`]);
+//! - each module's bytes and its [`ModuleRecord`], keyed by digest;
+//! - each service's current [`ServiceRecord`], whose spec says what it runs and how it runs as
+//!   a scaled workload;
 //! - every revision of each service's spec ([`RevisionRecord`]), until the service is deleted;
 //! - the newest [`MAX_EVENTS_PER_SERVICE`] scale events of each service ([`EventRecord`]);
 //! - the change index.
@@ -33,12 +33,8 @@
 //!
 //! # Layout
 //!
-//! - `model.rs`: the stored records, the validated names they are keyed by ([`Digest`],
-//!   [`ServiceName`]) and the service spec with its parts ([`ServiceSpec`], [`Limits`],
-//!   [`Resources`], [`Isolation`], [`Scale`], ...).
-//! - `quantity.rs`: Kubernetes resource quantities ([`Quantity`]), the byte sizes and cpu amounts
-//!   built on them ([`ByteSize`], [`Cpu`]), and the humantime encoding of durations used in
-//!   [`Limits`] and [`Scale`].
+//! - `record.rs`: the stored records of modules, services, revisions and events; the
+//!   vocabulary they hold (names, the service spec) is `shoal-spec`'s.
 //! - `catalog.rs`: registered service instances and their checks.
 //! - `kv.rs`: the key/value store.
 //! - `tables.rs`: every redb table definition, in one place.
@@ -50,8 +46,7 @@
 
 mod catalog;
 mod kv;
-mod model;
-mod quantity;
+mod record;
 mod store;
 mod tables;
 
@@ -60,12 +55,11 @@ pub use self::catalog::{
     Weights,
 };
 pub use self::kv::{KvEntry, MAX_KV_VALUE_SIZE};
-pub use self::model::{
-    Digest, EventRecord, Isolation, Limits, ModuleKind, ModuleRecord, ResourceList, Resources,
-    RevisionRecord, SCHEMA_VERSION, Scale, ServiceName, ServiceRecord, ServiceSpec,
-};
-pub use self::quantity::{ByteSize, Cpu, Quantity};
+pub use self::record::{EventRecord, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceRecord};
+pub use shoal_spec::FieldError;
+
 pub use self::store::{Indexes, MAX_EVENTS_PER_SERVICE, Registry};
+use shoal_spec::Digest;
 
 /// The errors of every registry operation.
 ///
@@ -102,14 +96,9 @@ pub enum Error {
     /// A service spec names a module that is not stored.
     #[error("module {0} not found")]
     ModuleNotFound(Digest),
-    /// An input failed validation.
-    #[error("invalid {field}: {reason}")]
-    Invalid {
-        /// The input that failed, e.g. `"name"`, `"digest"` or `"limits.memory"`.
-        field: &'static str,
-        /// What is wrong with it, lowercase and without a trailing period.
-        reason: String,
-    },
+    /// An input failed validation; the error names the field.
+    #[error("{0}")]
+    Invalid(FieldError),
     /// The database failed; the cause is the [source](std::error::Error::source).
     #[error("registry storage failed")]
     Storage(#[source] redb::Error),
@@ -120,6 +109,15 @@ pub enum Error {
 
 /// The result of every registry operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<shoal_spec::Error> for Error {
+    fn from(error: shoal_spec::Error) -> Error {
+        match error {
+            shoal_spec::Error::Invalid(error) => Error::Invalid(error),
+            other => Error::Invalid(FieldError::new("body", other.to_string())),
+        }
+    }
+}
 
 impl From<redb::Error> for Error {
     fn from(error: redb::Error) -> Error {
@@ -153,7 +151,7 @@ storage_error_from!(
 mod tests {
     #[test]
     fn error_messages() {
-        let digest = crate::Digest::of(b"");
+        let digest = shoal_spec::Digest::of(b"");
         let in_use = super::Error::ModuleInUse {
             digest: digest.clone(),
             services: vec!["a".into(), "b".into()],

@@ -22,10 +22,9 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::model::{
-    Digest, EventRecord, ModuleKind, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceName,
-    ServiceRecord, ServiceSpec,
-};
+use shoal_spec::{Digest, FieldError, ModuleKind, ServiceName, ServiceSpec};
+
+use crate::record::{EventRecord, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceRecord};
 use crate::tables::{
     CHANGE_INDEX_KEY, CHECKS, EVENTS, INDEX_CATALOG_KEY, INDEX_HEALTH_KEY, INDEX_KV_KEY, KV, META,
     MODULE_BYTES, MODULES, REGISTRATIONS, REVISIONS, SERVICES,
@@ -108,12 +107,10 @@ impl Registry {
         // so the cost of hashing again is worth paying.
         let actual_digest = Digest::of(bytes);
         if actual_digest != *digest {
-            return Err(Error::Invalid {
-                field: "digest",
-                reason: format!(
-                    "{digest} does not match the module bytes, which hash to {actual_digest}"
-                ),
-            });
+            return Err(Error::Invalid(FieldError::new(
+                "digest",
+                format!("{digest} does not match the module bytes, which hash to {actual_digest}"),
+            )));
         }
         let (record, created) = self.write(|txn| {
             let mut modules = txn.open_table(MODULES)?;
@@ -627,7 +624,7 @@ pub(crate) fn decode<R: StoredRecord>(bytes: &[u8], key: &str) -> Result<R> {
 pub(crate) mod tests {
     use std::time::Duration;
 
-    use crate::quantity::ByteSize;
+    use shoal_spec::ByteSize;
 
     use super::*;
 
@@ -733,7 +730,7 @@ pub(crate) mod tests {
                 .put_module(&digest, ModuleKind::Http, b"bytes")
                 .unwrap_err();
             assert!(
-                matches!(&err, Error::Invalid { field: "digest", reason } if reason.contains("does not match the module bytes")),
+                matches!(&err, Error::Invalid(e) if e.field == "digest" && e.reason.contains("does not match the module bytes")),
                 "{err}"
             );
             assert_eq!(registry.modules().unwrap(), vec![]);
@@ -831,10 +828,7 @@ pub(crate) mod tests {
             spec.limits.memory = ByteSize(0);
             assert!(matches!(
                 registry.put_service(&name("web"), spec),
-                Err(Error::Invalid {
-                    field: "limits.memory",
-                    ..
-                })
+                Err(Error::Invalid(e)) if e.field == "limits.memory"
             ));
             assert_eq!(registry.change_index().unwrap(), change_index);
             assert_eq!(registry.service(&name("web")).unwrap(), None);
@@ -1267,7 +1261,7 @@ pub(crate) mod tests {
             spec.scale.max = 3;
             let err = registry.put_service(&name("web"), spec).unwrap_err();
             assert!(
-                matches!(&err, Error::Invalid { field: "scale.min", reason } if reason == "must not exceed scale.max (3)"),
+                matches!(&err, Error::Invalid(e) if e.field == "scale.min" && e.reason == "must not exceed scale.max (3)"),
                 "{err}"
             );
             assert_eq!(registry.change_index().unwrap(), change_index);
@@ -1308,7 +1302,7 @@ pub(crate) mod tests {
         expected.limits.memory = ByteSize(128 << 20);
         let record = registry.service(&name("old")).unwrap().unwrap();
         assert_eq!(record.spec, expected);
-        assert_eq!(record.spec.scale, crate::Scale::default());
+        assert_eq!(record.spec.scale, shoal_spec::Scale::default());
         assert_eq!(registry.revisions(&name("old")).unwrap()[0].spec, expected);
         // Applying the same spec again is recognised as no change.
         let (again, created) = registry.put_service(&name("old"), expected).unwrap();

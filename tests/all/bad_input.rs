@@ -161,11 +161,12 @@ async fn bad_service_specs_are_refused() {
             .error()
             .contains("limits.memory")
     );
-    assert!(
+    // A bad quantity is named once, with the field's path, through either route.
+    assert_eq!(
         put("ok".into(), spec(json!({ "memory": "64Q" })))
             .await
-            .error()
-            .contains("\"64Q\"")
+            .error(),
+        r#"invalid limits.memory "64Q": unknown suffix "Q""#
     );
     assert_nothing_stored(&node, &index).await;
 }
@@ -207,5 +208,9 @@ async fn bad_one_request_deploys_store_nothing() {
             reply.error()
         );
     }
+    assert_eq!(
+        deploy("x?memory=64Q", hello.clone()).await.error(),
+        r#"invalid limits.memory "64Q": unknown suffix "Q""#
+    );
     assert_nothing_stored(&node, &index).await;
 }

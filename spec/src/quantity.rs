@@ -2,6 +2,10 @@
 //! ([`ByteSize`], [`Cpu`]), and the humantime encoding of durations used by
 //! [`Limits`](crate::Limits) and [`Scale`](crate::Scale).
 //!
+//! Values refused here are reported with the value first (`"64Q": unknown suffix "Q"`), and
+//! [`crate::from_json`] names the field in front of it, so there is one mechanism for naming a
+//! bad field: the path serde was at.
+//!
 //! Service specs are written by people, so sizes and cpu are written the way Kubernetes users
 //! already write them (`64Mi`, `1G`, `128974848`, `129e6`; `250m`, `0.5`, `2`) and follow Go's
 //! grammar in `k8s.io/apimachinery/pkg/api/resource`.
@@ -318,34 +322,12 @@ impl Serialize for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ByteSize, D::Error> {
-        deserializer.deserialize_any(ByteSizeVisitor { field: None })
+        deserializer.deserialize_any(ByteSizeVisitor)
     }
-}
-
-/// Deserializes a [`ByteSize`] whose errors name `field`, e.g. `invalid limits.memory "64Q":
-/// unknown suffix "Q"`.
-///
-/// The field goes into the one error the visitor makes: wrapping an error afterwards would make
-/// `serde_json` append its position twice.
-pub(crate) fn deserialize_byte_size_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-    field: &'static str,
-) -> Result<ByteSize, D::Error> {
-    deserializer.deserialize_any(ByteSizeVisitor { field: Some(field) })
 }
 
 /// Accepts a quantity string or a non-negative integer.
-struct ByteSizeVisitor {
-    /// The field being read, named in errors; `None` says "byte size".
-    field: Option<&'static str>,
-}
-
-impl ByteSizeVisitor {
-    fn error<E: de::Error>(&self, input: impl fmt::Debug, reason: &str) -> E {
-        let field = self.field.unwrap_or("byte size");
-        E::custom(format!("invalid {field} {input:?}: {reason}"))
-    }
-}
+struct ByteSizeVisitor;
 
 impl Visitor<'_> for ByteSizeVisitor {
     type Value = ByteSize;
@@ -357,7 +339,7 @@ impl Visitor<'_> for ByteSizeVisitor {
     fn visit_str<E: de::Error>(self, text: &str) -> Result<ByteSize, E> {
         parse_byte_size(text)
             .map(ByteSize)
-            .map_err(|reason| self.error(text, &reason))
+            .map_err(|reason| value_error(text, &reason))
     }
 
     fn visit_u64<E: de::Error>(self, bytes: u64) -> Result<ByteSize, E> {
@@ -367,7 +349,7 @@ impl Visitor<'_> for ByteSizeVisitor {
     fn visit_i64<E: de::Error>(self, bytes: i64) -> Result<ByteSize, E> {
         u64::try_from(bytes)
             .map(ByteSize)
-            .map_err(|_| self.error(bytes, "must not be negative"))
+            .map_err(|_| value_error(bytes, "must not be negative"))
     }
 }
 
@@ -421,23 +403,19 @@ impl Serialize for Cpu {
 
 impl<'de> Deserialize<'de> for Cpu {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Cpu, D::Error> {
-        deserializer.deserialize_any(CpuVisitor { field: None })
+        deserializer.deserialize_any(CpuVisitor)
     }
 }
 
 /// Accepts a quantity string or a non-negative JSON number of cores.
-struct CpuVisitor {
-    /// The field being read, named in errors; `None` says "cpu".
-    field: Option<&'static str>,
-}
+struct CpuVisitor;
 
 impl CpuVisitor {
     /// Parses `text`, naming `input` (the value as the client wrote it) in the error.
     fn parse<E: de::Error>(&self, text: &str, input: impl fmt::Debug) -> Result<Cpu, E> {
-        parse_cpu(text).map(Cpu).map_err(|reason| {
-            let field = self.field.unwrap_or("cpu");
-            E::custom(format!("invalid {field} {input:?}: {reason}"))
-        })
+        parse_cpu(text)
+            .map(Cpu)
+            .map_err(|reason| value_error(input, &reason))
     }
 }
 
@@ -469,94 +447,70 @@ impl Visitor<'_> for CpuVisitor {
     }
 }
 
-/// Deserializes an optional [`ByteSize`] whose errors name `field`; `null` is `None`, as if
-/// the field were missing.
-pub(crate) fn deserialize_optional_byte_size_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-    field: &'static str,
-) -> Result<Option<ByteSize>, D::Error> {
-    deserializer.deserialize_option(OptionalVisitor(ByteSizeVisitor { field: Some(field) }))
+/// The error a visitor gives for a value it refuses: the value as written, then why, e.g.
+/// `"64Q": unknown suffix "Q"`.
+///
+/// It names no field: [`crate::from_json`] puts the path of the field in front, so the whole
+/// message reads `invalid limits.memory "64Q": unknown suffix "Q"`.
+fn value_error<E: de::Error>(input: impl fmt::Debug, reason: &str) -> E {
+    E::custom(format!("{input:?}: {reason}"))
 }
 
-/// Deserializes an optional [`Cpu`] whose errors name `field`, e.g. `invalid
-/// resources.requests.cpu "K": expected a number, found 'K'`; `null` is `None`.
-pub(crate) fn deserialize_optional_cpu_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-    field: &'static str,
-) -> Result<Option<Cpu>, D::Error> {
-    deserializer.deserialize_option(OptionalVisitor(CpuVisitor { field: Some(field) }))
-}
+/// A non-zero duration written as a humantime string (`"10s"`, `"250ms"`), for
+/// `#[serde(with = "crate::quantity::duration")]`.
+pub mod duration {
+    use std::time::Duration;
 
-/// Deserializes an optional non-zero humantime duration whose errors name `field`; `null` is
-/// `None`.
-pub(crate) fn deserialize_optional_nonzero_duration_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-    field: &'static str,
-) -> Result<Option<Duration>, D::Error> {
-    deserializer.deserialize_option(OptionalVisitor(DurationVisitor { field }))
-}
+    use serde::{Deserializer, Serializer};
 
-/// Reads `null` as `None` and anything else with the inner visitor, which keeps the errors
-/// naming the field (`Option<T>`'s own `Deserialize` would use `T`'s, which cannot).
-struct OptionalVisitor<V>(V);
-
-impl<'de, V: Visitor<'de>> Visitor<'de> for OptionalVisitor<V> {
-    type Value = Option<V::Value>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.expecting(f)?;
-        f.write_str(", or null")
+    /// Writes the duration as a humantime string such as `10s` or `250ms`.
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(*duration))
     }
 
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        // JSON is self-describing, so `deserialize_any` reaches the visit method the inner
-        // visitor implements for each kind of value.
-        deserializer.deserialize_any(self.0).map(Some)
+    /// Reads a humantime string into a non-zero duration.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        deserializer.deserialize_str(super::DurationVisitor)
     }
 }
 
-/// Serializes a duration as a humantime string such as `10s` or `250ms`.
-pub(crate) fn serialize_duration<S: Serializer>(
-    duration: &Duration,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&humantime::format_duration(*duration))
-}
+/// An optional non-zero duration written as a humantime string; `null` or a missing field is
+/// `None`, for `#[serde(default, with = "crate::quantity::optional_duration")]`.
+pub mod optional_duration {
+    use std::time::Duration;
 
-/// Serializes an optional duration as a humantime string, or `null`; fields of this type skip
-/// `None` when serialized, so the `null` is never written in practice.
-pub(crate) fn serialize_optional_duration<S: Serializer>(
-    duration: &Option<Duration>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match duration {
-        Some(duration) => serialize_duration(duration, serializer),
-        None => serializer.serialize_none(),
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    /// Writes the duration as a humantime string, or `null`.
+    pub fn serialize<S: Serializer>(
+        duration: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match duration {
+            Some(duration) => super::duration::serialize(duration, serializer),
+            None => serializer.serialize_none(),
+        }
     }
-}
 
-/// Deserializes a humantime string such as `10s` or `250ms` into a non-zero duration, with errors
-/// that name `field`.
-pub(crate) fn deserialize_nonzero_duration_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-    field: &'static str,
-) -> Result<Duration, D::Error> {
-    deserializer.deserialize_str(DurationVisitor { field })
+    /// Reads `null` as `None` and a humantime string as a non-zero duration.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<Humantime>::deserialize(deserializer).map(|parsed| parsed.map(|h| h.0))
+    }
+
+    /// A duration read by the visitor, so `Option`'s own `Deserialize` handles `null`.
+    struct Humantime(Duration);
+
+    impl<'de> serde::Deserialize<'de> for Humantime {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Humantime, D::Error> {
+            super::duration::deserialize(deserializer).map(Humantime)
+        }
+    }
 }
 
 /// Accepts a humantime string for a non-zero duration.
-struct DurationVisitor {
-    /// The field being read, named in errors.
-    field: &'static str,
-}
+struct DurationVisitor;
 
 impl Visitor<'_> for DurationVisitor {
     type Value = Duration;
@@ -566,13 +520,10 @@ impl Visitor<'_> for DurationVisitor {
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
-        let field = self.field;
-        let duration = humantime::parse_duration(text)
-            .map_err(|err| E::custom(format!("invalid {field} {text:?}: {err}")))?;
+        let duration =
+            humantime::parse_duration(text).map_err(|err| value_error(text, &err.to_string()))?;
         if duration.is_zero() {
-            return Err(E::custom(format!(
-                "invalid {field} {text:?}: must be greater than zero"
-            )));
+            return Err(value_error(text, "must be greater than zero"));
         }
         Ok(duration)
     }
@@ -795,7 +746,7 @@ mod tests {
         let negative = serde_json::from_str::<ByteSize>("-1").unwrap_err();
         assert_eq!(
             negative.to_string(),
-            "invalid byte size -1: must not be negative at line 1 column 2"
+            "-1: must not be negative at line 1 column 2"
         );
         let float = serde_json::from_str::<ByteSize>("1.5").unwrap_err();
         assert!(
@@ -807,7 +758,7 @@ mod tests {
         let bad = serde_json::from_str::<ByteSize>("\"64Q\"").unwrap_err();
         assert_eq!(
             bad.to_string(),
-            r#"invalid byte size "64Q": unknown suffix "Q" at line 1 column 5"#
+            r#""64Q": unknown suffix "Q" at line 1 column 5"#
         );
     }
 
@@ -877,16 +828,10 @@ mod tests {
         let cases = [
             (
                 r#""-250m""#,
-                r#"invalid cpu "-250m": must not be negative at line 1 column 7"#,
+                r#""-250m": must not be negative at line 1 column 7"#,
             ),
-            (
-                "-1",
-                "invalid cpu -1: must not be negative at line 1 column 2",
-            ),
-            (
-                "-0.5",
-                "invalid cpu -0.5: must not be negative at line 1 column 4",
-            ),
+            ("-1", "-1: must not be negative at line 1 column 2"),
+            ("-0.5", "-0.5: must not be negative at line 1 column 4"),
             (
                 "true",
                 "invalid type: boolean `true`, expected cpu: a quantity string like \"250m\" \

@@ -1,247 +1,21 @@
-//! The registry's stored records, the validated names that key them, and the service spec
-//! they carry: the module and its sandbox [`Limits`], and how the service runs as a scaled
-//! workload ([`Resources`], [`Isolation`], [`Scale`]), in Kubernetes' and Knative's terms.
+//! The service spec: what a service runs (a module, with its sandbox [`Limits`], environment
+//! and arguments) and how it runs as a scaled workload ([`Resources`], [`Isolation`],
+//! [`Scale`]), in Kubernetes' and Knative's terms.
 //!
-//! These types are the registry's boundary, so they derive serde (and nothing internal does).
-//! Every stored record carries a `version` field, [`SCHEMA_VERSION`], so a later shoal can
-//! recognise and migrate what an earlier one wrote.
-//! Names and digests are newtypes validated in `FromStr` (and when deserialized), so a value of
-//! the type is always well formed.
 //! Every field added to a spec since version 1 has a serde default, so every spec written
-//! before it, by a client or into the registry, still reads the same.
+//! before it, by a client or into a store, still reads the same.
+//! Deserializing checks each value's form (a quantity, a duration); [`ServiceSpec::validate`]
+//! checks what the types cannot, and names the field.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize};
-use sha2::{Digest as _, Sha256};
+use serde::{Deserialize, Serialize};
 
-use crate::quantity::{
-    ByteSize, Cpu, deserialize_byte_size_field, deserialize_nonzero_duration_field,
-    deserialize_optional_byte_size_field, deserialize_optional_cpu_field,
-    deserialize_optional_nonzero_duration_field, serialize_duration, serialize_optional_duration,
-};
+use crate::name::Digest;
+use crate::quantity::{ByteSize, Cpu};
 use crate::{Error, Result};
-
-/// The schema version written into every stored record.
-pub const SCHEMA_VERSION: u32 = 1;
-
-/// The content address of a module: `sha256:` followed by 64 lowercase hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Digest(String);
-
-impl Digest {
-    /// The only algorithm shoal addresses modules with.
-    const PREFIX: &'static str = "sha256:";
-
-    /// The digest of `bytes`.
-    pub fn of(bytes: &[u8]) -> Digest {
-        Digest(format!(
-            "{}{}",
-            Digest::PREFIX,
-            hex::encode(Sha256::digest(bytes))
-        ))
-    }
-
-    /// The whole digest, `sha256:<hex>`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The 64 hex digits after `sha256:`.
-    pub fn hex(&self) -> &str {
-        &self.0[Digest::PREFIX.len()..]
-    }
-
-    fn validate(text: &str) -> Result<()> {
-        let invalid = |reason: String| Error::Invalid {
-            field: "digest",
-            reason,
-        };
-        let Some(hex) = text.strip_prefix(Digest::PREFIX) else {
-            return Err(invalid(match text.split_once(':') {
-                Some((algorithm, _)) => {
-                    format!("unsupported algorithm {algorithm:?}: only sha256 is supported")
-                }
-                None => format!("must start with {:?}", Digest::PREFIX),
-            }));
-        };
-        if let Some(found) = hex
-            .chars()
-            .find(|found| !matches!(found, '0'..='9' | 'a'..='f'))
-        {
-            return Err(invalid(format!(
-                "must be lowercase hex after {:?}: found {found:?}",
-                Digest::PREFIX
-            )));
-        }
-        if hex.len() != 64 {
-            return Err(invalid(format!(
-                "must have 64 hex digits after {:?}, got {}",
-                Digest::PREFIX,
-                hex.len()
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl FromStr for Digest {
-    type Err = Error;
-
-    fn from_str(text: &str) -> Result<Digest> {
-        Digest::validate(text)?;
-        Ok(Digest(text.to_string()))
-    }
-}
-
-impl TryFrom<String> for Digest {
-    type Error = Error;
-
-    fn try_from(text: String) -> Result<Digest> {
-        Digest::validate(&text)?;
-        Ok(Digest(text))
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// What kind of program a module is, which decides how the runtime invokes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModuleKind {
-    /// A wasi:http component, serving requests through `wasi:http/incoming-handler`.
-    Http,
-    /// A WASI preview1 command, run once per request in CGI style.
-    Cgi,
-}
-
-impl ModuleKind {
-    /// The kind as written in JSON and on the command line: `http` or `cgi`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModuleKind::Http => "http",
-            ModuleKind::Cgi => "cgi",
-        }
-    }
-}
-
-impl fmt::Display for ModuleKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ModuleKind {
-    type Err = Error;
-
-    fn from_str(text: &str) -> Result<ModuleKind> {
-        match text {
-            "http" => Ok(ModuleKind::Http),
-            "cgi" => Ok(ModuleKind::Cgi),
-            _ => Err(Error::Invalid {
-                field: "kind",
-                reason: format!("must be \"http\" or \"cgi\", got {text:?}"),
-            }),
-        }
-    }
-}
-
-/// The stored metadata of a module; its bytes are stored apart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModuleRecord {
-    /// The schema version, [`SCHEMA_VERSION`].
-    pub version: u32,
-    /// The digest of the module bytes, which is also its key.
-    pub digest: Digest,
-    /// The length of the module bytes.
-    pub size: u64,
-    /// How the module is invoked.
-    pub kind: ModuleKind,
-    /// When the module was first stored, in milliseconds since the Unix epoch.
-    pub created_unix_ms: u64,
-    /// The change index of the change that stored it.
-    pub change_index: u64,
-}
-
-/// The name of a service: a DNS-1123 label, so it can appear in host names and URL paths
-/// unescaped.
-///
-/// That is 1 to 63 characters of `a-z`, `0-9` and `-`, starting and ending with a letter or
-/// digit.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String")]
-pub struct ServiceName(String);
-
-impl ServiceName {
-    /// The longest name DNS allows in one label.
-    const MAX_LEN: usize = 63;
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    fn validate(text: &str) -> Result<()> {
-        let invalid = |reason: String| Error::Invalid {
-            field: "name",
-            reason,
-        };
-        if text.is_empty() {
-            return Err(invalid("must not be empty".into()));
-        }
-        let n_chars = text.chars().count();
-        if n_chars > ServiceName::MAX_LEN {
-            return Err(invalid(format!(
-                "must be at most {} characters, got {n_chars}",
-                ServiceName::MAX_LEN
-            )));
-        }
-        if let Some(found) = text
-            .chars()
-            .find(|found| !matches!(found, 'a'..='z' | '0'..='9' | '-'))
-        {
-            return Err(invalid(format!(
-                "must be lowercase letters, digits and '-': found {found:?}"
-            )));
-        }
-        if text.starts_with('-') || text.ends_with('-') {
-            return Err(invalid("must start and end with a letter or digit".into()));
-        }
-        Ok(())
-    }
-}
-
-impl FromStr for ServiceName {
-    type Err = Error;
-
-    fn from_str(text: &str) -> Result<ServiceName> {
-        ServiceName::validate(text)?;
-        Ok(ServiceName(text.to_string()))
-    }
-}
-
-impl TryFrom<String> for ServiceName {
-    type Error = Error;
-
-    fn try_from(text: String) -> Result<ServiceName> {
-        ServiceName::validate(&text)?;
-        Ok(ServiceName(text))
-    }
-}
-
-impl fmt::Display for ServiceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// What a service runs: a stored module, with its sandbox limits, environment and arguments,
 /// and how it runs as a workload: its resources, isolation, concurrency and scaling.
@@ -252,7 +26,7 @@ impl fmt::Display for ServiceName {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
-    /// The module to run, which must be stored in the registry.
+    /// The module to run, which must be stored.
     pub module: Digest,
     /// The sandbox limits; missing fields take their defaults.
     #[serde(default)]
@@ -348,7 +122,7 @@ impl ServiceSpec {
     /// always shows the [memory limit](ServiceSpec::memory_limit) in force and two specs that
     /// mean the same compare equal.
     ///
-    /// [`Registry::put_service`](crate::Registry::put_service) stores specs normalized.
+    /// Stores keep specs normalized.
     pub fn normalize(&mut self) {
         if let Some(memory) = self.resources.limits.memory {
             self.limits.memory = memory;
@@ -364,10 +138,10 @@ impl ServiceSpec {
         // Checked before `limits`, which a normalized spec copies it into, so that the error
         // names the field the client wrote.
         if self.resources.limits.memory == Some(ByteSize(0)) {
-            return Err(Error::Invalid {
-                field: "resources.limits.memory",
-                reason: "must be greater than zero".into(),
-            });
+            return Err(Error::invalid(
+                "resources.limits.memory",
+                "must be greater than zero",
+            ));
         }
         self.limits.validate()?;
         for (key, value) in &self.env {
@@ -381,24 +155,21 @@ impl ServiceSpec {
                 None
             };
             if let Some(reason) = reason {
-                return Err(Error::Invalid {
-                    field: "env",
-                    reason,
-                });
+                return Err(Error::invalid("env", reason));
             }
         }
         if let Some(arg_idx) = self.args.iter().position(|arg| arg.contains('\0')) {
-            return Err(Error::Invalid {
-                field: "args",
-                reason: format!("argument {arg_idx} must not contain NUL"),
-            });
+            return Err(Error::invalid(
+                "args",
+                format!("argument {arg_idx} must not contain NUL"),
+            ));
         }
         self.validate_workload()
     }
 
     /// Checks `resources`, `max_requests`, `concurrency` and `scale`.
     fn validate_workload(&self) -> Result<()> {
-        let invalid = |field: &'static str, reason: String| Err(Error::Invalid { field, reason });
+        let invalid = |field: &str, reason: String| Err(Error::invalid(field, reason));
         let resources = &self.resources;
         if resources.limits.cpu == Some(Cpu(0)) {
             return invalid("resources.limits.cpu", "must be greater than zero".into());
@@ -452,24 +223,17 @@ impl ServiceSpec {
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// The most linear memory the guest may grow to. Default 64Mi.
-    #[serde(deserialize_with = "memory_field")]
     pub memory: ByteSize,
     /// The wasmtime fuel one invocation may consume. Default 5 000 000 000.
     pub fuel: u64,
     /// The wall-clock time one invocation may take. Default 10s.
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "timeout_field"
-    )]
+    #[serde(with = "crate::quantity::duration")]
     pub timeout: Duration,
     /// The largest request body passed to the guest. Default 10Mi.
-    #[serde(deserialize_with = "max_request_body_field")]
     pub max_request_body: ByteSize,
     /// The largest response the guest may produce. Default 16Mi.
-    #[serde(deserialize_with = "max_response_field")]
     pub max_response: ByteSize,
     /// The most guest stderr kept per invocation. Default 64Ki.
-    #[serde(deserialize_with = "max_stderr_field")]
     pub max_stderr: ByteSize,
 }
 
@@ -499,37 +263,10 @@ impl Limits {
             None
         };
         match zero_field {
-            Some(field) => Err(Error::Invalid {
-                field,
-                reason: "must be greater than zero".into(),
-            }),
+            Some(field) => Err(Error::invalid(field, "must be greater than zero")),
             None => Ok(()),
         }
     }
-}
-
-// One deserializer per field, so a bad value's error names the field it was in.
-
-fn memory_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ByteSize, D::Error> {
-    deserialize_byte_size_field(deserializer, "limits.memory")
-}
-
-fn max_request_body_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<ByteSize, D::Error> {
-    deserialize_byte_size_field(deserializer, "limits.max_request_body")
-}
-
-fn max_response_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ByteSize, D::Error> {
-    deserialize_byte_size_field(deserializer, "limits.max_response")
-}
-
-fn max_stderr_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ByteSize, D::Error> {
-    deserialize_byte_size_field(deserializer, "limits.max_stderr")
-}
-
-fn timeout_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    deserialize_nonzero_duration_field(deserializer, "limits.timeout")
 }
 
 /// The compute resources of each replica of a service, as in a Kubernetes container's
@@ -540,7 +277,7 @@ fn timeout_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration,
 /// What a list leaves out takes the value described on [`ServiceSpec::memory_request`] and
 /// its siblings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "ResourcesRepr")]
+#[serde(default, deny_unknown_fields)]
 pub struct Resources {
     /// What each replica reserves from the node; admission and scaling count these.
     #[serde(skip_serializing_if = "ResourceList::is_empty")]
@@ -575,70 +312,6 @@ impl ResourceList {
     pub fn is_empty(&self) -> bool {
         self.cpu.is_none() && self.memory.is_none()
     }
-}
-
-/// What [`Resources`] deserializes from: the same shape, with one deserializer per field, so
-/// that a bad value's error names its whole path, e.g. `resources.limits.memory`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResourcesRepr {
-    #[serde(default)]
-    requests: RequestsRepr,
-    #[serde(default)]
-    limits: LimitsRepr,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RequestsRepr {
-    #[serde(default, deserialize_with = "requests_cpu_field")]
-    cpu: Option<Cpu>,
-    #[serde(default, deserialize_with = "requests_memory_field")]
-    memory: Option<ByteSize>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsRepr {
-    #[serde(default, deserialize_with = "limits_cpu_field")]
-    cpu: Option<Cpu>,
-    #[serde(default, deserialize_with = "limits_memory_field")]
-    memory: Option<ByteSize>,
-}
-
-impl From<ResourcesRepr> for Resources {
-    fn from(repr: ResourcesRepr) -> Resources {
-        Resources {
-            requests: ResourceList {
-                cpu: repr.requests.cpu,
-                memory: repr.requests.memory,
-            },
-            limits: ResourceList {
-                cpu: repr.limits.cpu,
-                memory: repr.limits.memory,
-            },
-        }
-    }
-}
-
-fn requests_cpu_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Cpu>, D::Error> {
-    deserialize_optional_cpu_field(deserializer, "resources.requests.cpu")
-}
-
-fn requests_memory_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<ByteSize>, D::Error> {
-    deserialize_optional_byte_size_field(deserializer, "resources.requests.memory")
-}
-
-fn limits_cpu_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Cpu>, D::Error> {
-    deserialize_optional_cpu_field(deserializer, "resources.limits.cpu")
-}
-
-fn limits_memory_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<ByteSize>, D::Error> {
-    deserialize_optional_byte_size_field(deserializer, "resources.limits.memory")
 }
 
 /// How a replica isolates one request from the next.
@@ -688,29 +361,25 @@ pub struct Scale {
     /// The window demand is averaged over to decide the replica count.
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "serialize_optional_duration",
-        deserialize_with = "stable_window_field"
+        with = "crate::quantity::optional_duration"
     )]
     pub stable_window: Option<Duration>,
     /// The shorter window that notices a burst; it must not exceed `stable_window`.
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "serialize_optional_duration",
-        deserialize_with = "panic_window_field"
+        with = "crate::quantity::optional_duration"
     )]
     pub panic_window: Option<Duration>,
     /// How long a lower replica count must be wanted before replicas are removed.
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "serialize_optional_duration",
-        deserialize_with = "scale_down_delay_field"
+        with = "crate::quantity::optional_duration"
     )]
     pub scale_down_delay: Option<Duration>,
     /// How long a service with `min: 0` must be idle before its last replica is removed.
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "serialize_optional_duration",
-        deserialize_with = "idle_timeout_field"
+        with = "crate::quantity::optional_duration"
     )]
     pub idle_timeout: Option<Duration>,
     /// The most requests that may wait for a replica, at most 100000.
@@ -719,8 +388,7 @@ pub struct Scale {
     /// The longest a request may wait for a replica.
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "serialize_optional_duration",
-        deserialize_with = "queue_timeout_field"
+        with = "crate::quantity::optional_duration"
     )]
     pub queue_timeout: Option<Duration>,
 }
@@ -750,7 +418,7 @@ impl Scale {
     /// Checks the ranges, that `min` does not exceed `max`, and that `panic_window` does not
     /// exceed `stable_window`.
     fn validate(&self) -> Result<()> {
-        let invalid = |field: &'static str, reason: String| Err(Error::Invalid { field, reason });
+        let invalid = |field: &str, reason: String| Err(Error::invalid(field, reason));
         if !(1..=Scale::MAX_REPLICAS).contains(&self.max) {
             return invalid(
                 "scale.max",
@@ -817,233 +485,9 @@ impl Scale {
     }
 }
 
-// One deserializer per field, so a bad value's error names the field it was in.
-
-fn stable_window_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Duration>, D::Error> {
-    deserialize_optional_nonzero_duration_field(deserializer, "scale.stable_window")
-}
-
-fn panic_window_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Duration>, D::Error> {
-    deserialize_optional_nonzero_duration_field(deserializer, "scale.panic_window")
-}
-
-fn scale_down_delay_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Duration>, D::Error> {
-    deserialize_optional_nonzero_duration_field(deserializer, "scale.scale_down_delay")
-}
-
-fn idle_timeout_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Duration>, D::Error> {
-    deserialize_optional_nonzero_duration_field(deserializer, "scale.idle_timeout")
-}
-
-fn queue_timeout_field<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Duration>, D::Error> {
-    deserialize_optional_nonzero_duration_field(deserializer, "scale.queue_timeout")
-}
-
-/// The current state of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceRecord {
-    /// The schema version, [`SCHEMA_VERSION`].
-    pub version: u32,
-    /// The service's name, which is also its key.
-    pub name: ServiceName,
-    /// The current revision: 1 when created, plus one for every change of spec.
-    pub revision: u64,
-    /// The current spec.
-    pub spec: ServiceSpec,
-    /// When the service was created, in milliseconds since the Unix epoch.
-    pub created_unix_ms: u64,
-    /// When the current revision was stored, in milliseconds since the Unix epoch.
-    pub updated_unix_ms: u64,
-    /// The change index of the change that stored the current revision.
-    pub change_index: u64,
-}
-
-/// One scale decision of a service: its replica count went from `from` to `to` (or stayed,
-/// when the decision was a refusal such as "at capacity"), and why.
-///
-/// The registry keeps the newest [`MAX_EVENTS_PER_SERVICE`](crate::MAX_EVENTS_PER_SERVICE)
-/// of each service, until the service is deleted;
-/// see [`Registry::record_event`](crate::Registry::record_event).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventRecord {
-    /// The schema version, [`SCHEMA_VERSION`].
-    pub version: u32,
-    /// The service the decision was about.
-    pub service: ServiceName,
-    /// The event's number among the service's events: 1 for the first, strictly increasing,
-    /// and never reused while the service exists, even after older events are pruned.
-    pub seq: u64,
-    /// When it was recorded, in milliseconds since the Unix epoch.
-    pub time_unix_ms: u64,
-    /// The replica count before.
-    pub from: u32,
-    /// The replica count after.
-    pub to: u32,
-    /// Why, in words, e.g. `"load 4.2 over 3 replicas"` or `"idle"`.
-    pub reason: String,
-}
-
-/// One revision of a service, kept until the service is deleted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevisionRecord {
-    /// The schema version, [`SCHEMA_VERSION`].
-    pub version: u32,
-    /// The service this is a revision of.
-    pub name: ServiceName,
-    /// The revision number, counting from 1.
-    pub revision: u64,
-    /// The spec of this revision.
-    pub spec: ServiceSpec,
-    /// When this revision was stored, in milliseconds since the Unix epoch.
-    pub created_unix_ms: u64,
-    /// The change index of the change that stored this revision.
-    pub change_index: u64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn name_error(text: &str) -> String {
-        match text.parse::<ServiceName>() {
-            Err(Error::Invalid { field, reason }) => {
-                assert_eq!(field, "name", "{text}");
-                reason
-            }
-            other => panic!("{text:?} should be an invalid name, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn service_names_accepted() {
-        let longest = "a".repeat(63);
-        for text in ["a", "my-svc-2", "0", "a-b-c", "9lives", longest.as_str()] {
-            let name: ServiceName = text.parse().unwrap();
-            assert_eq!(name.as_str(), text);
-            assert_eq!(name.to_string(), text);
-        }
-    }
-
-    #[test]
-    fn service_names_refused() {
-        let too_long = "a".repeat(64);
-        let cases = [
-            (
-                "../x",
-                "must be lowercase letters, digits and '-': found '.'",
-            ),
-            (
-                "Upper",
-                "must be lowercase letters, digits and '-': found 'U'",
-            ),
-            (
-                "a_b",
-                "must be lowercase letters, digits and '-': found '_'",
-            ),
-            (
-                "a b",
-                "must be lowercase letters, digits and '-': found ' '",
-            ),
-            (
-                "café",
-                "must be lowercase letters, digits and '-': found 'é'",
-            ),
-            (too_long.as_str(), "must be at most 63 characters, got 64"),
-            ("", "must not be empty"),
-            ("-a", "must start and end with a letter or digit"),
-            ("a-", "must start and end with a letter or digit"),
-            ("-", "must start and end with a letter or digit"),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(name_error(text), expected, "{text:?}");
-        }
-        assert_eq!(
-            "Upper".parse::<ServiceName>().unwrap_err().to_string(),
-            "invalid name: must be lowercase letters, digits and '-': found 'U'"
-        );
-    }
-
-    #[test]
-    fn service_names_validate_when_deserialized() {
-        let name: ServiceName = serde_json::from_str("\"my-svc\"").unwrap();
-        assert_eq!(serde_json::to_string(&name).unwrap(), "\"my-svc\"");
-        let err = serde_json::from_str::<ServiceName>("\"../x\"").unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("invalid name: must be lowercase letters, digits and '-': found '.'"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn digests() {
-        let digest = Digest::of(b"hello");
-        assert_eq!(
-            digest.as_str(),
-            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
-        assert_eq!(
-            digest.hex(),
-            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
-        assert_eq!(digest.as_str().parse::<Digest>().unwrap(), digest);
-        let json = serde_json::to_string(&digest).unwrap();
-        assert_eq!(json, format!("\"{digest}\""));
-        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), digest);
-
-        let upper = format!("sha256:{}", digest.hex().to_uppercase());
-        let short = "sha256:abc".to_string();
-        let cases = [
-            (digest.hex(), "must start with \"sha256:\""),
-            (
-                "md5:abc",
-                "unsupported algorithm \"md5\": only sha256 is supported",
-            ),
-            (
-                upper.as_str(),
-                "must be lowercase hex after \"sha256:\": found 'C'",
-            ),
-            (
-                short.as_str(),
-                "must have 64 hex digits after \"sha256:\", got 3",
-            ),
-        ];
-        for (text, expected) in cases {
-            match text.parse::<Digest>() {
-                Err(Error::Invalid { field, reason }) => {
-                    assert_eq!(field, "digest");
-                    assert_eq!(reason, expected, "{text}");
-                }
-                other => panic!("{text:?} should be an invalid digest, got {other:?}"),
-            }
-        }
-        assert!(serde_json::from_str::<Digest>("\"sha256:abc\"").is_err());
-    }
-
-    #[test]
-    fn module_kinds() {
-        for kind in [ModuleKind::Http, ModuleKind::Cgi] {
-            let json = serde_json::to_string(&kind).unwrap();
-            assert_eq!(json, format!("\"{kind}\""));
-            assert_eq!(kind.to_string().parse::<ModuleKind>().unwrap(), kind);
-        }
-        assert_eq!(ModuleKind::Http.to_string(), "http");
-        assert_eq!(ModuleKind::Cgi.to_string(), "cgi");
-        assert_eq!(
-            "wasm".parse::<ModuleKind>().unwrap_err().to_string(),
-            "invalid kind: must be \"http\" or \"cgi\", got \"wasm\""
-        );
-    }
 
     #[test]
     fn partial_limits_take_defaults() {
@@ -1090,32 +534,33 @@ mod tests {
         let cases = [
             (
                 r#"{"memory": "64Q"}"#,
-                r#"invalid limits.memory "64Q": unknown suffix "Q" at line 1 column 16"#,
+                r#"invalid limits.memory "64Q": unknown suffix "Q""#,
             ),
             (
                 r#"{"max_response": "-1Mi"}"#,
-                r#"invalid limits.max_response "-1Mi": must not be negative at line 1 column 23"#,
+                r#"invalid limits.max_response "-1Mi": must not be negative"#,
             ),
             (
                 r#"{"max_stderr": -5}"#,
-                "invalid limits.max_stderr -5: must not be negative at line 1 column 17",
+                "invalid limits.max_stderr -5: must not be negative",
             ),
             (
                 r#"{"timeout": "0s"}"#,
-                r#"invalid limits.timeout "0s": must be greater than zero at line 1 column 16"#,
+                r#"invalid limits.timeout "0s": must be greater than zero"#,
             ),
             (
                 r#"{"timeout": "10"}"#,
-                r#"invalid limits.timeout "10": time unit needed, for example 10sec or 10ms at line 1 column 16"#,
+                r#"invalid limits.timeout "10": time unit needed, for example 10sec or 10ms"#,
             ),
             (
                 r#"{"memroy": "64Mi"}"#,
-                "unknown field `memroy`, expected one of `memory`, `fuel`, `timeout`, \
-                 `max_request_body`, `max_response`, `max_stderr` at line 1 column 9",
+                "invalid limits.memroy: unknown field `memroy`, expected one of `memory`, `fuel`, \
+                 `timeout`, `max_request_body`, `max_response`, `max_stderr`",
             ),
         ];
         for (json, expected) in cases {
-            let err = serde_json::from_str::<Limits>(json).unwrap_err();
+            let value: serde_json::Value = serde_json::from_str(json).unwrap();
+            let err = crate::from_json_value_at::<Limits>("limits", value).unwrap_err();
             assert_eq!(err.to_string(), expected, "{json}");
         }
     }
@@ -1157,12 +602,13 @@ mod tests {
         let spec: ServiceSpec =
             serde_json::from_str(&format!(r#"{{"module": "{digest}"}}"#)).unwrap();
         assert_eq!(spec, ServiceSpec::new(digest.clone()));
-        let err = serde_json::from_str::<ServiceSpec>(&format!(
-            r#"{{"module": "{digest}", "enviroment": {{}}}}"#
-        ))
+        let err = crate::from_json::<ServiceSpec>(
+            format!(r#"{{"module": "{digest}", "enviroment": {{}}}}"#).as_bytes(),
+        )
         .unwrap_err();
         assert!(
-            err.to_string().starts_with("unknown field `enviroment`"),
+            err.to_string()
+                .starts_with("invalid enviroment: unknown field `enviroment`"),
             "{err}"
         );
 
@@ -1180,12 +626,11 @@ mod tests {
         );
     }
 
-    /// A spec from `fields` plus a `module`, or the deserializer's error; `from_value` errors
-    /// carry no line and column, so they can be compared whole.
+    /// A spec from `fields` plus a `module`, or the error naming the bad field.
     fn spec_from(fields: serde_json::Value) -> Result<ServiceSpec, String> {
         let mut json = fields;
         json["module"] = Digest::of(b"module").to_string().into();
-        serde_json::from_value(json).map_err(|err| err.to_string())
+        crate::from_json_value(json).map_err(|err| err.to_string())
     }
 
     #[test]
@@ -1371,19 +816,19 @@ mod tests {
             ),
             (
                 serde_json::json!({"resources": {"requests": {"gpu": 1}}}),
-                "unknown field `gpu`, expected `cpu` or `memory`",
+                "invalid resources.requests.gpu: unknown field `gpu`, expected `cpu` or `memory`",
             ),
             (
                 serde_json::json!({"resources": {"request": {}}}),
-                "unknown field `request`, expected `requests` or `limits`",
+                "invalid resources.request: unknown field `request`, expected `requests` or `limits`",
             ),
             (
                 serde_json::json!({"isolation": "shared"}),
-                "unknown variant `shared`, expected `per-request` or `reuse`",
+                "invalid isolation: unknown variant `shared`, expected `per-request` or `reuse`",
             ),
             (
                 serde_json::json!({"concurrency": -1}),
-                "invalid value: integer `-1`, expected u32",
+                "invalid concurrency: invalid value: integer `-1`, expected u32",
             ),
             (
                 serde_json::json!({"scale": {"stable_window": "0s"}}),
@@ -1403,11 +848,11 @@ mod tests {
             ),
             (
                 serde_json::json!({"scale": {"queue_timeout": 10}}),
-                r#"invalid type: integer `10`, expected a duration string like "10s" or "250ms""#,
+                r#"invalid scale.queue_timeout: invalid type: integer `10`, expected a duration string like "10s" or "250ms""#,
             ),
             (
                 serde_json::json!({"scale": {"minimum": 1}}),
-                "unknown field `minimum`, expected one of `min`, `max`, `target`, \
+                "invalid scale.minimum: unknown field `minimum`, expected one of `min`, `max`, `target`, \
                  `stable_window`, `panic_window`, `scale_down_delay`, `idle_timeout`, \
                  `queue_limit`, `queue_timeout`",
             ),

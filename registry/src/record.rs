@@ -1,0 +1,91 @@
+//! The records a store keeps: each module's [`ModuleRecord`], each service's current
+//! [`ServiceRecord`] and every [`RevisionRecord`], and the recent [`EventRecord`]s of each
+//! service.
+//!
+//! These types are the store's boundary, so they derive serde (and nothing internal does).
+//! Every stored record carries a `version` field, [`SCHEMA_VERSION`], so a later shoal can
+//! recognise and migrate what an earlier one wrote.
+
+use serde::{Deserialize, Serialize};
+use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
+
+/// The schema version written into every stored record.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The stored metadata of a module; its bytes are stored apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRecord {
+    /// The schema version, [`SCHEMA_VERSION`].
+    pub version: u32,
+    /// The digest of the module bytes, which is also its key.
+    pub digest: Digest,
+    /// The length of the module bytes.
+    pub size: u64,
+    /// How the module is invoked.
+    pub kind: ModuleKind,
+    /// When the module was first stored, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// The change index of the change that stored it.
+    pub change_index: u64,
+}
+
+/// The current state of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The schema version, [`SCHEMA_VERSION`].
+    pub version: u32,
+    /// The service's name, which is also its key.
+    pub name: ServiceName,
+    /// The current revision: 1 when created, plus one for every change of spec.
+    pub revision: u64,
+    /// The current spec.
+    pub spec: ServiceSpec,
+    /// When the service was created, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// When the current revision was stored, in milliseconds since the Unix epoch.
+    pub updated_unix_ms: u64,
+    /// The change index of the change that stored the current revision.
+    pub change_index: u64,
+}
+
+/// One scale decision of a service: its replica count went from `from` to `to` (or stayed,
+/// when the decision was a refusal such as "at capacity"), and why.
+///
+/// The registry keeps the newest [`MAX_EVENTS_PER_SERVICE`](crate::MAX_EVENTS_PER_SERVICE)
+/// of each service, until the service is deleted;
+/// see [`Registry::record_event`](crate::Registry::record_event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// The schema version, [`SCHEMA_VERSION`].
+    pub version: u32,
+    /// The service the decision was about.
+    pub service: ServiceName,
+    /// The event's number among the service's events: 1 for the first, strictly increasing,
+    /// and never reused while the service exists, even after older events are pruned.
+    pub seq: u64,
+    /// When it was recorded, in milliseconds since the Unix epoch.
+    pub time_unix_ms: u64,
+    /// The replica count before.
+    pub from: u32,
+    /// The replica count after.
+    pub to: u32,
+    /// Why, in words, e.g. `"load 4.2 over 3 replicas"` or `"idle"`.
+    pub reason: String,
+}
+
+/// One revision of a service, kept until the service is deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionRecord {
+    /// The schema version, [`SCHEMA_VERSION`].
+    pub version: u32,
+    /// The service this is a revision of.
+    pub name: ServiceName,
+    /// The revision number, counting from 1.
+    pub revision: u64,
+    /// The spec of this revision.
+    pub spec: ServiceSpec,
+    /// When this revision was stored, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// The change index of the change that stored this revision.
+    pub change_index: u64,
+}
