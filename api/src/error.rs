@@ -1,12 +1,12 @@
-//! `ApiError`: every failure the HTTP surfaces report, as a status, a stable kind and
-//! a message, rendered as `{"error": "...", "kind": "..."}` with the kind repeated in
-//! the `x-shoal-error` header so scripts can branch without parsing the body.
+//! [`ApiError`]: how the management API reports a failure: a status, a stable kind and a
+//! message, in the JSON shape every shoal HTTP answer shares (the gateway's
+//! [`error_response`](shoal_gateway::error_response)).
+//!
+//! [`node::Error`](shoal_node::Error) is mapped to it here, once.
 
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-
-/// The header that names the kind of a failure on every error response.
-pub const ERROR_KIND_HEADER: &str = "x-shoal-error";
+use shoal_node::{Conflict, Error};
 
 /// A failure with its status, kind and a message for people.
 #[derive(Debug)]
@@ -38,15 +38,6 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not-found", message)
     }
-
-    /// 500: our fault, never the caller's.
-    pub fn internal(error: impl std::fmt::Display) -> ApiError {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("internal error: {error}"),
-        )
-    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -62,43 +53,43 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::warn!(status = %self.status, kind = self.kind, error = %self.message, "request failed");
         }
-        let body = serde_json::json!({ "error": self.message, "kind": self.kind });
-        let mut response = (self.status, axum::Json(body)).into_response();
-        response
-            .headers_mut()
-            .insert(ERROR_KIND_HEADER, HeaderValue::from_static(self.kind));
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The rest of the body was never read: the connection cannot carry another
-            // request, and a client that tried would see it reset.
-            response.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                HeaderValue::from_static("close"),
-            );
-        }
-        if self.kind == "overloaded" {
-            // Queues drain in about a request's time; a second is a polite first retry.
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_static("1"),
-            );
-        }
-        response
+        shoal_gateway::error_response(self.status, self.kind, &self.message)
+            .map(axum::body::Body::new)
     }
 }
 
-impl From<shoal_registry::Error> for ApiError {
-    fn from(error: shoal_registry::Error) -> ApiError {
-        use shoal_registry::Error as E;
+impl From<Error> for ApiError {
+    fn from(error: Error) -> ApiError {
         let message = error.to_string();
-        match error {
-            E::NotFound { .. } => ApiError::not_found(message),
-            E::ModuleInUse { .. } => ApiError::new(StatusCode::CONFLICT, "in-use", message),
-            E::NameTaken { .. } => ApiError::new(StatusCode::CONFLICT, "name-taken", message),
-            E::ModuleNotFound(_) => {
+        match &error {
+            Error::NotFound { .. } => ApiError::not_found(message),
+            Error::ModuleNotFound(_) => {
                 ApiError::bad_request(format!("{message}: upload it first with POST /v1/modules"))
             }
-            E::Invalid { .. } => ApiError::bad_request(message),
-            _ => ApiError::internal(message),
+            Error::Conflict(conflict) => {
+                let kind = match conflict {
+                    Conflict::ModuleInUse { .. } => "in-use",
+                    Conflict::NameTaken { .. } => "name-taken",
+                    _ => "conflict",
+                };
+                ApiError::new(StatusCode::CONFLICT, kind, message)
+            }
+            Error::Invalid(_) => ApiError::bad_request(message),
+            Error::InsufficientCapacity { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "insufficient-capacity", message)
+            }
+            Error::Module(module) => ApiError::new(
+                shoal_gateway::runtime_error_status(module),
+                module.kind(),
+                message,
+            ),
+            Error::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            Error::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting-down", message)
+            }
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
         }
     }
 }
@@ -109,36 +100,5 @@ impl From<shoal_spec::Error> for ApiError {
     }
 }
 
-impl From<shoal_runtime::Error> for ApiError {
-    fn from(error: shoal_runtime::Error) -> ApiError {
-        use shoal_runtime::Error as E;
-        let status = match &error {
-            E::InvalidModule(_) => StatusCode::BAD_REQUEST,
-            E::Trap(_)
-            | E::MemoryLimit { .. }
-            | E::BadCgiOutput(_)
-            | E::Exit(_)
-            | E::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
-            E::OutOfFuel { .. } | E::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            E::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            E::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, error.kind(), error.to_string())
-    }
-}
-
-/// The crate's handler result.
+/// A handler's result.
 pub type ApiResult<T> = Result<T, ApiError>;
-
-/// An error and its causes, on one line.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

@@ -8,19 +8,18 @@ use std::collections::BTreeMap;
 use axum::body::Body;
 use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
+use axum::response::IntoResponse;
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
 use serde::Serialize;
+use shoal_node::{Node, NodeStatus, ServiceStatus};
 use shoal_registry::{EventRecord, ModuleRecord, RevisionRecord, ServiceRecord};
-use shoal_runtime::Resources;
-use shoal_spec::{ByteSize, Cpu, Digest, ServiceName, ServiceSpec};
+use shoal_spec::{Digest, ServiceName, ServiceSpec};
 
 use crate::error::{ApiError, ApiResult};
-use crate::node::Node;
 
 /// Every management route, as `METHOD path`: checked against the router by a test.
 pub const ROUTES: &[&str] = &[
@@ -60,7 +59,10 @@ pub fn app(node: Node) -> Router {
         // An empty name is a bad name, not an unknown route.
         .route("/v1/services/", any(empty_name))
         .route("/v1/deploy/", any(empty_name))
-        .layer(middleware::from_fn_with_state(node.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            crate::auth::require_bearer,
+        ))
         .merge(crate::consul::routes(node.clone()))
         .fallback(|uri: axum::http::Uri| async move {
             if crate::consul::PREFIXES
@@ -73,32 +75,6 @@ pub fn app(node: Node) -> Router {
             }
         })
         .with_state(node)
-}
-
-/// Requires `Authorization: Bearer <token>` when the node has a token.
-async fn require_token(State(node): State<Node>, request: Request, next: Next) -> Response {
-    let Some(token) = &node.config().token else {
-        return next.run(request).await;
-    };
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(presented) if constant_time_eq(presented.as_bytes(), token.as_bytes()) => next.run(request).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is wrong").into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this node requires a token: send Authorization: Bearer <token> (shoal --token or SHOAL_TOKEN)",
-        )
-        .into_response(),
-    }
-}
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A JSON body parsed with the path of a bad field in the message, and our error shape
@@ -177,19 +153,17 @@ fn timestamp(unix_ms: u64) -> String {
 }
 
 fn service_view(node: &Node, record: ServiceRecord) -> ServiceView {
-    let route = node
-        .route(record.name.as_str())
-        .filter(|route| route.revision == record.revision);
+    let running = node
+        .wasm_service(record.name.as_str())
+        .filter(|running| running.record.revision == record.revision);
     let name = record.name.to_string();
     ServiceView {
         url: node
             .gateway_addr()
             .map(|addr| format!("http://{addr}/{name}/")),
         host: format!("{name}.{}", node.config().domain),
-        kind: route
-            .as_ref()
-            .map(|r| r.pool.service().kind().as_str().to_owned()),
-        cached: route.as_ref().map(|r| r.pool.service().from_cache()),
+        kind: running.as_ref().map(|r| r.kind.to_string()),
+        cached: running.as_ref().map(|r| r.from_cache),
         name,
         revision: record.revision,
         spec: record.spec,
@@ -198,165 +172,59 @@ fn service_view(node: &Node, record: ServiceRecord) -> ServiceView {
     }
 }
 
-async fn node_info(State(node): State<Node>) -> ApiResult<Json<serde_json::Value>> {
-    let (n_modules, change_index) = node
-        .registry(|r| Ok((r.modules()?.len(), r.change_index()?)))
-        .await?;
-    let runtime = node.runtime();
-    let stats = runtime.compile_stats();
-    let routes = node.routes();
-    let capacity = node.capacity().total();
-    let reserved = node.capacity().reserved();
-    Ok(Json(serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "gateway": node.gateway_addr().map(|addr| format!("http://{addr}")),
-        "domain": node.config().domain,
-        "data_dir": node.config().data_dir,
-        "allocator": runtime.allocator().as_str(),
-        "services": node.n_routes(),
-        "in_flight": node.in_flight(),
-        "replicas": routes.values().map(|route| route.pool.status().replicas).sum::<u32>(),
-        "capacity": resources_json(capacity),
-        "reserved": resources_json(reserved),
-        "free": resources_json(Resources {
-            memory: capacity.memory.saturating_sub(reserved.memory),
-            cpu_millis: capacity.cpu_millis.saturating_sub(reserved.cpu_millis),
-        }),
-        "resource_allocation": allocation_json(reserved, capacity),
-        "fuel_per_cpu_second": node.fuel_per_cpu_second(),
-        "modules": n_modules,
-        "change_index": change_index,
-        "max_module_size": node.config().max_module_size,
-        "compile": {
-            "compiled": stats.compiled,
-            "cache_hits": stats.cache_hits,
-            "cache_rejected": stats.cache_rejected,
-        },
-        "default_limits": shoal_spec::Limits::default(),
-    })))
+async fn node_info(State(node): State<Node>) -> ApiResult<Json<NodeStatus>> {
+    Ok(Json(node.status().await?))
 }
 
-fn resources_json(resources: Resources) -> serde_json::Value {
-    serde_json::json!({
-        "memory": ByteSize(resources.memory).to_string(),
-        "cpu": Cpu(resources.cpu_millis).to_string(),
-    })
+#[derive(Serialize)]
+struct EventView {
+    time: String,
+    from: u32,
+    to: u32,
+    reason: String,
 }
 
-/// `resource_allocation = performance_need / resource_limit`: the share of the node's
-/// capacity that `need` takes.
-fn allocation_json(need: Resources, capacity: Resources) -> serde_json::Value {
-    let ratio = |need: u64, capacity: u64| {
-        if capacity == 0 {
-            0.0
-        } else {
-            need as f64 / capacity as f64
+impl From<EventRecord> for EventView {
+    fn from(event: EventRecord) -> EventView {
+        EventView {
+            time: timestamp(event.time_unix_ms),
+            from: event.from,
+            to: event.to,
+            reason: event.reason,
         }
-    };
-    serde_json::json!({
-        "memory": ratio(need.memory, capacity.memory),
-        "cpu": ratio(need.cpu_millis, capacity.cpu_millis),
-    })
+    }
 }
 
-fn millis(duration: Option<std::time::Duration>) -> Option<f64> {
-    duration.map(|d| d.as_secs_f64() * 1000.0)
-}
-
-fn duration(d: std::time::Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
-fn event_json(event: EventRecord) -> serde_json::Value {
-    serde_json::json!({
-        "time": timestamp(event.time_unix_ms),
-        "from": event.from,
-        "to": event.to,
-        "reason": event.reason,
-    })
+/// A service's status with its ten newest scale events.
+#[derive(Serialize)]
+struct StatusView {
+    #[serde(flatten)]
+    status: ServiceStatus,
+    events: Vec<EventView>,
 }
 
 /// The numbers a service's scaling acts on.
 async fn service_status(
     State(node): State<Node>,
     Path(name): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<StatusView>> {
     let name = parse_name(&name)?;
-    let Some(route) = node.route(name.as_str()) else {
-        return Err(ApiError::not_found(format!("service \"{name}\" not found")));
-    };
-    let events = node.registry(move |r| r.events(&name, 10)).await?;
-    let status = route.pool.status();
-    let per_replica = route.pool.replica_spec().requests;
-    let capacity = node.capacity().total();
-    let settings = &status.settings;
-    let load = if status.replicas == 0 {
-        0.0
-    } else {
-        f64::from(status.in_flight) / f64::from(status.replicas)
-    };
-    Ok(Json(serde_json::json!({
-        "name": route.pool.service().name(),
-        "revision": route.revision,
-        "isolation": route.spec.isolation.to_string(),
-        "replicas": {
-            "current": status.replicas,
-            "desired": status.desired,
-            "min": settings.min,
-            "max": settings.max,
-            "busy": status.busy,
-            "idle": status.idle,
-        },
-        "in_flight": status.in_flight,
-        "queued": status.queued,
-        "load": {
-            "per_replica": load,
-            "stable_demand": status.stable_demand,
-            "panic_demand": status.panic_demand,
-            "panicking": status.panicking,
-        },
-        "requests": {
-            "total": status.requests,
-            "per_second": status.request_rate,
-            "cold_starts": status.cold_starts,
-            "rejected": status.rejected,
-        },
-        "latency_ms": { "p50": millis(status.latency_p50), "p99": millis(status.latency_p99) },
-        "resources": {
-            "per_replica": resources_json(per_replica),
-            "reserved": resources_json(status.reserved),
-            "cpu_limit": route.spec.cpu_limit().map(|cpu| cpu.to_string()),
-        },
-        "resource_allocation": {
-            "per_replica": allocation_json(per_replica, capacity),
-            "total": allocation_json(status.reserved, capacity),
-        },
-        "scale": {
-            "min": settings.min,
-            "max": settings.max,
-            "concurrency": settings.concurrency,
-            "target": settings.target_percent,
-            "stable_window": duration(settings.stable_window),
-            "panic_window": duration(settings.panic_window),
-            "scale_down_delay": duration(settings.scale_down_delay),
-            "idle_timeout": duration(settings.idle_timeout),
-            "queue_limit": settings.queue_limit,
-            "queue_timeout": duration(settings.queue_timeout),
-        },
-        "events": events.into_iter().map(event_json).collect::<Vec<_>>(),
-    })))
+    let status = node.service_status(&name)?;
+    let events = node.events(&name, Some(10)).await?;
+    Ok(Json(StatusView {
+        status,
+        events: events.into_iter().map(EventView::from).collect(),
+    }))
 }
 
 /// A service's scale events, oldest first.
 async fn service_events(
     State(node): State<Node>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Vec<serde_json::Value>>> {
+) -> ApiResult<Json<Vec<EventView>>> {
     let name = parse_name(&name)?;
-    let events = node
-        .registry(move |r| r.events(&name, shoal_registry::MAX_EVENTS_PER_SERVICE))
-        .await?;
-    Ok(Json(events.into_iter().map(event_json).collect()))
+    let events = node.events(&name, None).await?;
+    Ok(Json(events.into_iter().map(EventView::from).collect()))
 }
 
 /// Reads a whole body, refusing it with 413 past `limit` bytes.
@@ -393,7 +261,7 @@ async fn upload_module(
 }
 
 async fn list_modules(State(node): State<Node>) -> ApiResult<Json<Vec<ModuleView>>> {
-    let modules = node.registry(|r| r.modules()).await?;
+    let modules = node.modules().await?;
     Ok(Json(modules.into_iter().map(ModuleView::from).collect()))
 }
 
@@ -406,18 +274,14 @@ async fn get_module(
     Path(digest): Path<String>,
 ) -> ApiResult<Json<ModuleView>> {
     let digest = parse_digest(&digest)?;
-    let shown = digest.to_string();
-    match node.registry(move |r| r.module(&digest)).await? {
-        Some(record) => Ok(Json(record.into())),
-        None => Err(ApiError::not_found(format!("module {shown} not found"))),
-    }
+    Ok(Json(node.module(&digest).await?.into()))
 }
 
 async fn delete_module(
     State(node): State<Node>,
     Path(digest): Path<String>,
 ) -> ApiResult<Json<ModuleView>> {
-    let record = node.delete_module(parse_digest(&digest)?).await?;
+    let record = node.delete_module(&parse_digest(&digest)?).await?;
     Ok(Json(record.into()))
 }
 
@@ -430,7 +294,7 @@ fn parse_name(name: &str) -> ApiResult<ServiceName> {
 }
 
 async fn list_services(State(node): State<Node>) -> ApiResult<Json<Vec<ServiceView>>> {
-    let services = node.registry(|r| r.services()).await?;
+    let services = node.services().await?;
     Ok(Json(
         services
             .into_iter()
@@ -443,14 +307,8 @@ async fn get_service(
     State(node): State<Node>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<ServiceView>> {
-    let name = parse_name(&name)?;
-    let shown = name.to_string();
-    match node.registry(move |r| r.service(&name)).await? {
-        Some(record) => Ok(Json(service_view(&node, record))),
-        None => Err(ApiError::not_found(format!(
-            "service \"{shown}\" not found"
-        ))),
-    }
+    let record = node.service(&parse_name(&name)?).await?;
+    Ok(Json(service_view(&node, record)))
 }
 
 async fn put_service(
@@ -472,7 +330,7 @@ async fn delete_service(
     State(node): State<Node>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<ServiceView>> {
-    let record = node.delete_service(parse_name(&name)?).await?;
+    let record = node.delete_service(&parse_name(&name)?).await?;
     Ok(Json(service_view(&node, record)))
 }
 
@@ -480,14 +338,7 @@ async fn list_revisions(
     State(node): State<Node>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vec<RevisionView>>> {
-    let name = parse_name(&name)?;
-    let shown = name.to_string();
-    let revisions = node.registry(move |r| r.revisions(&name)).await?;
-    if revisions.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "service \"{shown}\" not found"
-        )));
-    }
+    let revisions = node.revisions(&parse_name(&name)?).await?;
     Ok(Json(
         revisions.into_iter().map(RevisionView::from).collect(),
     ))

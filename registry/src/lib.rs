@@ -1,79 +1,79 @@
-//! shoal's durable registry: the modules, services and service revisions of one node, and the
-//! recent scale events of each service, kept in a single redb file so that every acknowledged
-//! change survives a crash.
+//! The store seam: everything a shoal node keeps, behind one async [`Store`] trait with a
+//! change feed, so the node does not care whether its state is in a local redb file or in a
+//! cluster's etcd.
 //!
-//! What is stored:
-//! - each module's bytes and its [`ModuleRecord`], keyed by digest;
-//! - each service's current [`ServiceRecord`], whose spec says what it runs and how it runs as
-//!   a scaled workload;
-//! - every revision of each service's spec ([`RevisionRecord`]), until the service is deleted;
-//! - the newest [`MAX_EVENTS_PER_SERVICE`] scale events of each service ([`EventRecord`]);
-//! - the change index.
+//! What a store keeps:
+//! - modules: each module's bytes and its [`ModuleRecord`], keyed by digest;
+//! - services: each service's current [`ServiceRecord`], every [`RevisionRecord`] until the
+//!   service is deleted, and its newest [`MAX_EVENTS_PER_SERVICE`] scale events
+//!   ([`EventRecord`]);
+//! - the Consul catalog: instances registered from outside ([`Registration`]) and their checks
+//!   with their state ([`CheckRecord`]);
+//! - a key/value store ([`KvEntry`]);
+//! - the change index, Consul's `X-Consul-Index`, with the index of the newest change to each
+//!   watched area ([`Indexes`]).
 //!
-//! The registry stores bytes plus metadata and nothing else.
-//! **Architecture Invariant:** it knows nothing of wasmtime, HTTP or axum; whether a module is a
-//! valid component is decided by `shoal-runtime` before the bytes arrive here.
+//! **The contract every backend keeps** (and [`conformance`] checks):
+//! - every change is atomic and durable once acknowledged, and bumps the change index by one;
+//!   a request that changes nothing commits nothing and bumps nothing;
+//! - [`Store::watch`] yields every committed change after an index, in order, whoever wrote it
+//!   (this node, another node, a tool writing to the backend), or [`Error::Compacted`] when the
+//!   store no longer has them, after which the caller lists everything again;
+//! - writes that two writers could race are conditional: a service is written against the
+//!   revision the writer saw ([`Expect`]), a name has one owner (a wasm service or registered
+//!   instances) checked inside the write, key/value writes take a check-and-set index;
+//! - any call may fail with [`Error::Unavailable`], which the caller may retry: a remote store
+//!   can be unreachable for a while.
 //!
-//! **API Boundary:** the API is synchronous, because redb is.
-//! The async bridge (`spawn_blocking`) lives in the `api` crate, and no method here holds a
-//! transaction longer than one call.
-//!
-//! It also holds what the Consul-compatible API serves: service instances registered from
-//! outside with their health checks ([`Registration`], [`CheckRecord`]), and a key/value store
-//! ([`KvEntry`]).
-//!
-//! Every change (storing or deleting a module, creating, updating or deleting a service,
-//! registering an instance or a check, a check changing state, a key/value write) is exactly
-//! one durable write transaction, and bumps a monotonic [change index](Registry::change_index)
-//! that watchers use to notice that something changed; it is Consul's `X-Consul-Index`.
-//! Each change also marks the [area](Indexes) it touched (catalog, health, key/value), so a
-//! watcher of one area is not woken by the others.
-//! Recording a scale event is a write too: an observation, not configuration, it marks only the
-//! health area, where replicas show as instances.
+//! **Architecture Invariant:** this crate knows no backend: no redb, no etcd client, no
+//! wasmtime, no HTTP. Backends live in their own crates (`registry/redb`).
 //!
 //! # Layout
-//!
-//! - `record.rs`: the stored records of modules, services, revisions and events; the
-//!   vocabulary they hold (names, the service spec) is `shoal-spec`'s.
-//! - `catalog.rs`: registered service instances and their checks.
-//! - `kv.rs`: the key/value store.
-//! - `tables.rs`: every redb table definition, in one place.
-//! - `store.rs`: [`Registry`], the transactions over those tables.
+//! - `record.rs`: the records of modules, services, revisions and events.
+//! - `catalog.rs`: the records of the Consul catalog: registrations and checks.
+//! - `kv.rs`: key/value entries.
+//! - `changes.rs`: [`Change`] and [`ChangeLog`], the change feed a backend without its own
+//!   watch (redb) keeps in memory.
+//! - `conformance.rs` (feature `conformance`): the tests every backend runs.
 
 #![warn(missing_docs)]
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod catalog;
+mod changes;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod kv;
 mod record;
-mod store;
-mod tables;
+
+use bytes::Bytes;
+use shoal_spec::{Digest, FieldError, ModuleKind, ServiceName, ServiceSpec};
 
 pub use self::catalog::{
     CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, Probe, Registration, TaggedAddress,
     Weights,
 };
+pub use self::changes::{Change, ChangeLog, ChangeStream, Subject};
 pub use self::kv::{KvEntry, MAX_KV_VALUE_SIZE};
-pub use self::record::{EventRecord, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceRecord};
-pub use shoal_spec::FieldError;
+pub use self::record::{
+    EventRecord, MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, SCHEMA_VERSION,
+    ServiceRecord,
+};
 
-pub use self::store::{Indexes, MAX_EVENTS_PER_SERVICE, Registry};
-use shoal_spec::Digest;
-
-/// The errors of every registry operation.
+/// The errors of every store operation.
 ///
-/// Only the variants callers branch on are distinct; everything the caller can only report
-/// (redb failures) is [`Error::Storage`].
+/// Only the variants callers branch on are distinct; everything the caller can only report is
+/// [`Error::Storage`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The addressed module or service does not exist.
+    /// The addressed module, service or check does not exist.
     #[error("{kind} \"{key}\" not found")]
     NotFound {
-        /// What was looked for: `"module"` or `"service"`.
+        /// What was looked for: `"module"`, `"service"` or `"check"`.
         kind: &'static str,
-        /// The digest or name that was looked for.
+        /// The digest, name or ID that was looked for.
         key: String,
     },
     /// A module cannot be deleted because current service specs refer to it.
@@ -96,19 +96,43 @@ pub enum Error {
     /// A service spec names a module that is not stored.
     #[error("module {0} not found")]
     ModuleNotFound(Digest),
+    /// A conditional write found something else than it expected: another writer got there
+    /// first. Read again and decide again.
+    #[error("service \"{name}\" changed meanwhile: expected {expected}, found {found}")]
+    Conflict {
+        /// The service.
+        name: String,
+        /// What the writer expected, in words (`revision 3`, `no service`).
+        expected: String,
+        /// What the store holds, in words.
+        found: String,
+    },
     /// An input failed validation; the error names the field.
     #[error("{0}")]
     Invalid(FieldError),
-    /// The database failed; the cause is the [source](std::error::Error::source).
-    #[error("registry storage failed")]
-    Storage(#[source] redb::Error),
-    /// A stored record does not decode, or the database lacks something `open` always writes.
-    #[error("corrupt registry: {0}")]
+    /// The store cannot be reached or did not answer in time; the call may be retried.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// [`Store::watch`] was asked for changes the store no longer keeps: list again.
+    #[error(
+        "changes after index {requested} are no longer kept (the oldest kept follows {oldest})"
+    )]
+    Compacted {
+        /// The index the watch was to start after.
+        requested: u64,
+        /// The watch could start after this index, or later.
+        oldest: u64,
+    },
+    /// The store was closed ([`Store::close`]); nothing more can be read or written.
+    #[error("the store is closed")]
+    Closed,
+    /// The backend failed; the cause is the [source](std::error::Error::source).
+    #[error("the store failed")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored record does not decode, or the store lacks something it always writes.
+    #[error("corrupt store: {0}")]
     Corrupt(String),
 }
-
-/// The result of every registry operation.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<shoal_spec::Error> for Error {
     fn from(error: shoal_spec::Error) -> Error {
@@ -119,55 +143,219 @@ impl From<shoal_spec::Error> for Error {
     }
 }
 
-impl From<redb::Error> for Error {
-    fn from(error: redb::Error) -> Error {
-        Error::Storage(error)
+/// The result of every store operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The value of a write, and the store's change index right after it: the index of the change
+/// the write made, or, for a write that changed nothing, the newest index at the time.
+///
+/// A reader of a watch who has seen this index has seen the write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed<T> {
+    /// What the write returned.
+    pub value: T,
+    /// The change index after the write.
+    pub index: u64,
+}
+
+/// What a conditional service write expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Anything: write unconditionally.
+    Any,
+    /// No service of that name.
+    Absent,
+    /// The service at this revision.
+    Revision(u64),
+}
+
+/// The change index, and the change index of the last change to each watched area.
+///
+/// Every value is at least 1, and none ever decreases, across restarts too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Indexes {
+    /// The change index of the newest change of any kind.
+    pub change: u64,
+    /// Of the newest change to which services exist.
+    pub catalog: u64,
+    /// Of the newest change to check states or replica counts.
+    pub health: u64,
+    /// Of the newest change to the key/value store.
+    pub kv: u64,
+}
+
+/// Where a store reads the time for the records it stamps; tests substitute their own.
+pub trait Clock: Send + Sync + 'static {
+    /// The milliseconds since the Unix epoch.
+    fn now_unix_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+            })
     }
 }
 
-/// Converts each of redb's per-operation errors into [`Error::Storage`], through `redb::Error`,
-/// which redb provides as the superset of all of them.
-macro_rules! storage_error_from {
-    ($($redb_error:ty),* $(,)?) => {
-        $(
-            impl From<$redb_error> for Error {
-                fn from(error: $redb_error) -> Error {
-                    Error::Storage(redb::Error::from(error))
-                }
-            }
-        )*
-    };
-}
+/// Everything a node keeps, wherever it keeps it.
+///
+/// Every method may fail with [`Error::Unavailable`] (retry later) or [`Error::Closed`].
+/// Writes return [`Committed`], so the writer can wait until its own change has come through
+/// the [watch](Store::watch) before it answers.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Modules.
 
-storage_error_from!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-);
+    /// Stores a module's bytes and record, returning the record and whether it was created.
+    ///
+    /// Idempotent by digest: an already stored module keeps its record (first creation time,
+    /// kind) and nothing changes. Fails with [`Error::Invalid`] when `digest` is not the
+    /// digest of `bytes`.
+    async fn put_module(
+        &self,
+        digest: &Digest,
+        kind: ModuleKind,
+        bytes: Bytes,
+    ) -> Result<Committed<(ModuleRecord, bool)>>;
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn error_messages() {
-        let digest = shoal_spec::Digest::of(b"");
-        let in_use = super::Error::ModuleInUse {
-            digest: digest.clone(),
-            services: vec!["a".into(), "b".into()],
-        };
-        assert_eq!(
-            in_use.to_string(),
-            format!("module {digest} is used by services a, b")
-        );
-        let not_found = super::Error::NotFound {
-            kind: "service",
-            key: "x".into(),
-        };
-        assert_eq!(not_found.to_string(), "service \"x\" not found");
-        assert_eq!(
-            super::Error::ModuleNotFound(digest.clone()).to_string(),
-            format!("module {digest} not found")
-        );
-    }
+    /// The record of a stored module.
+    async fn module(&self, digest: &Digest) -> Result<Option<ModuleRecord>>;
+
+    /// The bytes of a stored module.
+    async fn module_bytes(&self, digest: &Digest) -> Result<Option<Bytes>>;
+
+    /// Every module's record, by digest.
+    async fn modules(&self) -> Result<Vec<ModuleRecord>>;
+
+    /// Deletes a module, returning its record; [`Error::ModuleInUse`] while the current spec of
+    /// a service names it, [`Error::NotFound`] when it is not stored.
+    async fn delete_module(&self, digest: &Digest) -> Result<Committed<ModuleRecord>>;
+
+    // Services.
+
+    /// Creates or updates a service when the store holds what `expect` says, returning its
+    /// record and whether it was created.
+    ///
+    /// The spec is normalized and validated first. A new spec becomes the next revision (1 for
+    /// a new service); a spec equal to the current one changes nothing, like `kubectl apply`.
+    /// Fails with [`Error::Conflict`] when `expect` does not hold, [`Error::ModuleNotFound`]
+    /// when the module is not stored, [`Error::NameTaken`] when registered instances hold the
+    /// name; then nothing is written.
+    async fn put_service(
+        &self,
+        name: &ServiceName,
+        spec: ServiceSpec,
+        expect: Expect,
+    ) -> Result<Committed<(ServiceRecord, bool)>>;
+
+    /// The current record of a service.
+    async fn service(&self, name: &ServiceName) -> Result<Option<ServiceRecord>>;
+
+    /// Every service's current record, by name.
+    async fn services(&self) -> Result<Vec<ServiceRecord>>;
+
+    /// Every revision of a service, oldest first; [`Error::NotFound`] for an unknown service.
+    async fn revisions(&self, name: &ServiceName) -> Result<Vec<RevisionRecord>>;
+
+    /// Deletes a service with its revisions and events when the store holds what `expect`
+    /// says, returning its last record.
+    async fn delete_service(
+        &self,
+        name: &ServiceName,
+        expect: Expect,
+    ) -> Result<Committed<ServiceRecord>>;
+
+    /// Records a scale decision as the service's next event, keeping the newest
+    /// [`MAX_EVENTS_PER_SERVICE`]; it changes the health area only.
+    async fn record_event(
+        &self,
+        name: &ServiceName,
+        from: u32,
+        to: u32,
+        reason: String,
+    ) -> Result<Committed<EventRecord>>;
+
+    /// The newest `limit` events of a service, oldest first.
+    async fn events(&self, name: &ServiceName, limit: usize) -> Result<Vec<EventRecord>>;
+
+    // The Consul catalog.
+
+    /// Registers (or re-registers) an instance with its checks in one change. With
+    /// `replace_existing_checks`, the instance's checks left out are removed.
+    /// [`Error::NameTaken`] when a wasm service has the name.
+    async fn register_service(
+        &self,
+        registration: Registration,
+        checks: Vec<CheckDefinition>,
+        replace_existing_checks: bool,
+    ) -> Result<Committed<Registration>>;
+
+    /// Removes an instance and its checks; `false` if there was none.
+    async fn deregister_service(&self, id: &str) -> Result<Committed<bool>>;
+
+    /// Adds or replaces a check; [`Error::NotFound`] when it names an unknown instance.
+    async fn register_check(&self, definition: CheckDefinition) -> Result<Committed<CheckRecord>>;
+
+    /// Removes a check; `false` if there was none.
+    async fn deregister_check(&self, id: &str) -> Result<Committed<bool>>;
+
+    /// Sets a check's state, writing only if the status or output changed; `None` for an
+    /// unknown check.
+    async fn update_check(
+        &self,
+        id: &str,
+        status: CheckStatus,
+        output: String,
+    ) -> Result<Committed<Option<CheckRecord>>>;
+
+    /// Every registration and check, with the indexes, as of one moment.
+    async fn catalog(&self) -> Result<CatalogSnapshot>;
+
+    // The key/value store.
+
+    /// The entry at `key`, and the index a blocking query on it waits past: the entry's
+    /// modify index, or the key/value area's index when it is missing.
+    async fn kv_get(&self, key: &str) -> Result<(Option<KvEntry>, u64)>;
+
+    /// Every entry under `prefix`, by key, and the key/value area's index.
+    async fn kv_list(&self, prefix: &str) -> Result<(Vec<KvEntry>, u64)>;
+
+    /// Sets `key`; with `cas`, only if its modify index is `cas` (0: only if absent). Returns
+    /// whether it was written.
+    async fn kv_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u64,
+        cas: Option<u64>,
+    ) -> Result<Committed<bool>>;
+
+    /// Deletes `key`, or with `recurse` every key under it; with `cas`, only if the key's
+    /// modify index is `cas`. Returns whether the delete happened.
+    async fn kv_delete(
+        &self,
+        key: &str,
+        recurse: bool,
+        cas: Option<u64>,
+    ) -> Result<Committed<bool>>;
+
+    // Indexes and changes.
+
+    /// The change index and the index of each area, read together.
+    async fn indexes(&self) -> Result<Indexes>;
+
+    /// Every committed change after `from_index`, in order, then each new one as it commits;
+    /// [`Error::Compacted`] (and the end of the stream) when the store no longer has them.
+    fn watch(&self, from_index: u64) -> ChangeStream;
+
+    /// Stops serving calls (later ones fail with [`Error::Closed`]), waits for those running,
+    /// and lets go of the backend's resources: a file, a connection.
+    async fn close(&self);
 }

@@ -12,6 +12,9 @@ use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
 /// The schema version written into every stored record.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The scale events kept per service: recording one more drops the oldest.
+pub const MAX_EVENTS_PER_SERVICE: usize = 100;
+
 /// The stored metadata of a module; its bytes are stored apart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleRecord {
@@ -51,9 +54,9 @@ pub struct ServiceRecord {
 /// One scale decision of a service: its replica count went from `from` to `to` (or stayed,
 /// when the decision was a refusal such as "at capacity"), and why.
 ///
-/// The registry keeps the newest [`MAX_EVENTS_PER_SERVICE`](crate::MAX_EVENTS_PER_SERVICE)
+/// The registry keeps the newest [`MAX_EVENTS_PER_SERVICE`](MAX_EVENTS_PER_SERVICE)
 /// of each service, until the service is deleted;
-/// see [`Registry::record_event`](crate::Registry::record_event).
+/// see [`Store::record_event`](crate::Store::record_event).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     /// The schema version, [`SCHEMA_VERSION`].

@@ -19,8 +19,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::compile::{ArtifactCache, Compiled};
-use crate::{cgi, proxy};
+use crate::artifact::{ArtifactCache, Compiled};
+use crate::exec::{cgi, http};
 
 /// How the runtime is set up. Plain data with sensible defaults; the binary maps its
 /// flags onto it.
@@ -85,7 +85,7 @@ pub struct CompileStats {
 /// The node's wasm runtime: engine, linkers, artifact cache and epoch ticker.
 pub struct Runtime {
     pub(crate) engine: Engine,
-    pub(crate) http_linker: wasmtime::component::Linker<proxy::HttpState>,
+    pub(crate) http_linker: wasmtime::component::Linker<http::HttpState>,
     pub(crate) cgi_linker: wasmtime::Linker<cgi::CgiState>,
     pub(crate) cache: ArtifactCache,
     pub(crate) loaded: Mutex<HashMap<String, Compiled>>,
@@ -103,7 +103,7 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> crate::Result<Runtime> {
         let (engine, allocator) = build_engine(&config).map_err(crate::Error::Internal)?;
         tracing::info!(allocator = allocator.as_str(), "wasm engine ready");
-        let http_linker = proxy::linker(&engine).map_err(crate::Error::Internal)?;
+        let http_linker = http::linker(&engine).map_err(crate::Error::Internal)?;
         let cgi_linker = cgi::linker(&engine).map_err(crate::Error::Internal)?;
         let cache = ArtifactCache::new(config.cache_dir.clone(), &engine)
             .map_err(crate::Error::Internal)?;

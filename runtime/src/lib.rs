@@ -5,47 +5,52 @@
 //! [`Runtime::compile`] that validates a module, tells a `wasi:http` component from a
 //! WASI preview1 command, and caches the machine code on disk; and a [`Service`] that
 //! turns an `http::Request` into an `http::Response` inside a sandbox, with the
-//! service's [`Limits`] enforced; [`ReplicaPool`] runs a service as replicas that
+//! service's [`SandboxLimits`] enforced; [`ReplicaPool`] runs a service as replicas that
 //! reserve node capacity and scale with load.
 //!
+//! The engine-side types have names of their own ([`GuestKind`], [`SandboxLimits`],
+//! [`ReplicaResources`], [`ScaleSettings`]): the node converts the spec users write into them
+//! in one place.
+//!
 //! # Layout
-//! - `engine`: [`RuntimeConfig`], [`Runtime`], the allocator probe and the epoch ticker.
-//! - `compile`: classification and the durable artifact cache.
-//! - `limits`: [`Limits`] and the per-store memory limiter.
-//! - `pipe`: bounded in-memory stdout/stderr for guests.
-//! - `proxy`: the executor for `wasi:http/incoming-handler` components.
-//! - `cgi`: the executor for WASI preview1 commands, speaking CGI/1.1 like WAGI.
-//! - `service`: [`Service`], a compiled module bound to a name, env and limits, and
-//!   the per-store metering of memory, fuel and cpu.
-//! - `capacity`: the node's [`Capacity`] and the [`Reservation`]s replicas hold.
-//! - `pool`: [`ReplicaPool`], a service's replicas, queue and scaling loop.
-//! - `autoscale`: the KPA-shaped arithmetic behind scaling decisions.
-//! - `throttle`: cpu limits through fuel, and the fuel-rate calibration.
+//! Imports run one way: `sandbox` ← `exec` ← `service` ← `replica`.
+//! - `engine.rs`: [`RuntimeConfig`], [`Runtime`], the allocator probe and the epoch ticker.
+//! - `artifact.rs`: [`GuestKind`], [`Compiled`], linking, the durable artifact cache.
+//! - `compile.rs` (feature `compiler`): compiling uploads with Cranelift, and measuring the
+//!   fuel rate. Without it the runtime serves what the cache holds.
+//! - `sandbox/`: the leaf: [`SandboxLimits`], metering of memory, fuel and cpu, bounded
+//!   pipes, the one function that classifies guest failures.
+//! - `exec/`: the executors, `http.rs` for `wasi:http/incoming-handler` components and
+//!   `cgi.rs` for WASI preview1 commands (CGI/1.1, like WAGI), and the `Checkout` trait
+//!   through which they borrow from a replica without naming the pool.
+//! - `service.rs`: [`Service`], a compiled module bound to a name, env and limits.
+//! - `replica/`: [`Capacity`], [`ReplicaPool`] with its queue, lease and scaling loop, and
+//!   the KPA-shaped arithmetic behind scaling decisions.
 //!
 //! The crate knows nothing of axum, JSON or redb: callers hand it bytes and requests.
 
 #![warn(missing_docs)]
 
-mod autoscale;
-mod capacity;
-mod cgi;
+mod artifact;
+#[cfg(feature = "compiler")]
 mod compile;
 mod engine;
-mod limits;
-mod pipe;
-mod pool;
-mod proxy;
+mod exec;
+mod replica;
+mod sandbox;
 mod service;
-mod throttle;
 
-pub use autoscale::{Decision, ScaleSettings};
-pub use capacity::{Capacity, Reservation, Resources, Shortfall};
-pub use compile::{Compiled, ModuleKind};
-pub use engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig};
-pub use limits::Limits;
-pub use pool::{EventSink, Isolation, PoolStatus, ReplicaPool, ReplicaSpec, ScaleEvent, Served};
-pub use service::{BoxError, RequestContext, ResponseBody, Service, ServiceConfig};
-pub use throttle::calibrate as calibrate_fuel_rate;
+pub use self::artifact::{Compiled, GuestKind};
+#[cfg(feature = "compiler")]
+pub use self::compile::calibrate_fuel_rate;
+pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig};
+pub use self::exec::{RequestContext, ServiceConfig};
+pub use self::replica::{
+    Capacity, Decision, EventSink, PoolStatus, ReplicaPool, ReplicaResources, ReplicaSpec,
+    Reservation, ScaleEvent, ScaleReason, ScaleSettings, Served, Shortfall,
+};
+pub use self::sandbox::{BoxError, ResponseBody, SandboxLimits};
+pub use self::service::Service;
 
 use std::time::Duration;
 
@@ -60,6 +65,9 @@ pub enum Error {
     /// and what is accepted.
     #[error("{0}")]
     InvalidModule(String),
+    /// The module would have to be compiled, and this build has no compiler.
+    #[error("{0}")]
+    NoCompiler(String),
     /// The guest trapped (an `unreachable`, a panic, an out-of-bounds access...).
     #[error("guest trapped: {0}")]
     Trap(String),
@@ -78,7 +86,7 @@ pub enum Error {
         budget: u64,
     },
     /// The guest did not finish within the service's timeout.
-    #[error("guest did not finish within the timeout of {}", humanize(*.limit))]
+    #[error("guest did not finish within the timeout of {}", humantime::format_duration(*.limit))]
     Timeout {
         /// The per-request wall-clock limit.
         limit: Duration,
@@ -117,6 +125,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::InvalidModule(_) => "invalid-module",
+            Error::NoCompiler(_) => "no-compiler",
             Error::Trap(_) => "trap",
             Error::MemoryLimit { .. } => "memory-limit",
             Error::OutOfFuel { .. } => "out-of-fuel",
@@ -128,13 +137,5 @@ impl Error {
             Error::Overloaded(_) => "overloaded",
             Error::Internal(_) => "internal",
         }
-    }
-}
-
-fn humanize(duration: Duration) -> String {
-    if duration.subsec_nanos() == 0 {
-        format!("{}s", duration.as_secs())
-    } else {
-        format!("{}ms", duration.as_millis())
     }
 }

@@ -1,49 +1,14 @@
-//! A service: a compiled module bound to a name, an environment and limits, turning
-//! requests into responses. Also the per-store metering (memory, fuel, cpu) and the
-//! one place guest failures are classified.
+//! A service: a compiled module bound to a name, an environment and limits, turning requests
+//! into responses through the executor its kind needs.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
-use wasmtime::{Store, Trap, UpdateDeadline};
 
-use crate::compile::{Compiled, Pre};
-use crate::limits::MemoryLimiter;
-use crate::pipe::CappedPipe;
-use crate::pool::Lease;
-use crate::throttle::CpuThrottle;
-use crate::{Error, Limits, ModuleKind, Result, cgi, proxy};
-
-/// Errors inside response bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body of a response produced by a guest, streamed for wasi:http components.
-pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
-
-/// How a service runs: its name (for logs), limits, environment and arguments.
-#[derive(Debug, Clone, Default)]
-pub struct ServiceConfig {
-    /// The service's name, used in logs and as `argv[0]`.
-    pub name: String,
-    /// What each request may consume.
-    pub limits: Limits,
-    /// Environment variables the guest sees; nothing of the host's is passed.
-    pub env: Vec<(String, String)>,
-    /// Arguments after `argv[0]`.
-    pub args: Vec<String>,
-}
-
-/// Where a request came from and how it was routed, for CGI's variables.
-#[derive(Debug, Clone, Default)]
-pub struct RequestContext {
-    /// The path prefix the gateway consumed to pick the service (`/name`), or empty
-    /// when the service was chosen by `Host`.
-    pub script_name: String,
-    /// The client's address.
-    pub remote_addr: Option<SocketAddr>,
-}
+use crate::artifact::{Compiled, Pre};
+use crate::exec::{self, Checkout, RequestContext, ServiceConfig, Unpooled};
+use crate::sandbox::{BoxError, ResponseBody};
+use crate::{GuestKind, Result};
 
 /// A runnable service. Cheap to clone; requests run in sandboxes of their own.
 #[derive(Clone)]
@@ -68,18 +33,13 @@ impl Service {
     }
 
     /// The kind of module the service runs.
-    pub fn kind(&self) -> ModuleKind {
+    pub fn kind(&self) -> GuestKind {
         self.compiled.kind()
     }
 
     /// Whether the machine code came from the on-disk cache.
     pub fn from_cache(&self) -> bool {
         self.compiled.from_cache()
-    }
-
-    /// The service's limits.
-    pub fn limits(&self) -> &Limits {
-        &self.config.limits
     }
 
     /// Serves one request in a fresh instance, outside any replica pool. Guest faults
@@ -94,22 +54,10 @@ impl Service {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.run(request, context, None).await
+        self.handle_checked_out(request, context, Unpooled).await
     }
 
-    pub(crate) async fn handle_leased<B>(
-        &self,
-        request: http::Request<B>,
-        context: RequestContext,
-        lease: Lease,
-    ) -> Result<http::Response<ResponseBody>>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        self.run(request, context, Some(lease)).await
-    }
-
+    /// Serves one request with what a replica lent it: its kept instance and its cpu throttle.
     // Debug level: at the default (info) filter the span is disabled, and costs nothing; an
     // enabled span formats its fields for every request.
     #[tracing::instrument(
@@ -118,163 +66,20 @@ impl Service {
         skip_all,
         fields(service = %self.config.name)
     )]
-    async fn run<B>(
+    pub(crate) async fn handle_checked_out<B, C>(
         &self,
         request: http::Request<B>,
         context: RequestContext,
-        lease: Option<Lease>,
+        checkout: C,
     ) -> Result<http::Response<ResponseBody>>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
+        C: Checkout,
     {
         match &self.compiled.pre {
-            Pre::Http(pre) => proxy::handle(pre, &self.config, request, lease).await,
-            Pre::Cgi(pre) => cgi::handle(pre, &self.config, request, context, lease).await,
+            Pre::Http(pre) => exec::http::handle(pre, &self.config, request, checkout).await,
+            Pre::Cgi(pre) => exec::cgi::handle(pre, &self.config, request, context, checkout).await,
         }
     }
-}
-
-/// What a store counts against its limits.
-pub(crate) struct Metering {
-    pub(crate) limiter: MemoryLimiter,
-    throttle: Option<Arc<CpuThrottle>>,
-    /// Fuel left at the last charge to the throttle.
-    fuel_mark: u64,
-}
-
-impl Metering {
-    pub(crate) fn new(limits: &Limits, throttle: Option<Arc<CpuThrottle>>) -> Metering {
-        Metering {
-            limiter: MemoryLimiter::new(limits.memory),
-            throttle,
-            fuel_mark: 0,
-        }
-    }
-
-    /// Charges the fuel burned since the last charge; returns when to resume if the
-    /// replica is over its cpu budget.
-    fn charge(&mut self, fuel_left: u64) -> Option<Instant> {
-        let throttle = self.throttle.as_ref()?;
-        let used = self.fuel_mark.saturating_sub(fuel_left);
-        self.fuel_mark = fuel_left;
-        throttle.charge(used, Instant::now())
-    }
-}
-
-/// Store data that carries [`Metering`].
-pub(crate) trait Metered: Send + 'static {
-    fn metering(&mut self) -> &mut Metering;
-}
-
-/// Sets up what every store gets once: the memory limiter, and an epoch callback that
-/// charges the cpu throttle and yields to the scheduler at every tick, so a spinning
-/// guest can neither starve its worker thread, nor outlive its timeout, nor exceed its
-/// cpu limit.
-pub(crate) fn prepare_store<T: Metered>(store: &mut Store<T>) -> Result<()> {
-    if let Some(throttle) = &store.data_mut().metering().throttle {
-        let interval = throttle.fuel_yield_interval();
-        store
-            .fuel_async_yield_interval(Some(interval))
-            .map_err(|e| Error::Internal(e.into()))?;
-    }
-    store.limiter(|state| &mut state.metering().limiter as &mut dyn wasmtime::ResourceLimiter);
-    store.epoch_deadline_callback(|mut context| {
-        let fuel_left = context.get_fuel().unwrap_or(0);
-        if let Some(resume) = context.data_mut().metering().charge(fuel_left) {
-            let pause = tokio::time::sleep_until(resume.into());
-            return Ok(UpdateDeadline::YieldCustom(1, Box::pin(pause)));
-        }
-        Ok(UpdateDeadline::Yield(1))
-    });
-    Ok(())
-}
-
-/// Resets the per-request budgets of a store, fresh or reused.
-pub(crate) fn begin_request<T: Metered>(store: &mut Store<T>, limits: &Limits) -> Result<()> {
-    store
-        .set_fuel(limits.fuel)
-        .map_err(|e| Error::Internal(e.into()))?;
-    store.set_epoch_deadline(1);
-    let metering = store.data_mut().metering();
-    metering.fuel_mark = limits.fuel;
-    metering.limiter.refused = None;
-    Ok(())
-}
-
-/// Charges what the request burned since the last tick, so short requests count too.
-pub(crate) fn end_request<T: Metered>(store: &mut Store<T>) {
-    let fuel_left = store.get_fuel().unwrap_or(0);
-    let _ = store.data_mut().metering().charge(fuel_left);
-}
-
-/// Turns a wasmtime error from guest code into the outcome a caller sees.
-pub(crate) fn guest_error(
-    error: wasmtime::Error,
-    limits: &Limits,
-    limiter: &MemoryLimiter,
-) -> Error {
-    let trap = error.downcast_ref::<Trap>().copied();
-    match trap {
-        Some(Trap::OutOfFuel) => {
-            return Error::OutOfFuel {
-                budget: limits.fuel,
-            };
-        }
-        Some(Trap::Interrupt) => {
-            return Error::Timeout {
-                limit: limits.timeout,
-            };
-        }
-        _ => {}
-    }
-    if let Some(pool) = error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
-        return Error::Overloaded(pool.to_string());
-    }
-    if let Some(requested) = limiter.refused {
-        return Error::MemoryLimit {
-            limit: limits.memory,
-            requested,
-        };
-    }
-    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return Error::Exit(exit.0);
-    }
-    tracing::debug!(error = ?error, "guest failed");
-    match trap {
-        Some(trap) => Error::Trap(trap.to_string()),
-        None => Error::Trap(
-            format!("{error:#}")
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        ),
-    }
-}
-
-/// Sends what a guest wrote to a stream to the log, a line per event, tagged with the
-/// service's name.
-pub(crate) fn log_output(service: &str, stream: &'static str, pipe: &CappedPipe) {
-    let overflowed = pipe.overflowed();
-    let bytes = pipe.take();
-    if bytes.is_empty() {
-        return;
-    }
-    let text = String::from_utf8_lossy(&bytes);
-    for line in text.lines() {
-        tracing::info!(target: "shoal::guest", service, stream, "{line}");
-    }
-    if overflowed {
-        tracing::info!(target: "shoal::guest", service, stream, "(output truncated)");
-    }
-}
-
-pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }

@@ -164,7 +164,7 @@ async fn token_is_required_when_configured() {
 #[tokio::test(flavor = "multi_thread")]
 async fn non_loopback_api_needs_a_token() {
     let temp = tempfile::tempdir().unwrap();
-    let node = shoal::Node::open(shoal::NodeConfig::new(temp.path()))
+    let node = shoal::open_node(shoal::NodeConfig::new(temp.path()))
         .await
         .unwrap();
     let api = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
@@ -253,13 +253,13 @@ fn routes_are_documented() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_releases_the_registry_while_handles_live() {
     let temp = tempfile::tempdir().unwrap();
-    let node = shoal::Node::open(shoal::NodeConfig::new(temp.path()))
+    let node = shoal::open_node(shoal::NodeConfig::new(temp.path()))
         .await
         .unwrap();
     // A handle still alive after shutdown, as a connection task finishing late holds one.
     let handle = node.clone();
     node.shutdown().await;
-    let reopened = shoal::Node::open(shoal::NodeConfig::new(temp.path()))
+    let reopened = shoal::open_node(shoal::NodeConfig::new(temp.path()))
         .await
         .expect("the data directory opens again while the old node has a live handle");
     reopened.shutdown().await;

@@ -189,7 +189,7 @@ async fn idle_services_go_to_zero_and_come_back_cold() {
 #[tokio::test(flavor = "multi_thread")]
 async fn capacity_bounds_replicas_and_full_queues_answer_503() {
     let node = TestNode::start_with(|config| {
-        config.capacity = Some(shoal_runtime_resources(256 << 20, 4000));
+        config.capacity = Some(capacity(256 << 20, 4000));
     })
     .await;
     let extra = json!({ "limits": { "memory": "64Mi" }, "scale": { "max": 10, "queue_limit": 4, "queue_timeout": "10s" } });
@@ -262,16 +262,14 @@ async fn capacity_bounds_replicas_and_full_queues_answer_503() {
     assert_eq!(statuses, [200, 503]);
 }
 
-fn shoal_runtime_resources(memory: u64, cpu_millis: u64) -> shoal::Resources {
-    shoal::Resources { memory, cpu_millis }
+fn capacity(memory: u64, cpu_millis: u64) -> shoal::ReplicaResources {
+    shoal::ReplicaResources { memory, cpu_millis }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploys_that_do_not_fit_are_refused_and_change_nothing() {
-    let node = TestNode::start_with(|config| {
-        config.capacity = Some(shoal_runtime_resources(256 << 20, 1000))
-    })
-    .await;
+    let node =
+        TestNode::start_with(|config| config.capacity = Some(capacity(256 << 20, 1000))).await;
     let index = node.get("/v1/node").await.1["change_index"].clone();
     let reply = deploy_spec(&node, "big", HELLO_HTTP, json!({ "scale": { "min": 5 } })).await;
     assert_eq!(reply.status, 409, "{}", reply.body);
@@ -281,7 +279,7 @@ async fn deploys_that_do_not_fit_are_refused_and_change_nothing() {
         message.contains("5 minimum replicas needs 320Mi memory"),
         "{message}"
     );
-    assert!(message.contains("256Mi memory and 1000m cpu"), "{message}");
+    assert!(message.contains("256Mi memory and 1 cpu"), "{message}");
     assert!(message.contains("leaving 256Mi memory"), "{message}");
     let reply = deploy_spec(
         &node,
@@ -292,7 +290,7 @@ async fn deploys_that_do_not_fit_are_refused_and_change_nothing() {
     .await;
     assert_eq!(reply.status, 409, "{}", reply.body);
     assert!(
-        reply.error().contains("needs 64Mi memory and 2000m cpu"),
+        reply.error().contains("needs 64Mi memory and 2 cpu"),
         "{}",
         reply.error()
     );
@@ -323,10 +321,7 @@ async fn deploys_that_do_not_fit_are_refused_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_shows_the_numbers_the_node_acts_on() {
-    let node = TestNode::start_with(|config| {
-        config.capacity = Some(shoal_runtime_resources(1 << 30, 2000))
-    })
-    .await;
+    let node = TestNode::start_with(|config| config.capacity = Some(capacity(1 << 30, 2000))).await;
     let extra = json!({ "resources": { "requests": { "memory": "128Mi", "cpu": "500m" }, "limits": { "memory": "256Mi", "cpu": "1" } } });
     assert_eq!(
         deploy_spec(&node, "hello", HELLO_HTTP, extra).await.status,

@@ -28,7 +28,9 @@ fn rust_files(dir: &Path, files: &mut Vec<PathBuf>) {
 #[test]
 fn every_module_starts_with_a_doc_comment() {
     let mut files = Vec::new();
-    for dir in ["spec", "runtime", "registry", "api", "tests", "guests"] {
+    for dir in [
+        "spec", "runtime", "registry", "gateway", "node", "api", "cli", "tests", "guests",
+    ] {
         rust_files(&repo().join(dir), &mut files);
     }
     assert!(files.len() > 30, "found only {} Rust files", files.len());

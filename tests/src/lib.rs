@@ -52,7 +52,7 @@ impl TestNode {
         init_tracing();
         let mut config = shoal::NodeConfig::new(data_dir);
         configure(&mut config);
-        let node = shoal::Node::open(config).await.expect("opening the node");
+        let node = shoal::open_node(config).await.expect("opening the node");
         let api = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the API");

@@ -15,10 +15,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use shoal_registry::{CheckDefinition, CheckStatus, Probe, Registration, TaggedAddress, Weights};
 
-use super::catalog::{agent_service_view, health_check_view};
+use shoal_node::Node;
+
+use super::catalog_health::{agent_service, health_check};
 use super::decode::{Field, GoDuration, Shape, aliased, decode, field};
-use super::{ConsulError, ConsulResult, Query, json, ok_empty};
-use crate::node::Node;
+use super::{ConsulError, ConsulNode, ConsulResult, Query, json, ok_empty};
 
 /// How long an HTTP or TCP check may take when its definition does not say, as in Consul.
 const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -248,7 +249,7 @@ fn is_unspecified(address: &str) -> bool {
 /// as Consul fills in.
 fn instance_address(node: &Node, address: &str) -> String {
     if address.is_empty() {
-        node.consul_node().address.clone()
+        node.config().node_address.clone()
     } else {
         address.to_owned()
     }
@@ -533,7 +534,7 @@ pub(super) async fn register_service(
         socket_path: body.socket_path.unwrap_or_default(),
         ..Registration::new(name)
     };
-    node.catalog_write(move |r| r.register_service(registration, checks, replace_existing_checks))
+    node.register_service(registration, checks, replace_existing_checks)
         .await?;
     Ok(ok_empty())
 }
@@ -543,8 +544,7 @@ pub(super) async fn deregister_service(
     State(node): State<Node>,
     Path(id): Path<String>,
 ) -> ConsulResult<Response> {
-    node.catalog_write(move |r| r.deregister_service(&id))
-        .await?;
+    node.deregister_service(&id).await?;
     Ok(ok_empty())
 }
 
@@ -555,12 +555,13 @@ pub(super) async fn services(
 ) -> ConsulResult<Response> {
     let query = Query::parse(raw.as_deref());
     query.check_common(&node)?;
+    let consul = ConsulNode::of(&node);
     let catalog = node.catalog();
-    let services: BTreeMap<&str, Value> = catalog
+    let services: BTreeMap<&str, _> = catalog
         .snapshot
         .registrations
         .iter()
-        .map(|r| (r.id.as_str(), agent_service_view(&node, r)))
+        .map(|r| (r.id.as_str(), agent_service(&consul, r)))
         .collect();
     Ok(json(&query, &services))
 }
@@ -581,13 +582,13 @@ pub(super) async fn service(
         .ok_or_else(|| {
             ConsulError::new(StatusCode::NOT_FOUND, format!("unknown service ID: {id}"))
         })?;
-    let mut view = agent_service_view(&node, registration);
+    let mut view = agent_service(&ConsulNode::of(&node), registration);
     let hash = {
         use sha2::Digest as _;
-        let digest = sha2::Sha256::digest(view.to_string().as_bytes());
-        hex::encode(&digest[..8])
+        let content = serde_json::to_vec(&view).expect("agent views always serialize");
+        hex::encode(&sha2::Sha256::digest(&content)[..8])
     };
-    view["ContentHash"] = Value::String(hash.clone());
+    view.content_hash = Some(hash.clone());
     let mut response = json(&query, &view);
     if let Ok(value) = HeaderValue::from_str(&hash) {
         response.headers_mut().insert("x-consul-contenthash", value);
@@ -602,12 +603,13 @@ pub(super) async fn checks(
 ) -> ConsulResult<Response> {
     let query = Query::parse(raw.as_deref());
     query.check_common(&node)?;
+    let consul = ConsulNode::of(&node);
     let catalog = node.catalog();
-    let checks: BTreeMap<&str, Value> = catalog
+    let checks: BTreeMap<&str, _> = catalog
         .snapshot
         .checks
         .iter()
-        .map(|c| (c.definition.id.as_str(), health_check_view(&node, c)))
+        .map(|c| (c.definition.id.as_str(), health_check(&consul, c)))
         .collect();
     Ok(json(&query, &checks))
 }
@@ -645,14 +647,14 @@ pub(super) async fn register_check(
         None => instance_address(&node, ""),
     };
     let definition = check_definition(body, id, name, service_id.clone(), &service_address)?;
-    node.catalog_write(move |r| r.register_check(definition))
+    node.register_check(definition)
         .await
-        .map_err(|error| match service_id {
+        .map_err(|error| match (service_id, error) {
             // The instance went away between the look-up and the write.
-            Some(service_id) if error.status == StatusCode::NOT_FOUND => {
+            (Some(service_id), shoal_node::Error::NotFound { .. }) => {
                 ConsulError::bad_request(format!("ServiceID {service_id:?} does not exist"))
             }
-            _ => error.into(),
+            (_, error) => error.into(),
         })?;
     Ok(ok_empty())
 }
@@ -662,13 +664,12 @@ pub(super) async fn deregister_check(
     State(node): State<Node>,
     Path(id): Path<String>,
 ) -> ConsulResult<Response> {
-    let shown = id.clone();
-    let removed = node.catalog_write(move |r| r.deregister_check(&id)).await?;
+    let removed = node.deregister_check(&id).await?;
     if !removed {
         return Err(ConsulError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "Unknown check ID {shown:?}. Ensure that the check ID is passed, not the check name."
+                "Unknown check ID {id:?}. Ensure that the check ID is passed, not the check name."
             ),
         ));
     }

@@ -11,22 +11,22 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use http_body_util::{BodyExt as _, Limited};
-use serde_json::{Value, json};
+use shoal_node::Node;
 use shoal_registry::{KvEntry, MAX_KV_VALUE_SIZE};
 
+use super::wire::KvPair;
 use super::{ConsulError, ConsulResult, Query, blocking, json, read_json, set_read_headers};
-use crate::node::Node;
 
-fn entry_view(entry: &KvEntry) -> Value {
-    json!({
-        "LockIndex": 0,
-        "Key": entry.key,
-        "Flags": entry.flags,
-        "Value": (!entry.value.is_empty())
+fn kv_pair(entry: &KvEntry) -> KvPair {
+    KvPair {
+        lock_index: 0,
+        key: entry.key.clone(),
+        flags: entry.flags,
+        value: (!entry.value.is_empty())
             .then(|| base64::engine::general_purpose::STANDARD.encode(&entry.value)),
-        "CreateIndex": entry.create_index,
-        "ModifyIndex": entry.modify_index,
-    })
+        create_index: entry.create_index,
+        modify_index: entry.modify_index,
+    }
 }
 
 /// What a read found.
@@ -68,7 +68,7 @@ async fn get(
         async move {
             if keys {
                 let prefix = key.clone();
-                let (entries, index) = node.registry(move |r| r.kv_list(&prefix)).await?;
+                let (entries, index) = node.kv_list(&prefix).await?;
                 let mut names: Vec<String> = Vec::new();
                 for entry in entries {
                     let name = match entry.key[key.len()..].find(separator.as_str()) {
@@ -83,10 +83,10 @@ async fn get(
                 }
                 Ok((Found::Keys(names), index))
             } else if recurse {
-                let (entries, index) = node.registry(move |r| r.kv_list(&key)).await?;
+                let (entries, index) = node.kv_list(&key).await?;
                 Ok((Found::Entries(entries), index))
             } else {
-                let (entry, index) = node.registry(move |r| r.kv_get(&key)).await?;
+                let (entry, index) = node.kv_get(&key).await?;
                 Ok((Found::Entries(entry.into_iter().collect()), index))
             }
         }
@@ -113,7 +113,7 @@ async fn get(
             Ok(response)
         }
         Found::Entries(entries) => {
-            let views: Vec<Value> = entries.iter().map(entry_view).collect();
+            let views: Vec<KvPair> = entries.iter().map(kv_pair).collect();
             Ok(read_json(&query, &views, index))
         }
     }
@@ -166,9 +166,7 @@ pub(super) async fn put_key(
             )));
         }
     };
-    let written = node
-        .kv_write(move |r| r.kv_put(&key, &value, flags, cas))
-        .await?;
+    let written = node.kv_put(&key, value, flags, cas).await?;
     Ok(json(&query, &written))
 }
 
@@ -202,8 +200,6 @@ async fn delete(
     if key.is_empty() && !recurse {
         return Err(ConsulError::bad_request("Missing key name"));
     }
-    let deleted = node
-        .kv_write(move |r| r.kv_delete(&key, recurse, cas))
-        .await?;
+    let deleted = node.kv_delete(&key, recurse, cas).await?;
     Ok(json(&query, &deleted))
 }

@@ -11,34 +11,38 @@
 //!   they watch changes past that index, or when `?wait=` (default 5 minutes, at most 10,
 //!   plus up to a sixteenth of jitter) runs out ([`blocking`]).
 //!
-//! One registry serves two kinds of service: instances registered here (an address and a
-//! port), and wasm services deployed through the management API, which show in the catalog
-//! with their replicas as instances, at the gateway's address (`catalog.rs`).
+//! One store serves two kinds of service: instances registered here (an address and a port),
+//! and wasm services deployed through the management API, which show in the catalog with
+//! their replicas as instances, at the gateway's address (`catalog_health.rs`).
 //!
 //! # Layout
 //! - `agent.rs`: `/v1/agent/*`, registering services and checks, TTL reports;
-//! - `catalog.rs`: `/v1/catalog/*` and `/v1/health/*`, and the wire shapes they share;
+//! - `catalog_health.rs`: `/v1/catalog/*` and `/v1/health/*`;
+//! - `wire.rs`: the JSON shapes Consul answers in, as typed structs;
+//! - `identity.rs`: who this node is, in Consul's terms;
 //! - `kv.rs`: `/v1/kv/*`;
 //! - `decode.rs`: Consul's JSON decoding rules and Go durations.
 
 mod agent;
-mod catalog;
+mod catalog_health;
 pub(crate) mod decode;
+mod identity;
 mod kv;
+mod wire;
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde::Serialize;
+use shoal_node::Node;
 use shoal_registry::CheckStatus;
 
-use crate::error::ApiError;
-use crate::node::Node;
+pub(crate) use self::identity::ConsulNode;
 
 /// Every Consul route, as `METHOD path`: checked against the router by a test, and listed in
 /// the README.
@@ -104,12 +108,21 @@ pub(crate) fn routes(node: Node) -> Router<Node> {
             "/v1/agent/check/fail/{*id}",
             put(|s, p, q| agent::ttl_report(CheckStatus::Critical, s, p, q)),
         )
-        .route("/v1/catalog/services", get(catalog::services))
-        .route("/v1/catalog/service/{name}", get(catalog::service))
-        .route("/v1/catalog/nodes", get(catalog::nodes))
-        .route("/v1/health/service/{name}", get(catalog::health_service))
-        .route("/v1/health/checks/{name}", get(catalog::health_checks))
-        .route("/v1/health/state/{state}", get(catalog::health_state))
+        .route("/v1/catalog/services", get(catalog_health::services))
+        .route("/v1/catalog/service/{name}", get(catalog_health::service))
+        .route("/v1/catalog/nodes", get(catalog_health::nodes))
+        .route(
+            "/v1/health/service/{name}",
+            get(catalog_health::health_service),
+        )
+        .route(
+            "/v1/health/checks/{name}",
+            get(catalog_health::health_checks),
+        )
+        .route(
+            "/v1/health/state/{state}",
+            get(catalog_health::health_state),
+        )
         .route(
             "/v1/kv/{*key}",
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
@@ -120,7 +133,10 @@ pub(crate) fn routes(node: Node) -> Router<Node> {
         )
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
-        .layer(middleware::from_fn_with_state(node, require_token))
+        .layer(middleware::from_fn_with_state(
+            node,
+            crate::auth::require_consul_token,
+        ))
 }
 
 /// Consul's answer to a path it does not know, for the fallback.
@@ -130,40 +146,6 @@ pub(crate) fn unknown_path() -> Response {
         "Invalid URL path: not a recognized HTTP API endpoint",
     )
     .into_response()
-}
-
-/// With a node token, requires it from `X-Consul-Token`, `Authorization: Bearer` or
-/// `?token=`, as Consul reads ACL tokens; refuses with 403 otherwise.
-async fn require_token(State(node): State<Node>, request: Request, next: Next) -> Response {
-    let Some(token) = &node.config().token else {
-        return next.run(request).await;
-    };
-    let headers = request.headers();
-    let from_header = headers
-        .get("x-consul-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let from_bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let from_query = request.uri().query().and_then(|query| {
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.into_owned())
-    });
-    match from_header.or(from_bearer).or(from_query) {
-        Some(presented) if crate::mgmt::constant_time_eq(presented.as_bytes(), token.as_bytes()) => {
-            next.run(request).await
-        }
-        Some(_) => ConsulError::new(StatusCode::FORBIDDEN, "ACL not found").into_response(),
-        None => ConsulError::new(
-            StatusCode::FORBIDDEN,
-            "Permission denied: this node requires a token (X-Consul-Token, Authorization: Bearer, or ?token=)",
-        )
-        .into_response(),
-    }
 }
 
 /// A Consul error: a status and a plain-text body.
@@ -222,15 +204,10 @@ impl IntoResponse for ConsulError {
     }
 }
 
-impl From<ApiError> for ConsulError {
-    fn from(error: ApiError) -> ConsulError {
-        ConsulError::new(error.status, error.message)
-    }
-}
-
-impl From<shoal_registry::Error> for ConsulError {
-    fn from(error: shoal_registry::Error) -> ConsulError {
-        ApiError::from(error).into()
+impl From<shoal_node::Error> for ConsulError {
+    fn from(error: shoal_node::Error) -> ConsulError {
+        let api = crate::error::ApiError::from(error);
+        ConsulError::new(api.status, api.message)
     }
 }
 
@@ -372,7 +349,7 @@ where
 {
     query.check_common(node)?;
     let blocking = Blocking::parse(query)?;
-    let mut changes = node.subscribe();
+    let mut changes = node.changes();
     let (mut value, mut index) = read().await?;
     if blocking.index == 0 || index > blocking.index {
         return Ok((value, index));
@@ -433,10 +410,10 @@ pub(crate) fn ok_empty() -> Response {
 
 /// `/v1/status/leader`: this node, as the raft address Consul would give.
 async fn status_leader(State(node): State<Node>) -> Response {
-    json(&Query::default(), &node.consul_node().raft_address)
+    json(&Query::default(), &ConsulNode::of(&node).raft_address)
 }
 
 /// `/v1/status/peers`: just this node.
 async fn status_peers(State(node): State<Node>) -> Response {
-    json(&Query::default(), &[&node.consul_node().raft_address])
+    json(&Query::default(), &[&ConsulNode::of(&node).raft_address])
 }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use shoal_runtime::{
-    Error, ModuleKind, RequestContext, Runtime, RuntimeConfig, Service, ServiceConfig,
+    Error, GuestKind, RequestContext, Runtime, RuntimeConfig, Service, ServiceConfig,
 };
 
 fn runtime() -> Runtime {
@@ -27,9 +27,9 @@ fn every_guest_is_classified_by_its_name() {
                 result.err()
             ),
             _ if name.ends_with("_http") => {
-                assert_eq!(result.unwrap().kind(), ModuleKind::Http, "{name}")
+                assert_eq!(result.unwrap().kind(), GuestKind::Http, "{name}")
             }
-            _ => assert_eq!(result.unwrap().kind(), ModuleKind::Cgi, "{name}"),
+            _ => assert_eq!(result.unwrap().kind(), GuestKind::Cgi, "{name}"),
         }
     }
     assert_eq!(

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use comfy_table::Table;
 use serde_json::Value;
 
-use crate::node::NodeConfig;
+use shoal_node::NodeConfig;
 
 /// shoal: run WebAssembly services by name, with limits, a registry and a gateway.
 #[derive(Debug, Parser)]
@@ -137,7 +137,7 @@ impl UpArgs {
         config.runtime.pooling = !self.no_pooling;
         if self.capacity_memory.is_some() || self.capacity_cpu.is_some() {
             let detected = shoal_runtime::Capacity::detect(0.75);
-            config.capacity = Some(shoal_runtime::Resources {
+            config.capacity = Some(shoal_runtime::ReplicaResources {
                 memory: self.capacity_memory.unwrap_or(detected.memory),
                 cpu_millis: self.capacity_cpu.unwrap_or(detected.cpu_millis),
             });
@@ -525,7 +525,7 @@ async fn call(client: &Client, args: CallArgs) -> anyhow::Result<()> {
     let status = response.status();
     let kind = response
         .headers()
-        .get(crate::error::ERROR_KIND_HEADER)
+        .get(shoal_gateway::ERROR_KIND_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = response.bytes().await.context("reading the response")?;

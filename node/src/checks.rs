@@ -1,14 +1,14 @@
 //! The health-check runner: one task per registered check, probing at its interval (HTTP and
-//! TCP) or waiting for its reports (TTL), writing state changes to the registry, and
+//! TCP) or waiting for its reports (TTL), writing state changes to the store, and
 //! deregistering a service whose check stayed critical past `DeregisterCriticalServiceAfter`.
 //!
-//! The set of tasks follows the registry: after every committed catalog change the node calls
-//! [`CheckRunner::reconcile`] with the new snapshot, which starts tasks for new or changed
-//! checks and stops those of removed ones. Tasks hold the node weakly and are aborted when the
+//! The set of tasks follows the store: the reconcile loop calls [`CheckRunner::reconcile`]
+//! with every new catalog snapshot, which starts tasks for new or changed checks and stops
+//! those of removed ones. Tasks hold the node weakly and are aborted when the
 //! runner drops, so a node that is gone leaves nothing probing.
 //!
 //! A TTL check's clock and its state are changed under one async lock, by a report
-//! ([`Node::ttl_report`]) or by expiry, so the registry always ends with the later of the two.
+//! ([`Node::ttl_report`]) or by expiry, so the store always ends with the later of the two.
 //! State is written only when it changes, so a steady heartbeat costs no write.
 
 use std::collections::HashMap;
@@ -19,12 +19,12 @@ use shoal_registry::{CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus,
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::node::{Node, WeakNode};
+use crate::{Node, WeakNode};
 
 /// The most of an HTTP check's response body kept as its output, as in Consul.
 const MAX_OUTPUT: usize = 4096;
 
-/// Runs every check of the registry.
+/// Runs every check in the store.
 #[derive(Default)]
 pub(crate) struct CheckRunner {
     state: Mutex<RunnerState>,
@@ -147,7 +147,7 @@ fn start(node: &Node, check: &CheckRecord) -> Running {
         definition: check.definition.clone(),
         critical_since: (check.status == CheckStatus::Critical).then(Instant::now),
         deregister_after,
-        http: node.http_client().clone(),
+        http: node.inner.http.clone(),
     };
     let handle = tokio::spawn(task.run(ttl.clone()));
     Running {
@@ -244,7 +244,7 @@ impl CheckTask {
             return;
         };
         if let Err(error) = node.set_check(&self.definition.id, status, output).await {
-            tracing::warn!(check = %self.definition.id, error = %error.message, "cannot record a check's state");
+            tracing::warn!(check = %self.definition.id, %error, "cannot record a check's state");
         }
     }
 
@@ -263,11 +263,8 @@ impl CheckTask {
         );
         // Deregistering removes this check, which aborts this task: do it from another.
         tokio::spawn(async move {
-            if let Err(error) = node
-                .catalog_write(move |r| r.deregister_service(&service_id))
-                .await
-            {
-                tracing::warn!(error = %error.message, "cannot deregister a critical service");
+            if let Err(error) = node.deregister_service(&service_id).await {
+                tracing::warn!(%error, "cannot deregister a critical service");
             }
         });
     }
@@ -315,7 +312,7 @@ async fn probe_http(
         Err(error) => {
             return (
                 CheckStatus::Critical,
-                format!("HTTP {method} {url}: {}", crate::error::error_chain(&error)),
+                format!("HTTP {method} {url}: {}", crate::error_chain(&error)),
             );
         }
     };
@@ -330,7 +327,7 @@ async fn probe_http(
                     CheckStatus::Critical,
                     format!(
                         "HTTP {method} {url}: {status}, then {}",
-                        crate::error::error_chain(&error)
+                        crate::error_chain(&error)
                     ),
                 );
             }

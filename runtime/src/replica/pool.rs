@@ -18,50 +18,65 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-use crate::autoscale::{Autoscaler, Decision, ScaleSettings};
-use crate::capacity::{Capacity, Reservation, Resources};
-use crate::proxy::HttpInstance;
-use crate::service::{BoxError, RequestContext, ResponseBody, Service};
-use crate::throttle::CpuThrottle;
-use crate::{Error, Result};
-
-/// How a replica isolates requests from each other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Isolation {
-    /// A fresh instance for every request.
-    #[default]
-    PerRequest,
-    /// Instances live across requests until a fault or `max_requests`.
-    Reuse,
-}
+use super::autoscale::{Autoscaler, Decision, ScaleSettings};
+use super::capacity::{Capacity, ReplicaResources, Reservation, Shortfall};
+use super::lease::{Grant, Lease};
+use crate::exec::HttpInstance;
+use crate::exec::RequestContext;
+use crate::sandbox::{BoxError, CpuThrottle, ResponseBody};
+use crate::service::Service;
+use crate::{Error, GuestKind, Result};
 
 /// What each replica of a service is.
 #[derive(Debug, Clone, Default)]
 pub struct ReplicaSpec {
-    /// How requests are isolated.
-    pub isolation: Isolation,
-    /// Requests a reused instance serves before it is recycled.
+    /// Whether a replica keeps its instance across requests, like a container process
+    /// (wasi:http components only), rather than running each request in a fresh one.
+    pub reuse_instances: bool,
+    /// Requests a kept instance serves before it is recycled.
     pub max_requests: u64,
     /// What a replica reserves from the node.
-    pub requests: Resources,
+    pub requests: ReplicaResources,
     /// The CPU cap of a replica, in millicores, enforced through fuel.
     pub cpu_limit_millis: Option<u64>,
 }
 
-/// A change in a service's replica count.
+/// A change in a service's replica count, or a refusal to change it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScaleEvent {
     /// Replicas before.
     pub from: u32,
     /// Replicas after.
     pub to: u32,
-    /// Why: `cold start`, `load`, `burst`, `load fell`, `idle`, `at capacity: ...`.
-    pub reason: String,
+    /// Why.
+    pub reason: ScaleReason,
+}
+
+/// Why a service's replica count changed, or did not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleReason {
+    /// Started to reach the minimum.
+    MinReplicas,
+    /// A request found no replica and started the first.
+    ColdStart,
+    /// Demand over the stable window.
+    Load,
+    /// A burst over the panic window.
+    Burst,
+    /// Demand fell.
+    LoadFell,
+    /// Idle past the idle timeout, down to zero.
+    Idle,
+    /// The service was replaced or deleted.
+    Retired,
+    /// A replica was wanted but does not fit in the node.
+    AtCapacity(Shortfall),
 }
 
 /// Where a pool reports its scale events.
@@ -101,7 +116,7 @@ pub struct PoolStatus {
     /// 99th percentile latency over the last minute.
     pub latency_p99: Option<Duration>,
     /// What the replicas reserve from the node.
-    pub reserved: Resources,
+    pub reserved: ReplicaResources,
     /// The settings in force.
     pub settings: ScaleSettings,
 }
@@ -125,13 +140,6 @@ struct Replica {
     _reservation: Reservation,
 }
 
-/// A replica handed to a waiting request.
-struct Grant {
-    replica_id: u64,
-    instance: Option<HttpInstance>,
-    throttle: Option<Arc<CpuThrottle>>,
-}
-
 struct State {
     settings: ScaleSettings,
     retired: bool,
@@ -147,8 +155,8 @@ struct State {
     decision: Decision,
     /// Replica count last reported as an event, and why it changed since.
     reported: u32,
-    change_reason: Option<String>,
-    at_capacity: Option<String>,
+    change_reason: Option<ScaleReason>,
+    at_capacity: Option<Shortfall>,
     at_capacity_reported: bool,
     requests: u64,
     cold_starts: u64,
@@ -176,36 +184,10 @@ impl State {
         self.demand_since = now;
     }
 
-    fn note_change(&mut self, reason: &str) {
+    fn note_change(&mut self, reason: ScaleReason) {
         if self.change_reason.is_none() {
-            self.change_reason = Some(reason.to_owned());
+            self.change_reason = Some(reason);
         }
-    }
-}
-
-/// A replica slot held by one request; released when dropped.
-pub(crate) struct Lease {
-    pool: Arc<ReplicaPool>,
-    replica_id: u64,
-    started: Instant,
-    pub(crate) instance: Option<HttpInstance>,
-    pub(crate) throttle: Option<Arc<CpuThrottle>>,
-    pub(crate) reuse: bool,
-}
-
-impl Lease {
-    /// Returns a healthy instance to the replica for the next request.
-    pub(crate) fn keep(&mut self, instance: HttpInstance) {
-        if self.reuse && instance.served < self.pool.replica.max_requests {
-            self.instance = Some(instance);
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.pool
-            .release(self.replica_id, self.instance.take(), self.started);
     }
 }
 
@@ -230,14 +212,9 @@ impl ReplicaPool {
         events: EventSink,
     ) -> Arc<ReplicaPool> {
         let now = Instant::now();
-        let reuse =
-            replica.isolation == Isolation::Reuse && service.kind() == crate::ModuleKind::Http;
+        // A CGI command runs to completion per request: there is no instance to keep.
         let replica = ReplicaSpec {
-            isolation: if reuse {
-                Isolation::Reuse
-            } else {
-                Isolation::PerRequest
-            },
+            reuse_instances: replica.reuse_instances && service.kind() == GuestKind::Http,
             ..replica
         };
         let tick = settings.tick();
@@ -278,7 +255,7 @@ impl ReplicaPool {
         {
             let mut state = pool.lock();
             let min = state.settings.min;
-            pool.grow(&mut state, min, "min replicas");
+            pool.grow(&mut state, min, ScaleReason::MinReplicas);
         }
         pool.flush_events();
         let weak = Arc::downgrade(&pool);
@@ -304,7 +281,7 @@ impl ReplicaPool {
     }
 
     /// What the replicas hold of the node's capacity.
-    pub fn reserved(&self) -> Resources {
+    pub fn reserved(&self) -> ReplicaResources {
         let state = self.lock();
         self.replica.requests.times(state.replicas.len() as u64)
     }
@@ -321,7 +298,7 @@ impl ReplicaPool {
                 .clamp(settings.min, settings.max.max(settings.min));
             state.settings = settings;
             if state.replicas.len() < min as usize {
-                self.grow(&mut state, min, "min replicas");
+                self.grow(&mut state, min, ScaleReason::MinReplicas);
             }
         }
         self.flush_events();
@@ -336,7 +313,7 @@ impl ReplicaPool {
         let before = state.replicas.len();
         state.replicas.retain(|replica| replica.in_flight > 0);
         if state.replicas.len() != before {
-            state.note_change("retired");
+            state.note_change(ScaleReason::Retired);
         }
     }
 
@@ -356,7 +333,10 @@ impl ReplicaPool {
             cold_start,
             queued: arrived.elapsed(),
         };
-        let response = self.service.handle_leased(request, context, lease).await?;
+        let response = self
+            .service
+            .handle_checked_out(request, context, lease)
+            .await?;
         Ok((response, served))
     }
 
@@ -373,7 +353,11 @@ impl ReplicaPool {
             let can_grow = state.replicas.len() < state.settings.max as usize;
             if can_grow {
                 let from = state.replicas.len();
-                let reason = if from == 0 { "cold start" } else { "load" };
+                let reason = if from == 0 {
+                    ScaleReason::ColdStart
+                } else {
+                    ScaleReason::Load
+                };
                 if self.grow(&mut state, from as u32 + 1, reason) {
                     if from == 0 {
                         state.cold_starts += 1;
@@ -417,7 +401,7 @@ impl ReplicaPool {
                         state.rejected += 1;
                         return Err(Error::Overloaded(format!(
                             "no replica became free within the queue timeout of {}",
-                            crate::humanize(queue_timeout)
+                            humantime::format_duration(queue_timeout)
                         )));
                     }
                 }
@@ -427,14 +411,7 @@ impl ReplicaPool {
     }
 
     fn lease(self: &Arc<Self>, grant: Grant, started: Instant) -> Lease {
-        Lease {
-            pool: self.clone(),
-            replica_id: grant.replica_id,
-            started,
-            instance: grant.instance,
-            throttle: grant.throttle,
-            reuse: self.replica.isolation == Isolation::Reuse,
-        }
+        Lease::new(self.clone(), grant, started)
     }
 
     /// Takes a slot on the least loaded replica with room.
@@ -455,7 +432,7 @@ impl ReplicaPool {
 
     /// Starts replicas until there are `target`, as capacity allows; returns whether
     /// the target was reached.
-    fn grow(&self, state: &mut State, target: u32, reason: &str) -> bool {
+    fn grow(&self, state: &mut State, target: u32, reason: ScaleReason) -> bool {
         while state.replicas.len() < target as usize {
             match self.capacity.reserve(self.replica.requests) {
                 Ok(reservation) => {
@@ -475,9 +452,15 @@ impl ReplicaPool {
                 }
                 Err(shortfall) => {
                     if state.at_capacity.is_none() {
-                        let why = format!("at capacity: a replica {shortfall}");
-                        tracing::warn!(service = %self.service.name(), "{why}");
-                        state.at_capacity = Some(why);
+                        tracing::warn!(
+                            service = %self.service.name(),
+                            memory = shortfall.asked.memory,
+                            cpu_millis = shortfall.asked.cpu_millis,
+                            free_memory = shortfall.free.memory,
+                            free_cpu_millis = shortfall.free.cpu_millis,
+                            "at capacity: a replica does not fit"
+                        );
+                        state.at_capacity = Some(shortfall);
                     }
                     return false;
                 }
@@ -486,7 +469,14 @@ impl ReplicaPool {
         true
     }
 
-    fn release(&self, replica_id: u64, instance: Option<HttpInstance>, started: Instant) {
+    /// Gives a request's slot back: to the longest waiter if there is one, else to the
+    /// replica, with the instance it kept.
+    pub(super) fn release(
+        &self,
+        replica_id: u64,
+        instance: Option<HttpInstance>,
+        started: Instant,
+    ) {
         let now = Instant::now();
         let mut state = self.lock();
         state.account(now);
@@ -521,7 +511,7 @@ impl ReplicaPool {
         }
         if state.retired && state.replicas[idx].in_flight == 0 {
             state.replicas.remove(idx);
-            state.note_change("retired");
+            state.note_change(ScaleReason::Retired);
         }
     }
 
@@ -555,13 +545,17 @@ impl ReplicaPool {
                 self.grow(
                     &mut state,
                     decision.desired,
-                    if decision.panicking { "burst" } else { "load" },
+                    if decision.panicking {
+                        ScaleReason::Burst
+                    } else {
+                        ScaleReason::Load
+                    },
                 );
             } else if decision.desired < current {
                 let reason = if decision.desired == 0 {
-                    "idle"
+                    ScaleReason::Idle
                 } else {
-                    "load fell"
+                    ScaleReason::LoadFell
                 };
                 let mut excess = (current - decision.desired) as usize;
                 // Remove idle replicas only, newest first; busy ones wait for a later tick.
@@ -581,7 +575,7 @@ impl ReplicaPool {
                     let n = state.replicas.len() as u32;
                     (!state.retired
                         && n < state.settings.max
-                        && self.grow(&mut state, n + 1, "load"))
+                        && self.grow(&mut state, n + 1, ScaleReason::Load))
                     .then(|| self.take_free(&mut state))
                     .flatten()
                 }) else {
@@ -610,7 +604,7 @@ impl ReplicaPool {
             let mut state = self.lock();
             let current = state.replicas.len() as u32;
             if current != state.reported {
-                let reason = state.change_reason.take().unwrap_or_else(|| "load".into());
+                let reason = state.change_reason.take().unwrap_or(ScaleReason::Load);
                 events.push(ScaleEvent {
                     from: state.reported,
                     to: current,
@@ -619,19 +613,19 @@ impl ReplicaPool {
                 state.reported = current;
             }
             state.change_reason = None;
-            if let Some(why) = &state.at_capacity
+            if let Some(shortfall) = state.at_capacity
                 && !state.at_capacity_reported
             {
                 events.push(ScaleEvent {
                     from: current,
                     to: current,
-                    reason: why.clone(),
+                    reason: ScaleReason::AtCapacity(shortfall),
                 });
                 state.at_capacity_reported = true;
             }
         }
         for event in events {
-            tracing::info!(service = %self.service.name(), from = event.from, to = event.to, reason = %event.reason, "scaled");
+            tracing::info!(service = %self.service.name(), from = event.from, to = event.to, reason = ?event.reason, "scaled");
             (self.events)(event);
         }
     }
@@ -705,5 +699,199 @@ async fn tick_loop(pool: Weak<ReplicaPool>, mut tick: Duration) {
         if retired_and_empty {
             return;
         }
+    }
+}
+
+#[cfg(all(test, feature = "compiler"))]
+mod tests {
+    //! The pool's logic under tokio's paused clock: waits, timeouts and scaling happen in
+    //! virtual time, so these tests neither sleep nor depend on the machine's speed.
+
+    use super::*;
+    use crate::{Runtime, RuntimeConfig, ServiceConfig};
+
+    /// A pool of a command that is never run: these tests take and give back slots.
+    fn pool(settings: ScaleSettings) -> (Arc<ReplicaPool>, Arc<Mutex<Vec<ScaleEvent>>>) {
+        let runtime = Runtime::new(RuntimeConfig {
+            pooling: false,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let command = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
+        let compiled = runtime.compile("command", &command).unwrap();
+        let service = Service::new(
+            compiled,
+            ServiceConfig {
+                name: "test".into(),
+                ..ServiceConfig::default()
+            },
+        );
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink: EventSink = Arc::new({
+            let events = events.clone();
+            move |event| events.lock().unwrap().push(event)
+        });
+        let replica = ReplicaSpec {
+            requests: ReplicaResources {
+                memory: 1 << 20,
+                cpu_millis: 0,
+            },
+            ..ReplicaSpec::default()
+        };
+        let capacity = Capacity::new(ReplicaResources {
+            memory: 4 << 20,
+            cpu_millis: 1000,
+        });
+        let pool = ReplicaPool::new(service, replica, settings, capacity, 1_000_000, sink);
+        (pool, events)
+    }
+
+    fn one_at_a_time(queue_limit: u32) -> ScaleSettings {
+        ScaleSettings {
+            min: 1,
+            max: 1,
+            queue_limit,
+            queue_timeout: Duration::from_secs(2),
+            ..ScaleSettings::default()
+        }
+    }
+
+    /// Yields until the pool has `n` requests waiting.
+    async fn until_queued(pool: &ReplicaPool, n: u32) {
+        while pool.status().queued != n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_pool_queues_then_refuses_past_the_limit_and_the_timeout() {
+        let (pool, _) = pool(one_at_a_time(1));
+        let (held, cold) = pool.acquire(Instant::now()).await.unwrap();
+        assert!(!cold, "the minimum replica was already running");
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.acquire(Instant::now()).await.map(|_| ()) }
+        });
+        until_queued(&pool, 1).await;
+        let full = pool.acquire(Instant::now()).await.map(|_| ()).unwrap_err();
+        assert_eq!(
+            full.to_string(),
+            "the node is at capacity: all 1 replicas are busy and the queue is full (1 waiting)"
+        );
+        // Virtual time runs to the queue timeout: the waiter is refused, not left hanging.
+        let timed_out = waiting.await.unwrap().unwrap_err();
+        assert_eq!(
+            timed_out.to_string(),
+            "the node is at capacity: no replica became free within the queue timeout of 2s"
+        );
+        let status = pool.status();
+        assert_eq!(
+            (status.queued, status.rejected, status.in_flight),
+            (0, 2, 1)
+        );
+        drop(held);
+        assert_eq!(pool.status().in_flight, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_freed_slot_goes_to_the_longest_waiter() {
+        let (pool, _) = pool(one_at_a_time(10));
+        let (held, _) = pool.acquire(Instant::now()).await.unwrap();
+        let (first_sender, mut first_got) = tokio::sync::mpsc::unbounded_channel();
+        let (second_sender, mut second_got) = tokio::sync::mpsc::unbounded_channel();
+        for (sender, n_queued) in [(first_sender, 1), (second_sender, 2)] {
+            let waiter = pool.clone();
+            tokio::spawn(async move {
+                let lease = waiter.acquire(Instant::now()).await;
+                let _ = sender.send(lease.map(|(lease, _)| lease));
+            });
+            until_queued(&pool, n_queued).await;
+        }
+        drop(held);
+        let first = first_got.recv().await.unwrap().unwrap();
+        assert!(
+            second_got.try_recv().is_err(),
+            "the second waiter came later"
+        );
+        assert_eq!(pool.status().queued, 1);
+        drop(first);
+        let second = second_got.recv().await.unwrap().unwrap();
+        drop(second);
+        let status = pool.status();
+        assert_eq!(
+            (status.replicas, status.in_flight, status.requests),
+            (1, 0, 3)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_service_goes_to_zero_and_its_next_request_starts_cold() {
+        let (pool, events) = pool(ScaleSettings {
+            min: 0,
+            max: 3,
+            idle_timeout: Duration::from_secs(10),
+            scale_down_delay: Duration::from_secs(1),
+            ..ScaleSettings::default()
+        });
+        assert_eq!(pool.status().replicas, 0);
+        let (lease, cold) = pool.acquire(Instant::now()).await.unwrap();
+        assert!(cold);
+        drop(lease);
+        assert_eq!(pool.status().replicas, 1);
+        // The tick task runs in virtual time: past the idle timeout, the replica is gone.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert_eq!(pool.status().replicas, 0);
+        let (_, cold) = pool.acquire(Instant::now()).await.unwrap();
+        assert!(cold);
+        // Events are reported once per tick.
+        tokio::time::sleep(ScaleSettings::default().tick()).await;
+        let reasons: Vec<(u32, u32, ScaleReason)> = events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|event| (event.from, event.to, event.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (0, 1, ScaleReason::ColdStart),
+                (1, 0, ScaleReason::Idle),
+                (0, 1, ScaleReason::ColdStart),
+            ]
+        );
+        assert_eq!(pool.status().cold_starts, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_does_not_fit_is_reported_once() {
+        let (pool, events) = pool(ScaleSettings {
+            min: 0,
+            max: 10,
+            queue_limit: 0,
+            ..ScaleSettings::default()
+        });
+        // Four replicas of 1 MiB fill the node's 4 MiB.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(pool.acquire(Instant::now()).await.unwrap().0);
+        }
+        for _ in 0..3 {
+            assert!(pool.acquire(Instant::now()).await.is_err());
+        }
+        pool.tick();
+        let at_capacity: Vec<ScaleEvent> = events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|event| matches!(event.reason, ScaleReason::AtCapacity(_)))
+            .cloned()
+            .collect();
+        assert_eq!(at_capacity.len(), 1);
+        let ScaleReason::AtCapacity(shortfall) = at_capacity[0].reason else {
+            unreachable!()
+        };
+        assert_eq!(shortfall.asked.memory, 1 << 20);
+        assert_eq!(shortfall.free.memory, 0);
+        assert_eq!((at_capacity[0].from, at_capacity[0].to), (4, 4));
     }
 }

@@ -15,11 +15,9 @@ use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
-use crate::pipe::{CappedPipe, Overflow};
-use crate::pool::Lease;
-use crate::service::{
-    self, BoxError, Metered, Metering, RequestContext, ResponseBody, ServiceConfig,
-};
+use crate::exec::Checkout;
+use crate::exec::{RequestContext, ServiceConfig};
+use crate::sandbox::{self, BoxError, CappedPipe, Metered, Metering, Overflow, ResponseBody};
 use crate::{Error, Result};
 
 /// The `T` of `Store<T>` for a CGI instance.
@@ -41,20 +39,21 @@ pub(crate) fn linker(engine: &Engine) -> anyhow::Result<Linker<CgiState>> {
 }
 
 /// Serves one request by running the command to completion.
-pub(crate) async fn handle<B>(
+pub(crate) async fn handle<B, C>(
     pre: &InstancePre<CgiState>,
     config: &ServiceConfig,
     request: http::Request<B>,
     context: RequestContext,
-    lease: Option<Lease>,
+    checkout: C,
 ) -> Result<http::Response<ResponseBody>>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+    C: Checkout,
 {
     let limits = &config.limits;
     let limit = limits.max_request_body;
-    if service::content_length(request.headers()).is_some_and(|n| n > limit) {
+    if sandbox::content_length(request.headers()).is_some_and(|n| n > limit) {
         return Err(Error::RequestTooLarge { limit });
     }
     let (parts, body) = request.into_parts();
@@ -92,11 +91,11 @@ where
         .envs(&variables)
         .args(&argv)
         .build_p1();
-    let throttle = lease.as_ref().and_then(|lease| lease.throttle.clone());
+    let throttle = checkout.throttle();
     let metering = Metering::new(limits, throttle);
     let mut store = Store::new(pre.module().engine(), CgiState { wasi, metering });
-    service::prepare_store(&mut store)?;
-    service::begin_request(&mut store, limits)?;
+    sandbox::prepare_store(&mut store)?;
+    sandbox::begin_request(&mut store, limits)?;
 
     let run = async {
         let instance = pre.instantiate_async(&mut store).await?;
@@ -104,9 +103,9 @@ where
         start.call_async(&mut store, ()).await
     };
     let outcome = tokio::time::timeout(limits.timeout, run).await;
-    service::end_request(&mut store);
-    drop(lease);
-    service::log_output(&config.name, "stderr", &stderr);
+    sandbox::end_request(&mut store);
+    drop(checkout);
+    sandbox::log_output(&config.name, "stderr", &stderr);
     if stdout.overflowed() {
         return Err(Error::ResponseTooLarge {
             limit: limits.max_response,
@@ -119,7 +118,7 @@ where
             });
         }
         Ok(Err(error)) => {
-            match service::guest_error(error, limits, &store.data_mut().metering().limiter) {
+            match sandbox::guest_error(error, limits, &store.data_mut().metering().limiter) {
                 Error::Exit(0) => {}
                 error => return Err(error),
             }
@@ -214,28 +213,12 @@ fn variables(
     vars
 }
 
+/// Decodes `%XX` escapes in a path, leaving a `%` not followed by two hex digits as it is,
+/// as CGI's `PATH_INFO` is decoded.
 fn percent_decode(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Parses a CGI response: header lines up to the first blank line, then the body.

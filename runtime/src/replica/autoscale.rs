@@ -10,7 +10,9 @@
 //! delay wins), and going to zero waits for the idle timeout.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// How a service scales. Every duration is the service's own or the node's default.
 #[derive(Debug, Clone, PartialEq)]

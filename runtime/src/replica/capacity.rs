@@ -8,120 +8,99 @@
 
 use std::sync::{Arc, Mutex};
 
-/// What a replica asks of the node.
+/// What a replica asks of the node, in the engine's units: bytes and millicores.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Resources {
+pub struct ReplicaResources {
     /// Memory, in bytes.
     pub memory: u64,
     /// CPU, in millicores.
     pub cpu_millis: u64,
 }
 
-impl Resources {
+impl ReplicaResources {
     /// `self` times `n`.
-    pub fn times(self, n: u64) -> Resources {
-        Resources {
+    pub fn times(self, n: u64) -> ReplicaResources {
+        ReplicaResources {
             memory: self.memory.saturating_mul(n),
             cpu_millis: self.cpu_millis.saturating_mul(n),
         }
     }
 
-    fn fits_in(self, free: Resources) -> bool {
+    fn fits_in(self, free: ReplicaResources) -> bool {
         self.memory <= free.memory && self.cpu_millis <= free.cpu_millis
     }
 
-    fn minus(self, other: Resources) -> Resources {
-        Resources {
+    fn minus(self, other: ReplicaResources) -> ReplicaResources {
+        ReplicaResources {
             memory: self.memory.saturating_sub(other.memory),
             cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
         }
     }
 
-    fn plus(self, other: Resources) -> Resources {
-        Resources {
+    fn plus(self, other: ReplicaResources) -> ReplicaResources {
+        ReplicaResources {
             memory: self.memory.saturating_add(other.memory),
             cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
         }
     }
 }
 
-/// Why something does not fit, with the numbers.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "needs {} memory and {}m cpu, but the node has {} memory and {}m cpu of which {} memory and {}m cpu are reserved, leaving {} memory and {}m cpu free",
-    bytes(asked.memory), asked.cpu_millis, bytes(capacity.memory), capacity.cpu_millis,
-    bytes(reserved.memory), reserved.cpu_millis, bytes(free.memory), free.cpu_millis
-)]
+/// Why something does not fit, with the numbers; the node says it in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shortfall {
     /// What was asked.
-    pub asked: Resources,
+    pub asked: ReplicaResources,
     /// The node's capacity.
-    pub capacity: Resources,
+    pub capacity: ReplicaResources,
     /// What is reserved.
-    pub reserved: Resources,
+    pub reserved: ReplicaResources,
     /// What is free (counting any credit the caller was given).
-    pub free: Resources,
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("Ti", 1 << 40),
-        ("Gi", 1 << 30),
-        ("Mi", 1 << 20),
-        ("Ki", 1 << 10),
-    ];
-    for (suffix, unit) in UNITS {
-        if n >= unit && n.is_multiple_of(unit) {
-            return format!("{}{suffix}", n / unit);
-        }
-    }
-    for (suffix, unit) in UNITS {
-        if n >= unit {
-            return format!("{:.1}{suffix}", n as f64 / unit as f64);
-        }
-    }
-    format!("{n}")
+    pub free: ReplicaResources,
 }
 
 /// The node's capacity and what is reserved of it. Shared by every replica pool.
 #[derive(Debug)]
 pub struct Capacity {
-    total: Resources,
-    reserved: Mutex<Resources>,
+    total: ReplicaResources,
+    reserved: Mutex<ReplicaResources>,
 }
 
 impl Capacity {
     /// A node with `total` capacity.
-    pub fn new(total: Resources) -> Arc<Capacity> {
+    pub fn new(total: ReplicaResources) -> Arc<Capacity> {
         Arc::new(Capacity {
             total,
-            reserved: Mutex::new(Resources::default()),
+            reserved: Mutex::new(ReplicaResources::default()),
         })
     }
 
     /// Capacity from the machine: `memory_fraction` of physical memory and every core.
-    pub fn detect(memory_fraction: f64) -> Resources {
+    pub fn detect(memory_fraction: f64) -> ReplicaResources {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
         let memory = physical_memory().unwrap_or(1 << 30);
-        Resources {
+        ReplicaResources {
             memory: (memory as f64 * memory_fraction) as u64,
             cpu_millis: cores * 1000,
         }
     }
 
     /// The node's total capacity.
-    pub fn total(&self) -> Resources {
+    pub fn total(&self) -> ReplicaResources {
         self.total
     }
 
     /// What replicas hold now.
-    pub fn reserved(&self) -> Resources {
+    pub fn reserved(&self) -> ReplicaResources {
         *self.lock()
     }
 
     /// Checks whether `asked` fits, counting `credit` (reservations about to be
     /// released, such as the replicas of the revision being replaced) as free.
-    pub fn admit(&self, asked: Resources, credit: Resources) -> Result<(), Shortfall> {
+    pub fn admit(
+        &self,
+        asked: ReplicaResources,
+        credit: ReplicaResources,
+    ) -> Result<(), Shortfall> {
         let reserved = *self.lock();
         let free = self.total.minus(reserved).plus(credit);
         if asked.fits_in(free) {
@@ -137,7 +116,7 @@ impl Capacity {
     }
 
     /// Reserves `asked` if it fits.
-    pub fn reserve(self: &Arc<Self>, asked: Resources) -> Result<Reservation, Shortfall> {
+    pub fn reserve(self: &Arc<Self>, asked: ReplicaResources) -> Result<Reservation, Shortfall> {
         let mut reserved = self.lock();
         let free = self.total.minus(*reserved);
         if !asked.fits_in(free) {
@@ -155,7 +134,7 @@ impl Capacity {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Resources> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReplicaResources> {
         self.reserved
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -166,12 +145,12 @@ impl Capacity {
 #[derive(Debug)]
 pub struct Reservation {
     capacity: Arc<Capacity>,
-    held: Resources,
+    held: ReplicaResources,
 }
 
 impl Reservation {
     /// What this reservation holds.
-    pub fn held(&self) -> Resources {
+    pub fn held(&self) -> ReplicaResources {
         self.held
     }
 }
@@ -196,24 +175,28 @@ mod tests {
 
     #[test]
     fn reservations_are_returned_on_drop_and_shortfalls_have_numbers() {
-        let capacity = Capacity::new(Resources {
+        let capacity = Capacity::new(ReplicaResources {
             memory: 256 << 20,
             cpu_millis: 1000,
         });
-        let replica = Resources {
+        let replica = ReplicaResources {
             memory: 64 << 20,
             cpu_millis: 250,
         };
         let held: Vec<_> = (0..4).map(|_| capacity.reserve(replica).unwrap()).collect();
         let shortfall = capacity.reserve(replica).unwrap_err();
         assert_eq!(
-            shortfall.to_string(),
-            "needs 64Mi memory and 250m cpu, but the node has 256Mi memory and 1000m cpu \
-             of which 256Mi memory and 1000m cpu are reserved, leaving 0 memory and 0m cpu free"
+            shortfall,
+            Shortfall {
+                asked: replica,
+                capacity: capacity.total(),
+                reserved: capacity.total(),
+                free: ReplicaResources::default(),
+            }
         );
         assert!(capacity.admit(replica.times(2), replica.times(2)).is_ok());
         drop(held);
-        assert_eq!(capacity.reserved(), Resources::default());
+        assert_eq!(capacity.reserved(), ReplicaResources::default());
         assert!(capacity.reserve(replica.times(4)).is_ok());
     }
 }

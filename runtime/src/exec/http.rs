@@ -3,7 +3,7 @@
 //!
 //! The guest runs in the request's task until it answers; if it is still running then
 //! (streaming its body), it continues in a task of its own, which owns the instance (and
-//! the replica lease). The request's timeout bounds the whole of it. A reused instance goes
+//! the [`Checkout`] of its replica). The request's timeout bounds the whole of it. A reused instance goes
 //! back to its replica only when the request succeeded: after any fault it is dropped.
 //! Outbound HTTP is refused by the hooks below, and the WASI context grants no files,
 //! no environment but the spec's and no sockets.
@@ -20,11 +20,13 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::pipe::{CappedPipe, Overflow};
-use crate::pool::Lease;
-use crate::service::{self, BoxError, Metered, Metering, ResponseBody, ServiceConfig};
-use crate::throttle::CpuThrottle;
-use crate::{Error, Limits, Result};
+use crate::exec::Checkout;
+use crate::exec::ServiceConfig;
+use crate::sandbox::{
+    self, BoxError, CappedPipe, CpuThrottle, Metered, Metering, Overflow, ResponseBody,
+    SandboxLimits,
+};
+use crate::{Error, Result};
 
 /// The `T` of `Store<T>` for a wasi:http instance.
 pub(crate) struct HttpState {
@@ -99,7 +101,7 @@ pub(crate) struct Pipes {
 }
 
 impl Pipes {
-    fn new(limits: &Limits) -> Pipes {
+    fn new(limits: &SandboxLimits) -> Pipes {
         Pipes {
             stdout: CappedPipe::new(limits.max_stderr, Overflow::Drop),
             stderr: CappedPipe::new(limits.max_stderr, Overflow::Drop),
@@ -107,8 +109,8 @@ impl Pipes {
     }
 
     fn log(&self, service: &str) {
-        service::log_output(service, "stdout", &self.stdout);
-        service::log_output(service, "stderr", &self.stderr);
+        sandbox::log_output(service, "stdout", &self.stdout);
+        sandbox::log_output(service, "stderr", &self.stderr);
     }
 }
 
@@ -142,9 +144,9 @@ async fn instantiate(
         metering: Metering::new(limits, throttle),
     };
     let mut store = Store::new(pre.engine(), state);
-    service::prepare_store(&mut store)?;
+    sandbox::prepare_store(&mut store)?;
     // Instantiation runs the guest's start functions: it spends this request's budget.
-    service::begin_request(&mut store, limits)?;
+    sandbox::begin_request(&mut store, limits)?;
     match pre.instantiate_async(&mut store).await {
         Ok(proxy) => Ok(HttpInstance {
             store,
@@ -152,7 +154,7 @@ async fn instantiate(
             pipes,
             served: 0,
         }),
-        Err(error) => Err(service::guest_error(
+        Err(error) => Err(sandbox::guest_error(
             error,
             limits,
             &store.data_mut().metering().limiter,
@@ -160,20 +162,21 @@ async fn instantiate(
     }
 }
 
-/// Serves one request, in the lease's kept instance if it has one, else in a new one.
-pub(crate) async fn handle<B>(
+/// Serves one request, in the instance the checkout kept if it has one, else in a new one.
+pub(crate) async fn handle<B, C>(
     pre: &ProxyPre<HttpState>,
     config: &Arc<ServiceConfig>,
     request: http::Request<B>,
-    lease: Option<Lease>,
+    checkout: C,
 ) -> Result<http::Response<ResponseBody>>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+    C: Checkout,
 {
     let limits = config.limits.clone();
     let request_limit = limits.max_request_body;
-    if service::content_length(request.headers()).is_some_and(|n| n > request_limit) {
+    if sandbox::content_length(request.headers()).is_some_and(|n| n > request_limit) {
         return Err(Error::RequestTooLarge {
             limit: request_limit,
         });
@@ -188,9 +191,9 @@ where
         })
     });
 
-    let mut lease = lease;
-    let kept = lease.as_mut().and_then(|lease| lease.instance.take());
-    let throttle = lease.as_ref().and_then(|lease| lease.throttle.clone());
+    let mut checkout = checkout;
+    let kept = checkout.take_instance();
+    let throttle = checkout.throttle();
     let pipes = kept
         .as_ref()
         .map_or_else(|| Pipes::new(&limits), |instance| instance.pipes.clone());
@@ -202,7 +205,7 @@ where
         let run = async {
             let mut instance = match kept {
                 Some(mut instance) => {
-                    service::begin_request(&mut instance.store, &limits)?;
+                    sandbox::begin_request(&mut instance.store, &limits)?;
                     instance
                 }
                 None => instantiate(&pre, &config, pipes.clone(), throttle).await?,
@@ -220,11 +223,11 @@ where
                 .await
             {
                 Ok(()) => {
-                    service::end_request(&mut instance.store);
+                    sandbox::end_request(&mut instance.store);
                     instance.served += 1;
                     Ok(instance)
                 }
-                Err(error) => Err(service::guest_error(
+                Err(error) => Err(sandbox::guest_error(
                     error,
                     &limits,
                     &instance.store.data_mut().metering().limiter,
@@ -233,9 +236,7 @@ where
         };
         let outcome = match tokio::time::timeout(limits.timeout, run).await {
             Ok(Ok(instance)) => {
-                if let Some(lease) = lease.as_mut() {
-                    lease.keep(instance);
-                }
+                checkout.keep(instance);
                 Ok(())
             }
             Ok(Err(error)) => Err(error),
@@ -244,7 +245,9 @@ where
             }),
         };
         pipes.log(&config.name);
-        drop(lease);
+        // The replica slot is given back only now that the guest has finished, not merely
+        // answered.
+        drop(checkout);
         outcome
     };
 

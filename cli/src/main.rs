@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use shoal::cli::{Cli, Command};
+use shoal::commands::{Cli, Command};
 
 // Requests allocate and free many small objects across threads: mimalloc does that with
 // less contention and fewer page faults than the system allocator.
@@ -21,7 +21,7 @@ fn main() {
             runtime.block_on(async {
                 match cli.command {
                     Command::Up(ref args) => up(args, cli.token.clone()).await,
-                    _ => shoal::cli::run_client(cli).await,
+                    _ => shoal::commands::run_client(cli).await,
                 }
             })
         });
@@ -31,10 +31,10 @@ fn main() {
     }
 }
 
-async fn up(args: &shoal::cli::UpArgs, token: Option<String>) -> anyhow::Result<()> {
+async fn up(args: &shoal::commands::UpArgs, token: Option<String>) -> anyhow::Result<()> {
     // Check every flag before binding or opening anything.
     shoal::check_exposure(args.api_listen, token.is_some())?;
-    let node = shoal::Node::open(args.node_config(token)).await?;
+    let node = shoal::open_node(args.node_config(token)).await?;
     let api = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("binding the management API to {}", args.api_listen))?;
@@ -75,7 +75,9 @@ async fn shutdown_signal() {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        "shoal=info,shoal_runtime=info,shoal_registry=info,tower_http=warn".into()
+        "shoal=info,shoal_api=info,shoal_node=info,shoal_gateway=info,shoal_runtime=info,\
+         shoal_registry=info,shoal_registry_redb=info,tower_http=warn"
+            .into()
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,4 +1,5 @@
-//! Per-service limits and the store-level memory limiter that enforces them.
+//! What one request may consume ([`SandboxLimits`]), and the store-level memory limiter that
+//! enforces the memory part.
 //!
 //! Memory is limited through a `ResourceLimiter` that sums every linear memory in the
 //! store, so the limit is the instance's total, whatever number of memories a
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 /// What one request of a service may consume. Every field is enforced on every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub struct SandboxLimits {
     /// Total linear memory of the instance, in bytes.
     pub memory: u64,
     /// Fuel (roughly, wasm instructions) a request may burn.
@@ -24,9 +25,9 @@ pub struct Limits {
     pub max_stderr: u64,
 }
 
-impl Default for Limits {
+impl Default for SandboxLimits {
     fn default() -> Self {
-        Limits {
+        SandboxLimits {
             memory: 64 << 20,
             fuel: 5_000_000_000,
             timeout: Duration::from_secs(10),
@@ -41,7 +42,7 @@ impl Default for Limits {
 /// keeps a hostile `table.grow` from allocating gigabytes.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
-/// Enforces [`Limits::memory`] across all memories of a store.
+/// Enforces [`SandboxLimits::memory`] across all memories of a store.
 pub(crate) struct MemoryLimiter {
     limit: u64,
     total: u64,

@@ -1,0 +1,37 @@
+//! Who this node is, in Consul's terms: a node ID, a name, an address, and the raft address
+//! `/v1/status/leader` answers with.
+
+use shoal_node::Node;
+
+/// This node, as Consul clients see it.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsulNode {
+    /// A UUID, stable for a node name and data directory.
+    pub(crate) id: String,
+    /// The node's name.
+    pub(crate) name: String,
+    /// The node's address.
+    pub(crate) address: String,
+    /// What `/v1/status/leader` answers: this node, at Consul's server port.
+    pub(crate) raft_address: String,
+    /// The datacenter it reports.
+    pub(crate) datacenter: String,
+}
+
+impl ConsulNode {
+    /// The identity of `node`.
+    pub(crate) fn of(node: &Node) -> ConsulNode {
+        let config = node.config();
+        // A name-based UUID: the same name and data directory give the same ID across
+        // restarts, as Consul keeps its node ID in its data directory.
+        let seed = format!("{}\n{}", config.node_name, config.data_dir.display());
+        let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes());
+        ConsulNode {
+            id: id.to_string(),
+            name: config.node_name.clone(),
+            address: config.node_address.clone(),
+            raft_address: format!("{}:8300", config.node_address),
+            datacenter: config.datacenter.clone(),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! shoal: a WebAssembly orchestrator with a registry and a gateway, in one binary.
+//!
+//! This crate is the binary's library: the wiring of a node ([`open_node`], [`serve`]) and
+//! the command line (`commands.rs`). [`serve`] runs the management API and the gateway on
+//! listeners the caller has bound, until a shutdown future resolves, so tests run a whole
+//! node on `127.0.0.1:0` exactly as `shoal up` does.
+//!
+//! # Features
+//! - `compiler` (default): Cranelift, to compile uploads and measure the fuel rate. Without
+//!   it, `cargo build -p shoal --no-default-features` builds an edge node that serves modules
+//!   whose machine code is already in its artifact cache.
+
+pub mod commands;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+pub use shoal_api::{check_exposure, consul, mgmt};
+pub use shoal_node::{Node, NodeConfig};
+pub use shoal_runtime::ReplicaResources;
+
+/// Opens a node on its default store: the redb file `{data_dir}/shoal.redb`.
+pub async fn open_node(config: NodeConfig) -> anyhow::Result<Node> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let path = config.data_dir.join("shoal.redb");
+    let store =
+        shoal_registry_redb::RedbStore::open(&path, shoal_registry_redb::Options::default())
+            .await
+            .with_context(|| format!("opening the store {}", path.display()))?;
+    Node::open(config, Arc::new(store)).await
+}
+
+/// Serves the management API on `api` and the gateway on `gateway` until `shutdown`
+/// resolves, then lets in-flight requests finish for up to the node's shutdown timeout,
+/// and shuts the node down.
+///
+/// Refuses to serve the management API on a non-loopback address without a token:
+/// whoever reaches it can run code on this machine.
+pub async fn serve(
+    node: Node,
+    api: TcpListener,
+    gateway: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let api_addr = api
+        .local_addr()
+        .context("reading the API listener's address")?;
+    check_exposure(api_addr, node.config().token.is_some())?;
+    let gateway_addr = gateway
+        .local_addr()
+        .context("reading the gateway listener's address")?;
+    node.set_gateway_addr(gateway_addr);
+    tracing::info!(api = %api_addr, gateway = %gateway_addr, "shoal is serving");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let api_app = shoal_api::app(node.clone()).layer(TraceLayer::new_for_http());
+    let api = api.tap_io(|stream| shoal_gateway::set_nodelay(stream));
+    let api_server = axum::serve(
+        api,
+        api_app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(until_stopped(stopped.clone()));
+    let gateway_server =
+        shoal_gateway::serve(node.gateway().clone(), gateway, until_stopped(stopped));
+    let mut api_task = tokio::spawn(async move { api_server.await });
+    let mut gateway_task = tokio::spawn(gateway_server);
+
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut api_task => return result?.context("management API server failed"),
+        result = &mut gateway_task => return result?.context("gateway server failed"),
+    }
+    tracing::info!("shutting down: no new connections; waiting for requests in flight");
+    let _ = stop.send(true);
+    let deadline = node.config().shutdown_timeout;
+    let drained = tokio::time::timeout(deadline, async {
+        let _ = (&mut api_task).await;
+        let _ = (&mut gateway_task).await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(timeout = ?deadline, "requests still in flight at the shutdown deadline; stopping anyway");
+        api_task.abort();
+        gateway_task.abort();
+    }
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The gateway: routes a request to a service by name and returns what the service says.
+//!
+//! Two ways to name the service: `Host: {service}.{domain}` (the full path goes to the
+//! service), or a first path segment, `/{service}/{rest}` (the service sees `/{rest}`, and the
+//! consumed prefix travels as `X-Forwarded-Prefix`, and as `SCRIPT_NAME` for CGI).
+//! `call_address = provider_address + request_data`, in the seed's words: the service name
+//! picks the provider, the rest of the request is passed on unchanged.
+//!
+//! A wasm service's [`ReplicaPool`](shoal_runtime::ReplicaPool) picks a replica, starts one,
+//! or queues the request. A service registered through the Consul API is forwarded to one of
+//! its instances without a critical check, in turn (`forward.rs`); when none qualifies the
+//! answer is 503, saying why.
+//!
+//! **Architecture Invariant:** the gateway reads only its [`RouteTable`], which the node
+//! publishes; it depends on no store (Cargo says so: `shoal-registry` is not a dependency),
+//! so the hot path never waits on a database or a network call to one.
+//!
+//! It is served by hyper's HTTP/1.1 directly, with `TCP_NODELAY` and no router: this is the
+//! hot path of the whole node, and [`Gateway::handle`] is all of it.
+
+mod error;
+mod forward;
+mod table;
+mod target;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use shoal_runtime::{BoxError, RequestContext};
+
+pub use self::error::{COLD_START_HEADER, ERROR_KIND_HEADER, error_response, runtime_error_status};
+pub use self::table::{Endpoint, ExternalService, Route, RouteTable, authority};
+
+/// The body of every gateway response: a guest's streamed body, a forwarded one, or an error.
+pub type Body = shoal_runtime::ResponseBody;
+
+/// The gateway of one node: its routing table and what it counts.
+pub struct Gateway {
+    domain: String,
+    routes: ArcSwap<RouteTable>,
+    in_flight: AtomicU64,
+    /// For forwarding to registered services: no redirects followed, no proxy from the
+    /// environment.
+    http: reqwest::Client,
+}
+
+/// Counts a request as in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Gateway {
+    /// A gateway with an empty table, routing `Host: {service}.{domain}` by host.
+    pub fn new(domain: impl Into<String>) -> Gateway {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("a client without TLS settings always builds");
+        Gateway {
+            domain: domain.into(),
+            routes: ArcSwap::default(),
+            in_flight: AtomicU64::new(0),
+            http,
+        }
+    }
+
+    /// Replaces the routing table; requests already routed finish where they were sent.
+    pub fn publish(&self, routes: RouteTable) {
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// The routing table in force.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    /// Requests being served right now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The domain services are named under in `Host`.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    fn begin_request(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+
+    /// Routes one request by service name and answers it: the gateway's whole job, called by
+    /// [`serve`] for every request, and by an embedder serving the gateway its own way.
+    pub async fn handle<B>(
+        &self,
+        remote_addr: Option<SocketAddr>,
+        mut request: http::Request<B>,
+    ) -> http::Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let Some(target) = target::target(request.uri(), host, &self.domain) else {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "unknown-service",
+                &format!(
+                    "no service named in this request: use /{{service}}/... or Host: {{service}}.{}",
+                    self.domain
+                ),
+            );
+        };
+        let routes = self.routes.load();
+        let route = match routes.get(&target.service) {
+            Some(route) => route.clone(),
+            None => {
+                return error_response(
+                    StatusCode::NOT_FOUND,
+                    "unknown-service",
+                    &format!("unknown service {:?}", target.service),
+                );
+            }
+        };
+        drop(routes);
+        let _in_flight = self.begin_request();
+        let pool = match route {
+            Route::Wasm(pool) => pool,
+            Route::External(external) => {
+                return forward::forward(&self.http, &external, target, remote_addr, request).await;
+            }
+        };
+        *request.uri_mut() = target.uri;
+        if !target.prefix.is_empty()
+            && let Ok(prefix) = HeaderValue::from_str(&target.prefix)
+        {
+            request.headers_mut().insert("x-forwarded-prefix", prefix);
+        }
+        let context = RequestContext {
+            script_name: target.prefix,
+            remote_addr,
+        };
+        match pool.handle(request, context).await {
+            Ok((mut response, served)) => {
+                if served.cold_start {
+                    response
+                        .headers_mut()
+                        .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
+                }
+                response
+            }
+            Err(error) => {
+                let kind = error.kind();
+                let message = error.to_string();
+                tracing::info!(service = %target.service, kind, "{message}");
+                error_response(runtime_error_status(&error), kind, &message)
+            }
+        }
+    }
+}
+
+/// Serves the gateway on `listener` until `stopped`, then lets the connections finish the
+/// requests they are serving.
+///
+/// Plain HTTP/1.1 on hyper, one task per connection, without a router: every request goes to
+/// [`Gateway::handle`].
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    stopped: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        let (stream, remote_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors or a connection reset before it was accepted:
+                // the listener itself is fine.
+                Err(error) => {
+                    tracing::debug!(%error, "accepting a gateway connection failed");
+                    continue;
+                }
+            },
+            () = &mut stopped => break,
+        };
+        set_nodelay(&stream);
+        let gateway = gateway.clone();
+        let service =
+            hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let gateway = gateway.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        gateway.handle(Some(remote_addr), request).await,
+                    )
+                }
+            });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "gateway connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Turns Nagle's algorithm off: responses are written as they are produced (a head, then
+/// chunks), and with Nagle on, the last small write waits for the client's delayed ACK, tens of
+/// milliseconds.
+pub fn set_nodelay(stream: &tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+}

@@ -1,0 +1,201 @@
+//! Modules and services: uploading, deploying, scaling and deleting, and reading what is
+//! deployed.
+//!
+//! Everything that can refuse a change (validation, compiling, admission against the node's
+//! capacity) happens before the store is written, so a stored service is always runnable and a
+//! refused one leaves nothing behind. A service is written against the revision the writer
+//! read; if another writer got there first, the deploy reads again and decides again.
+
+use bytes::Bytes;
+use shoal_registry::{
+    EventRecord, Expect, MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, ServiceRecord,
+};
+use shoal_runtime::GuestKind;
+use shoal_spec::{Digest, Isolation, Limits, ServiceName, ServiceSpec};
+
+use crate::{Error, Node, Result, convert};
+
+/// How often a deploy reads again after losing a race with another writer.
+const MAX_ATTEMPTS: u32 = 3;
+
+impl Node {
+    /// Stores a module after validating and compiling it; idempotent by digest. Returns the
+    /// record and whether it was new.
+    ///
+    /// A build without the compiler takes a module only if its machine code is already in the
+    /// artifact cache.
+    pub async fn add_module(&self, bytes: Bytes) -> Result<(ModuleRecord, bool)> {
+        self.check_running()?;
+        let digest = Digest::of(&bytes);
+        if let Some(record) = self.inner.store.module(&digest).await? {
+            return Ok((record, false));
+        }
+        let runtime = self.inner.runtime.clone();
+        let key = digest.to_string();
+        let compile_bytes = bytes.clone();
+        let compiled =
+            tokio::task::spawn_blocking(move || runtime.load(&key, || Ok(compile_bytes.to_vec())))
+                .await
+                .map_err(|error| Error::Internal(error.to_string()))??;
+        let kind = convert::module_kind(compiled.kind());
+        let committed = self.inner.store.put_module(&digest, kind, bytes).await?;
+        Ok(committed.value)
+    }
+
+    /// A stored module.
+    pub async fn module(&self, digest: &Digest) -> Result<ModuleRecord> {
+        self.check_running()?;
+        self.inner
+            .store
+            .module(digest)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "module",
+                key: digest.to_string(),
+            })
+    }
+
+    /// Every stored module, by digest.
+    pub async fn modules(&self) -> Result<Vec<ModuleRecord>> {
+        self.check_running()?;
+        Ok(self.inner.store.modules().await?)
+    }
+
+    /// Deletes a module no service runs.
+    pub async fn delete_module(&self, digest: &Digest) -> Result<ModuleRecord> {
+        self.check_running()?;
+        let committed = self.inner.store.delete_module(digest).await?;
+        self.wait_applied(committed.index).await?;
+        Ok(committed.value)
+    }
+
+    /// Creates or updates a service, and answers once it is routable here. Returns the record
+    /// and whether it was created.
+    pub async fn put_service(
+        &self,
+        name: ServiceName,
+        mut spec: ServiceSpec,
+    ) -> Result<(ServiceRecord, bool)> {
+        self.check_running()?;
+        spec.normalize();
+        spec.validate()?;
+        self.check_limits(&spec.limits)?;
+        let _admission = self.inner.admission.lock().await;
+        let store = &self.inner.store;
+        if store.module(&spec.module).await?.is_none() {
+            return Err(Error::ModuleNotFound(spec.module.clone()));
+        }
+        // Compile (or load) before storing, so a stored service is always runnable.
+        let compiled = self.compiled(&spec.module).await?;
+        if spec.isolation == Isolation::Reuse && compiled.kind() == GuestKind::Cgi {
+            return Err(Error::invalid(
+                "isolation",
+                "reuse needs a wasi:http component; a CGI command runs once per request",
+            ));
+        }
+        let mut attempt = 1;
+        loop {
+            let current = store.service(&name).await?;
+            self.admit(&name, &spec)?;
+            let expect = current
+                .as_ref()
+                .map_or(Expect::Absent, |current| Expect::Revision(current.revision));
+            match store.put_service(&name, spec.clone(), expect).await {
+                Ok(committed) => {
+                    self.wait_applied(committed.index).await?;
+                    return Ok(committed.value);
+                }
+                Err(shoal_registry::Error::Conflict { .. }) if attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Refuses a spec whose minimum replicas do not fit in the node, counting the replicas
+    /// of the revision it replaces as free.
+    fn admit(&self, name: &ServiceName, spec: &ServiceSpec) -> Result<()> {
+        let per_replica = convert::replica_requests(spec);
+        let needed = per_replica.times(u64::from(spec.scale.min));
+        let credit = self
+            .inner
+            .deployed
+            .load()
+            .get(name)
+            .map(|deployed| deployed.pool.reserved())
+            .unwrap_or_default();
+        self.inner
+            .capacity
+            .admit(needed, credit)
+            .map_err(|shortfall| Error::InsufficientCapacity {
+                service: name.to_string(),
+                min: spec.scale.min,
+                shortfall,
+            })
+    }
+
+    /// Refuses limits this node cannot honour, beyond what [`ServiceSpec::validate`] checks.
+    pub fn check_limits(&self, limits: &Limits) -> Result<()> {
+        limits.validate()?;
+        let max_memory = self.inner.runtime.config().max_memory_per_instance;
+        if limits.memory.bytes() > max_memory {
+            return Err(Error::invalid(
+                "limits.memory",
+                format!(
+                    "{} exceeds this node's per-instance maximum of {max_memory} bytes",
+                    limits.memory
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes a service and its history; answers once it is no longer routed here.
+    pub async fn delete_service(&self, name: &ServiceName) -> Result<ServiceRecord> {
+        self.check_running()?;
+        let committed = self.inner.store.delete_service(name, Expect::Any).await?;
+        self.wait_applied(committed.index).await?;
+        Ok(committed.value)
+    }
+
+    /// A service's current record.
+    pub async fn service(&self, name: &ServiceName) -> Result<ServiceRecord> {
+        self.check_running()?;
+        self.inner
+            .store
+            .service(name)
+            .await?
+            .ok_or_else(|| service_not_found(name))
+    }
+
+    /// Every service's current record, by name.
+    pub async fn services(&self) -> Result<Vec<ServiceRecord>> {
+        self.check_running()?;
+        Ok(self.inner.store.services().await?)
+    }
+
+    /// Every revision of a service, oldest first.
+    pub async fn revisions(&self, name: &ServiceName) -> Result<Vec<RevisionRecord>> {
+        self.check_running()?;
+        Ok(self.inner.store.revisions(name).await?)
+    }
+
+    /// A service's newest scale events, oldest first; all that are kept with `None`.
+    pub async fn events(
+        &self,
+        name: &ServiceName,
+        limit: Option<usize>,
+    ) -> Result<Vec<EventRecord>> {
+        self.check_running()?;
+        let limit = limit.unwrap_or(MAX_EVENTS_PER_SERVICE);
+        Ok(self.inner.store.events(name, limit).await?)
+    }
+}
+
+fn service_not_found(name: &ServiceName) -> Error {
+    Error::NotFound {
+        what: "service",
+        key: name.to_string(),
+    }
+}

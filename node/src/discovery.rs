@@ -1,0 +1,135 @@
+//! Discovery: instances registered from outside with their checks, check reports, and the
+//! key/value store, as the Consul API serves them.
+//!
+//! Writes go to the store and wait until the reconcile loop has applied them, so a client that
+//! registers and then reads finds what it registered. Reads of registrations and checks come
+//! from the [`CatalogView`] the loop keeps; key/value reads go to the store, which knows each
+//! key's index.
+
+use bytes::Bytes;
+use shoal_registry::{
+    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, KvEntry, Registration,
+};
+use std::sync::Arc;
+
+use crate::{Node, Result};
+
+/// Registered services and checks as of the newest catalog change applied.
+#[derive(Debug, Default)]
+pub struct CatalogView {
+    /// Registrations and checks, and the indexes when they were read.
+    pub snapshot: CatalogSnapshot,
+}
+
+impl Node {
+    /// Registered services and checks, as of the newest change applied.
+    pub fn catalog(&self) -> Arc<CatalogView> {
+        self.inner.catalog.load_full()
+    }
+
+    /// Registers (or re-registers) an instance with its checks.
+    pub async fn register_service(
+        &self,
+        registration: Registration,
+        checks: Vec<CheckDefinition>,
+        replace_existing_checks: bool,
+    ) -> Result<Registration> {
+        self.check_running()?;
+        let committed = self
+            .inner
+            .store
+            .register_service(registration, checks, replace_existing_checks)
+            .await?;
+        self.wait_applied(committed.index).await?;
+        Ok(committed.value)
+    }
+
+    /// Removes an instance and its checks; `false` if there was none.
+    pub async fn deregister_service(&self, id: &str) -> Result<bool> {
+        self.check_running()?;
+        let committed = self.inner.store.deregister_service(id).await?;
+        self.wait_applied(committed.index).await?;
+        Ok(committed.value)
+    }
+
+    /// Adds or replaces a check.
+    pub async fn register_check(&self, definition: CheckDefinition) -> Result<CheckRecord> {
+        self.check_running()?;
+        let committed = self.inner.store.register_check(definition).await?;
+        self.wait_applied(committed.index).await?;
+        Ok(committed.value)
+    }
+
+    /// Removes a check; `false` if there was none.
+    pub async fn deregister_check(&self, id: &str) -> Result<bool> {
+        self.check_running()?;
+        let committed = self.inner.store.deregister_check(id).await?;
+        self.wait_applied(committed.index).await?;
+        Ok(committed.value)
+    }
+
+    /// Records a check's state; nothing is written when it did not change.
+    pub(crate) async fn set_check(
+        &self,
+        id: &str,
+        status: CheckStatus,
+        output: String,
+    ) -> Result<()> {
+        let unchanged = self
+            .catalog()
+            .snapshot
+            .checks
+            .iter()
+            .any(|c| c.definition.id == id && c.status == status && c.output == output);
+        if unchanged {
+            return Ok(());
+        }
+        let committed = self.inner.store.update_check(id, status, output).await?;
+        self.wait_applied(committed.index).await
+    }
+
+    /// A TTL report (Consul's `/v1/agent/check/pass/{id}` and friends): restarts the check's
+    /// clock and records its state. `false` if there is no TTL check with that ID.
+    pub async fn ttl_report(&self, id: &str, status: CheckStatus, output: String) -> Result<bool> {
+        self.check_running()?;
+        let Some(clock) = self.inner.checks.ttl_clock(id) else {
+            return Ok(false);
+        };
+        // Held while the state is written, so an expiry cannot overtake the write.
+        let _reported = clock.report(status).await;
+        self.set_check(id, status, output).await?;
+        Ok(true)
+    }
+
+    /// The entry at `key`, and the index a blocking query on it waits past.
+    pub async fn kv_get(&self, key: &str) -> Result<(Option<KvEntry>, u64)> {
+        self.check_running()?;
+        Ok(self.inner.store.kv_get(key).await?)
+    }
+
+    /// Every entry under `prefix`, and the key/value store's index.
+    pub async fn kv_list(&self, prefix: &str) -> Result<(Vec<KvEntry>, u64)> {
+        self.check_running()?;
+        Ok(self.inner.store.kv_list(prefix).await?)
+    }
+
+    /// Sets `key`, with an optional check-and-set index; whether it was written.
+    pub async fn kv_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        flags: u64,
+        cas: Option<u64>,
+    ) -> Result<bool> {
+        self.check_running()?;
+        let committed = self.inner.store.kv_put(key, value, flags, cas).await?;
+        Ok(committed.value)
+    }
+
+    /// Deletes `key` (or everything under it); whether the delete happened.
+    pub async fn kv_delete(&self, key: &str, recurse: bool, cas: Option<u64>) -> Result<bool> {
+        self.check_running()?;
+        let committed = self.inner.store.kv_delete(key, recurse, cas).await?;
+        Ok(committed.value)
+    }
+}

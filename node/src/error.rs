@@ -1,0 +1,141 @@
+//! [`Error`]: every way a node operation fails, in the node's own terms. It knows no HTTP
+//! status: each surface (the management API, the Consul API) maps the variants to its own
+//! wire format once.
+
+use shoal_runtime::Shortfall;
+use shoal_spec::{Digest, FieldError};
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The named module, service or check does not exist.
+    #[error("{what} \"{key}\" not found")]
+    NotFound {
+        /// `module`, `service` or `check`.
+        what: &'static str,
+        /// The digest, name or ID.
+        key: String,
+    },
+    /// A spec names a module that is not stored.
+    #[error("module {0} not found")]
+    ModuleNotFound(Digest),
+    /// The change collides with what is there.
+    #[error("{0}")]
+    Conflict(Conflict),
+    /// An input is refused; the error names the field.
+    #[error("{0}")]
+    Invalid(FieldError),
+    /// A service's minimum replicas do not fit in the node.
+    #[error(
+        "service \"{service}\" does not fit: {min} minimum replicas {}",
+        crate::convert::describe_shortfall(shortfall)
+    )]
+    InsufficientCapacity {
+        /// The service.
+        service: String,
+        /// Its minimum replicas.
+        min: u32,
+        /// What they need against what is free.
+        shortfall: Shortfall,
+    },
+    /// The module cannot run: not WebAssembly shoal runs, or (in a build without the
+    /// compiler) not already compiled.
+    #[error("{0}")]
+    Module(shoal_runtime::Error),
+    /// The store cannot be reached; the request may be retried.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The node failed; not the caller's doing.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What a change collided with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Conflict {
+    /// A module cannot be deleted while services run it.
+    #[error("module {digest} is used by services {}", services.join(", "))]
+    ModuleInUse {
+        /// The module.
+        digest: Digest,
+        /// The services using it, sorted.
+        services: Vec<String>,
+    },
+    /// A name belongs to another kind of service: the gateway routes by name.
+    #[error("service name \"{name}\" is taken by {owner}")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// Who holds it, in words.
+        owner: &'static str,
+    },
+    /// Another writer changed the service meanwhile, again and again.
+    #[error("{0}")]
+    Changed(String),
+}
+
+/// The result of a node operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A refusal of `field` for `reason`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Invalid(FieldError::new(field, reason))
+    }
+}
+
+impl From<shoal_registry::Error> for Error {
+    fn from(error: shoal_registry::Error) -> Error {
+        use shoal_registry::Error as E;
+        match error {
+            E::NotFound { kind, key } => Error::NotFound { what: kind, key },
+            E::ModuleInUse { digest, services } => {
+                Error::Conflict(Conflict::ModuleInUse { digest, services })
+            }
+            E::NameTaken { name, owner } => Error::Conflict(Conflict::NameTaken { name, owner }),
+            E::ModuleNotFound(digest) => Error::ModuleNotFound(digest),
+            conflict @ E::Conflict { .. } => {
+                Error::Conflict(Conflict::Changed(conflict.to_string()))
+            }
+            E::Invalid(error) => Error::Invalid(error),
+            E::Unavailable(reason) => Error::Unavailable(reason),
+            E::Closed => Error::ShuttingDown,
+            other => Error::Internal(error_chain(&other)),
+        }
+    }
+}
+
+impl From<shoal_spec::Error> for Error {
+    fn from(error: shoal_spec::Error) -> Error {
+        match error {
+            shoal_spec::Error::Invalid(error) => Error::Invalid(error),
+            other => Error::invalid("body", other.to_string()),
+        }
+    }
+}
+
+impl From<shoal_runtime::Error> for Error {
+    fn from(error: shoal_runtime::Error) -> Error {
+        match error {
+            shoal_runtime::Error::Internal(error) => Error::Internal(format!("{error:#}")),
+            other => Error::Module(other),
+        }
+    }
+}
+
+/// An error and its causes, on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,385 @@
+//! The node core: one [`Store`], one wasm runtime, the node's capacity, and everything the
+//! node keeps in memory (the gateway's routing table, a replica pool per service, the catalog
+//! view, the check tasks), kept in step with the store by one reconcile loop.
+//!
+//! **The write path only writes.** A deploy validates, compiles and admits, then writes to the
+//! store and waits until the reconcile loop has applied its own change; it touches no route.
+//! The reconcile loop (`reconcile.rs`) follows the store's change feed and turns every change,
+//! whoever wrote it (this node, another node, a tool writing to the store), into routes,
+//! pools, catalog and checks. So a change written straight into the store takes effect here
+//! exactly like one made through the node.
+//!
+//! **A domain API with typed errors.** Every operation returns a [`Result`] whose [`Error`]
+//! says what went wrong in the node's terms (not found, conflict, invalid field, insufficient
+//! capacity with the numbers, unavailable, shutting down); it knows no HTTP status. Each
+//! surface maps it to its own wire format.
+//!
+//! # Layout
+//! - `reconcile.rs`: the initial sync and the loop that applies the store's changes.
+//! - `deploy.rs`: modules and services: the write path, admission, revisions and events.
+//! - `discovery.rs`: registered services and checks, the key/value store, and the catalog
+//!   view blocking queries read.
+//! - `checks.rs`: the health-check runner.
+//! - `events.rs`: the writer of scale events.
+//! - `status.rs`: the typed views of the node and its services.
+//! - `convert.rs`: the spec into the engine's settings, and numbers back into words.
+
+#![warn(missing_docs)]
+
+mod checks;
+mod convert;
+mod deploy;
+mod discovery;
+mod error;
+mod events;
+mod reconcile;
+mod status;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use shoal_gateway::Gateway;
+use shoal_registry::{Indexes, ServiceRecord, Store};
+use shoal_runtime::{
+    Capacity, ReplicaPool, ReplicaResources, Runtime, RuntimeConfig, ScaleSettings,
+};
+use shoal_spec::ServiceName;
+
+pub use self::discovery::CatalogView;
+pub use self::error::{Conflict, Error, Result, error_chain};
+pub use self::status::{
+    Allocation, CompileCounts, Latency, Load, NodeStatus, ReplicaCounts, RequestCounts,
+    ResourceAmounts, ScaleView, ServiceAllocation, ServiceResources, ServiceStatus, WasmService,
+};
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where the artifact cache and local state live.
+    pub data_dir: PathBuf,
+    /// The bearer token the management, Consul (and later Kubernetes) APIs require of callers;
+    /// required to serve them on a non-loopback address.
+    pub token: Option<String>,
+    /// Requests to `Host: {service}.{domain}` are routed to `{service}`.
+    pub domain: String,
+    /// The largest module accepted, in bytes.
+    pub max_module_size: u64,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_timeout: Duration,
+    /// The wasm runtime's settings (its cache dir is set from `data_dir`).
+    pub runtime: RuntimeConfig,
+    /// What replicas may reserve; `None` measures the machine (3/4 of its memory and every
+    /// core).
+    pub capacity: Option<ReplicaResources>,
+    /// Fuel one core burns per second; `None` measures it at start (with the compiler) or
+    /// reads the last measurement on this data directory (without).
+    pub fuel_per_cpu_second: Option<u64>,
+    /// Scale settings for what a service's spec leaves out.
+    pub scale_defaults: ScaleSettings,
+    /// The datacenter the Consul API reports.
+    pub datacenter: String,
+    /// The node's name, as the Consul API reports it; the host name by default.
+    pub node_name: String,
+    /// The address of this node in the Consul API, and of registered instances that give none.
+    pub node_address: String,
+    /// The shortest `DeregisterCriticalServiceAfter` honoured (Consul's is a minute; tests
+    /// lower it).
+    pub min_deregister_critical_after: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a node keeping its local state in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> NodeConfig {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            token: None,
+            domain: "localhost".to_owned(),
+            max_module_size: 64 << 20,
+            shutdown_timeout: Duration::from_secs(10),
+            runtime: RuntimeConfig::default(),
+            capacity: None,
+            fuel_per_cpu_second: None,
+            scale_defaults: ScaleSettings::default(),
+            datacenter: "dc1".to_owned(),
+            node_name: host_name(),
+            node_address: "127.0.0.1".to_owned(),
+            min_deregister_critical_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The machine's host name, or `shoal` if it has none.
+fn host_name() -> String {
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "shoal".to_owned())
+}
+
+/// A wasm service this node runs: the record it runs, and its replicas.
+pub(crate) struct Deployed {
+    pub(crate) record: ServiceRecord,
+    pub(crate) pool: Arc<ReplicaPool>,
+}
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: NodeConfig,
+    store: Arc<dyn Store>,
+    runtime: Arc<Runtime>,
+    capacity: Arc<Capacity>,
+    fuel_per_cpu_second: u64,
+    gateway: Arc<Gateway>,
+    /// The wasm services, as the reconcile loop last applied them; only it writes this.
+    deployed: ArcSwap<HashMap<ServiceName, Arc<Deployed>>>,
+    /// Registered services and checks, as the reconcile loop last applied them.
+    catalog: ArcSwap<CatalogView>,
+    /// The indexes of the newest change applied: blocking queries wait on it, and so does a
+    /// writer until its own change is in effect.
+    applied: tokio::sync::watch::Sender<Indexes>,
+    checks: checks::CheckRunner,
+    events: tokio::sync::mpsc::UnboundedSender<(ServiceName, shoal_runtime::ScaleEvent)>,
+    /// Serializes deploys on this node, so admission counts what the last one reserved.
+    admission: tokio::sync::Mutex<()>,
+    /// The reconcile loop and the event writer, stopped by [`Node::shutdown`].
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    shutting_down: AtomicBool,
+    gateway_addr: OnceLock<SocketAddr>,
+    /// For health checks: no redirects followed, no proxy from the environment.
+    http: reqwest::Client,
+}
+
+/// A node that does not keep the node alive, for its background tasks.
+#[derive(Clone)]
+pub(crate) struct WeakNode(std::sync::Weak<Inner>);
+
+impl WeakNode {
+    pub(crate) fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
+}
+
+impl Node {
+    /// Starts a node on `store`: sets up the runtime and the node's capacity, loads every
+    /// service (from the artifact cache where it can), and starts following the store.
+    pub async fn open(mut config: NodeConfig, store: Arc<dyn Store>) -> anyhow::Result<Node> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("creating the data directory {}", config.data_dir.display())
+        })?;
+        config.runtime.cache_dir = Some(config.data_dir.join("cache"));
+        let runtime_config = config.runtime.clone();
+        let data_dir = config.data_dir.clone();
+        let fuel_rate = config.fuel_per_cpu_second;
+        let (runtime, fuel_per_cpu_second) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let runtime = Runtime::new(runtime_config).context("starting the wasm runtime")?;
+                let fuel_per_cpu_second = match fuel_rate {
+                    Some(rate) => rate,
+                    None => fuel::measure_or_recall(&runtime, &data_dir)?,
+                };
+                Ok((runtime, fuel_per_cpu_second))
+            })
+            .await??;
+        let capacity = Capacity::new(config.capacity.unwrap_or_else(|| Capacity::detect(0.75)));
+        tracing::info!(
+            memory = capacity.total().memory,
+            cpu_millis = capacity.total().cpu_millis,
+            fuel_per_cpu_second,
+            "node capacity"
+        );
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("building the HTTP client")?;
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let node = Node {
+            inner: Arc::new(Inner {
+                gateway: Arc::new(Gateway::new(config.domain.clone())),
+                config,
+                store,
+                runtime: Arc::new(runtime),
+                capacity,
+                fuel_per_cpu_second,
+                deployed: ArcSwap::default(),
+                catalog: ArcSwap::default(),
+                applied: tokio::sync::watch::Sender::new(Indexes::default()),
+                checks: checks::CheckRunner::default(),
+                events,
+                admission: tokio::sync::Mutex::new(()),
+                tasks: Mutex::new(Vec::new()),
+                shutting_down: AtomicBool::new(false),
+                gateway_addr: OnceLock::new(),
+                http,
+            }),
+        };
+        let synced = node.sync().await.context("loading the node's state")?;
+        let reconciler = tokio::spawn(reconcile::run(node.downgrade(), synced));
+        let recorder = tokio::spawn(events::record(node.downgrade(), receiver));
+        node.tasks().extend([reconciler, recorder]);
+        Ok(node)
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The store the node keeps its state in.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The wasm runtime.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    /// The gateway, which routes by the table this node publishes.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.inner.gateway
+    }
+
+    /// The node's capacity and what replicas reserve of it.
+    pub fn capacity(&self) -> &Capacity {
+        &self.inner.capacity
+    }
+
+    /// Fuel one core burns per second, as measured or configured.
+    pub fn fuel_per_cpu_second(&self) -> u64 {
+        self.inner.fuel_per_cpu_second
+    }
+
+    /// Records where the gateway listens, once it does.
+    pub fn set_gateway_addr(&self, addr: SocketAddr) {
+        let _ = self.inner.gateway_addr.set(addr);
+    }
+
+    /// Where the gateway listens, once it does.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.inner.gateway_addr.get().copied()
+    }
+
+    /// The indexes of the newest change in effect on this node, as they change: what blocking
+    /// queries wait on.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<Indexes> {
+        self.inner.applied.subscribe()
+    }
+
+    /// The indexes of the newest change in effect on this node.
+    pub fn indexes(&self) -> Indexes {
+        *self.inner.applied.borrow()
+    }
+
+    /// Stops the background tasks (the reconcile loop, the event writer, the check probes),
+    /// waits until they are gone, then closes the store: a node about to be opened again on
+    /// the same data directory needs its files released now, even while handles to this node
+    /// (a connection task finishing late) live on. Later calls fail with
+    /// [`Error::ShuttingDown`].
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let tasks = std::mem::take(&mut *self.tasks());
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        self.inner.checks.shutdown().await;
+        self.inner.store.close().await;
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<tokio::task::JoinHandle<()>>> {
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
+    /// Fails with [`Error::ShuttingDown`] once shutdown has begun.
+    fn check_running(&self) -> Result<()> {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Waits until the reconcile loop has applied the change at `index` (or a later one), so a
+    /// writer answers only once its change is in effect here: routable, in the catalog.
+    pub(crate) async fn wait_applied(&self, index: u64) -> Result<()> {
+        /// Generous: applying a change takes milliseconds, but a store that is failing makes
+        /// the loop retry.
+        const LONGEST_WAIT: Duration = Duration::from_secs(60);
+        let mut applied = self.inner.applied.subscribe();
+        let reached = tokio::time::timeout(
+            LONGEST_WAIT,
+            applied.wait_for(|indexes| indexes.change >= index),
+        )
+        .await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::Unavailable(format!(
+                "the change was stored, but this node has not applied it within {}s",
+                LONGEST_WAIT.as_secs()
+            ))),
+        }
+    }
+}
+
+/// The fuel rate: measured where the compiler is, remembered in the data directory for the
+/// builds where it is not.
+mod fuel {
+    use std::path::Path;
+
+    use anyhow::Context as _;
+    use shoal_runtime::Runtime;
+
+    /// The file the last measurement is kept in.
+    const FILE: &str = "fuel-per-cpu-second";
+
+    /// Measures the rate (compiling a loop) and remembers it for builds without a compiler.
+    #[cfg(feature = "compiler")]
+    pub(crate) fn measure_or_recall(runtime: &Runtime, data_dir: &Path) -> anyhow::Result<u64> {
+        let rate = shoal_runtime::calibrate_fuel_rate(runtime.engine())
+            .context("calibrating the fuel rate")?;
+        let path = data_dir.join(FILE);
+        if let Err(error) = std::fs::write(&path, format!("{rate}\n")) {
+            tracing::warn!(path = %path.display(), %error, "cannot remember the fuel rate");
+        }
+        Ok(rate)
+    }
+
+    /// Without a compiler nothing can be measured: the last measurement on this data directory
+    /// stands, or the operator gives the rate.
+    #[cfg(not(feature = "compiler"))]
+    pub(crate) fn measure_or_recall(_runtime: &Runtime, data_dir: &Path) -> anyhow::Result<u64> {
+        let path = data_dir.join(FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "this build of shoal has no compiler to measure the fuel rate with, and {} holds \
+                 no earlier measurement: pass --fuel-per-cpu-second, or start a full build of \
+                 shoal once on this data directory",
+                path.display()
+            )
+        })?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{} does not hold a number", path.display()))
+    }
+}

@@ -1,0 +1,334 @@
+//! The one loop that turns the store's changes into what the node keeps in memory.
+//!
+//! At start, [`Node::sync`] lists everything and brings the node in line with it; then [`run`]
+//! follows [`Store::watch`](shoal_registry::Store::watch) from the index the listing began at.
+//! For each change it reads the current state of what the change touched and applies it:
+//! - a service: start its replica pool (compiling or loading its module), retune the pool in
+//!   place when only scaling changed, or retire it when the service is gone;
+//! - registrations and checks: a new catalog view, and the check tasks that follow it;
+//! - a module deleted: its compiled code leaves memory.
+//!
+//! Then it publishes the gateway's routing table and the change's indexes, which wake blocking
+//! queries and the writer waiting for its own change.
+//!
+//! Applying is idempotent (it reads the state, not the change), so a change delivered twice,
+//! as around the initial listing, does nothing the second time. When the store no longer has
+//! the changes the loop needs ([`Compacted`](shoal_registry::Error::Compacted)), it lists
+//! everything again. A failed read is retried with backoff: every change is applied, in order.
+//!
+//! **Invariant:** only this loop (and the listing before it) changes the routes, the pools and
+//! the catalog view, one change at a time, in the store's order.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use shoal_gateway::{Endpoint, ExternalService, Route, RouteTable};
+use shoal_registry::{CatalogSnapshot, Change, CheckStatus, Indexes, ServiceRecord, Subject};
+use shoal_runtime::{Compiled, EventSink, ReplicaPool, Service};
+use shoal_spec::{Digest, ServiceName};
+
+use crate::discovery::CatalogView;
+use crate::{Deployed, Error, Node, Result, WeakNode, convert};
+
+/// Follows the store from `from` until the node is gone or shut down.
+pub(crate) async fn run(node: WeakNode, mut from: u64) {
+    let mut backoff = Backoff::default();
+    loop {
+        let Some(strong) = node.upgrade() else { return };
+        let mut changes = strong.inner.store.watch(from);
+        drop(strong);
+        loop {
+            let next = changes.next().await;
+            let Some(node) = node.upgrade() else { return };
+            match next {
+                Some(Ok(change)) => {
+                    loop {
+                        match node.apply(&change).await {
+                            Ok(()) => break,
+                            Err(Error::ShuttingDown) => return,
+                            Err(error) => {
+                                tracing::warn!(index = change.index(), %error, "cannot apply a change yet; retrying");
+                                backoff.wait().await;
+                            }
+                        }
+                    }
+                    backoff.reset();
+                    from = change.index();
+                }
+                Some(Err(shoal_registry::Error::Compacted { .. })) => {
+                    tracing::info!(
+                        from,
+                        "the store no longer has the changes to follow; listing everything again"
+                    );
+                    match node.sync().await {
+                        Ok(index) => from = index,
+                        Err(Error::ShuttingDown) => return,
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot list the store; retrying");
+                            backoff.wait().await;
+                        }
+                    }
+                    break;
+                }
+                Some(Err(shoal_registry::Error::Closed)) => return,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "the store's change feed failed; watching again");
+                    backoff.wait().await;
+                    break;
+                }
+                None => {
+                    tracing::warn!("the store's change feed ended; watching again");
+                    backoff.wait().await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Waits twice as long each time, from a tenth of a second to five seconds.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+
+    fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+impl Node {
+    /// Lists the store and brings the node in line with it; returns the change index the
+    /// listing began at, which a watch continues from.
+    pub(crate) async fn sync(&self) -> Result<u64> {
+        let store = &self.inner.store;
+        let indexes = store.indexes().await?;
+        let services = store.services().await?;
+        let listed: HashSet<ServiceName> =
+            services.iter().map(|record| record.name.clone()).collect();
+        for record in services {
+            let name = record.name.clone();
+            self.apply_service(&name, Some(record)).await;
+        }
+        let gone: Vec<ServiceName> = self
+            .inner
+            .deployed
+            .load()
+            .keys()
+            .filter(|name| !listed.contains(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.apply_service(&name, None).await;
+        }
+        let snapshot = store.catalog().await?;
+        let newest = newest(indexes, snapshot.indexes);
+        self.apply_catalog(snapshot);
+        self.publish_routes();
+        tracing::info!(
+            services = self.inner.deployed.load().len(),
+            index = newest.change,
+            "node in line with the store"
+        );
+        self.set_applied(newest);
+        Ok(indexes.change)
+    }
+
+    /// Applies one change: reads what it touched and brings the node in line with it.
+    async fn apply(&self, change: &Change) -> Result<()> {
+        let store = &self.inner.store;
+        match &change.subject {
+            Subject::Service(name) => {
+                let record = store.service(name).await?;
+                self.apply_service(name, record).await;
+                self.publish_routes();
+            }
+            Subject::Catalog => {
+                let snapshot = store.catalog().await?;
+                self.apply_catalog(snapshot);
+                self.publish_routes();
+            }
+            Subject::Module(digest) => {
+                if store.module(digest).await?.is_none() {
+                    self.inner.runtime.forget(digest.as_str());
+                }
+            }
+            // Nothing kept in memory follows scale events or keys; the indexes below wake
+            // whoever waits for them.
+            Subject::Events(_) | Subject::Kv(_) => {}
+        }
+        self.set_applied(change.indexes);
+        Ok(())
+    }
+
+    /// Makes the service `name` run `record`, or stop running when there is none.
+    async fn apply_service(&self, name: &ServiceName, record: Option<ServiceRecord>) {
+        let current = self.inner.deployed.load().get(name).cloned();
+        match (record, current) {
+            (None, None) => {}
+            (None, Some(old)) => {
+                self.update_deployed(|deployed| {
+                    deployed.remove(name);
+                });
+                old.pool.retire();
+            }
+            (Some(record), Some(old)) if old.record == record => {}
+            // Only scaling changed: keep the replicas, and their warm instances.
+            (Some(record), Some(old))
+                if convert::same_except_scale(&old.record.spec, &record.spec) =>
+            {
+                old.pool.retune(convert::scale_settings(
+                    &record.spec,
+                    &self.inner.config.scale_defaults,
+                ));
+                let pool = old.pool.clone();
+                self.update_deployed(|deployed| {
+                    deployed.insert(name.clone(), Arc::new(Deployed { record, pool }));
+                });
+            }
+            (Some(record), old) => match self.compiled(&record.spec.module).await {
+                Ok(compiled) => {
+                    let pool = self.start_pool(&record, compiled);
+                    self.update_deployed(|deployed| {
+                        deployed.insert(name.clone(), Arc::new(Deployed { record, pool }));
+                    });
+                    if let Some(old) = old {
+                        old.pool.retire();
+                    }
+                }
+                // Whatever runs keeps running: a revision that cannot run replaces nothing.
+                Err(error) => tracing::error!(
+                    service = %name,
+                    revision = record.revision,
+                    %error,
+                    "cannot run this revision of the service"
+                ),
+            },
+        }
+    }
+
+    /// A replica pool running `record`, reporting its scale events to the event writer.
+    fn start_pool(&self, record: &ServiceRecord, compiled: Compiled) -> Arc<ReplicaPool> {
+        let events = self.inner.events.clone();
+        let name = record.name.clone();
+        let sink: EventSink = Arc::new(move |event| {
+            let _ = events.send((name.clone(), event));
+        });
+        ReplicaPool::new(
+            Service::new(compiled, convert::service_config(record)),
+            convert::replica_spec(&record.spec),
+            convert::scale_settings(&record.spec, &self.inner.config.scale_defaults),
+            self.inner.capacity.clone(),
+            self.inner.fuel_per_cpu_second,
+            sink,
+        )
+    }
+
+    /// The module's machine code: from memory or the artifact cache, else compiled from the
+    /// bytes in the store.
+    pub(crate) async fn compiled(&self, digest: &Digest) -> Result<Compiled> {
+        let runtime = self.inner.runtime.clone();
+        let key = digest.to_string();
+        let cached = tokio::task::spawn_blocking(move || runtime.cached(&key))
+            .await
+            .map_err(|error| Error::Internal(error.to_string()))?;
+        if let Some(compiled) = cached {
+            return Ok(compiled);
+        }
+        let bytes = self
+            .inner
+            .store
+            .module_bytes(digest)
+            .await?
+            .ok_or_else(|| Error::ModuleNotFound(digest.clone()))?;
+        let runtime = self.inner.runtime.clone();
+        let key = digest.to_string();
+        let compiled = tokio::task::spawn_blocking(move || runtime.compile(&key, &bytes))
+            .await
+            .map_err(|error| Error::Internal(error.to_string()))??;
+        Ok(compiled)
+    }
+
+    fn update_deployed(&self, change: impl FnOnce(&mut HashMap<ServiceName, Arc<Deployed>>)) {
+        let mut deployed = HashMap::clone(&self.inner.deployed.load());
+        change(&mut deployed);
+        self.inner.deployed.store(Arc::new(deployed));
+    }
+
+    /// A new catalog view, and the check tasks that follow it.
+    fn apply_catalog(&self, snapshot: CatalogSnapshot) {
+        let view = Arc::new(CatalogView { snapshot });
+        self.inner.checks.reconcile(self, &view.snapshot);
+        self.inner.catalog.store(view);
+    }
+
+    /// Publishes the gateway's table: every wasm service's pool, and every registered
+    /// service's instances (a name has one owner, so they never collide).
+    fn publish_routes(&self) {
+        let mut routes: HashMap<String, Route> = HashMap::new();
+        let catalog = self.inner.catalog.load();
+        let snapshot = &catalog.snapshot;
+        let mut external: HashMap<&str, Vec<Endpoint>> = HashMap::new();
+        for registration in &snapshot.registrations {
+            let critical = snapshot.checks.iter().any(|check| {
+                check.definition.service_id.as_deref() == Some(registration.id.as_str())
+                    && check.status == CheckStatus::Critical
+            });
+            // An instance without an address is at the node's, as Consul fills in.
+            let host = if registration.address.is_empty() {
+                self.inner.config.node_address.as_str()
+            } else {
+                registration.address.as_str()
+            };
+            external
+                .entry(registration.name.as_str())
+                .or_default()
+                .push(Endpoint {
+                    id: registration.id.clone(),
+                    authority: shoal_gateway::authority(host, registration.port),
+                    routable: registration.port != 0 && !critical,
+                });
+        }
+        for (name, instances) in external {
+            routes.insert(
+                name.to_owned(),
+                Route::External(Arc::new(ExternalService::new(instances))),
+            );
+        }
+        for (name, deployed) in self.inner.deployed.load().iter() {
+            routes.insert(name.to_string(), Route::Wasm(deployed.pool.clone()));
+        }
+        self.inner.gateway.publish(RouteTable::new(routes));
+    }
+
+    /// Publishes the indexes of the newest change applied; they never go back.
+    fn set_applied(&self, indexes: Indexes) {
+        self.inner.applied.send_if_modified(|applied| {
+            let newer = newest(*applied, indexes);
+            let changed = newer != *applied;
+            *applied = newer;
+            changed
+        });
+    }
+}
+
+/// Each index at its newest of `a` and `b`.
+fn newest(a: Indexes, b: Indexes) -> Indexes {
+    Indexes {
+        change: a.change.max(b.change),
+        catalog: a.catalog.max(b.catalog),
+        health: a.health.max(b.health),
+        kv: a.kv.max(b.kv),
+    }
+}

@@ -1,0 +1,398 @@
+//! What the node and each service are doing, as typed views: [`NodeStatus`] and
+//! [`ServiceStatus`], which the management API serializes (and a metrics endpoint or a
+//! dashboard can read the same way), and [`WasmService`], which discovery lists.
+//!
+//! The seed's `resource_allocation = performance_need / resource_limit` is [`Allocation`]:
+//! what is reserved (or asked) against the node's capacity.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use shoal_registry::ServiceRecord;
+use shoal_runtime::{PoolStatus, ReplicaResources};
+use shoal_spec::{ByteSize, Cpu, Limits, ServiceName};
+
+use crate::{Error, Node, Result, convert};
+
+/// The node's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// shoal's version.
+    pub version: &'static str,
+    /// The gateway's URL, once it listens.
+    pub gateway: Option<String>,
+    /// `Host: {service}.{domain}` routes to `{service}`.
+    pub domain: String,
+    /// Where the node keeps its local state.
+    pub data_dir: std::path::PathBuf,
+    /// The instance allocator in use: `pooling` or `on-demand`.
+    pub allocator: &'static str,
+    /// Wasm services running.
+    pub services: usize,
+    /// Gateway requests being served.
+    pub in_flight: u64,
+    /// Replicas of every service.
+    pub replicas: u32,
+    /// What replicas may reserve.
+    pub capacity: ResourceAmounts,
+    /// What they reserve.
+    pub reserved: ResourceAmounts,
+    /// What is left.
+    pub free: ResourceAmounts,
+    /// Reserved against capacity.
+    pub resource_allocation: Allocation,
+    /// Fuel one core burns per second.
+    pub fuel_per_cpu_second: u64,
+    /// Modules stored.
+    pub modules: usize,
+    /// The store's change index, as applied here.
+    pub change_index: u64,
+    /// The largest module accepted, in bytes.
+    pub max_module_size: u64,
+    /// How much compiling the node has done.
+    pub compile: CompileCounts,
+    /// The limits a spec gets for what it leaves out.
+    pub default_limits: Limits,
+}
+
+/// Memory and cpu, as quantities.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ResourceAmounts {
+    /// Memory.
+    pub memory: ByteSize,
+    /// Cpu.
+    pub cpu: Cpu,
+}
+
+/// `resource_allocation = performance_need / resource_limit`: a share of the node, per
+/// resource, from 0 to 1.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Allocation {
+    /// Of memory.
+    pub memory: f64,
+    /// Of cpu.
+    pub cpu: f64,
+}
+
+/// Compiles and artifact-cache hits since the node started.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CompileCounts {
+    /// Modules compiled.
+    pub compiled: u64,
+    /// Modules loaded from the artifact cache.
+    pub cache_hits: u64,
+    /// Cached artifacts found unusable and passed over.
+    pub cache_rejected: u64,
+}
+
+/// What a service's scaling acts on.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    /// The service.
+    pub name: String,
+    /// The revision running.
+    pub revision: u64,
+    /// `per-request` or `reuse`.
+    pub isolation: String,
+    /// Replica counts.
+    pub replicas: ReplicaCounts,
+    /// Requests being served.
+    pub in_flight: u32,
+    /// Requests waiting for a replica.
+    pub queued: u32,
+    /// `load = request_count / container_count`, and the autoscaler's view of demand.
+    pub load: Load,
+    /// Request counts.
+    pub requests: RequestCounts,
+    /// Latency over the last minute, queueing included, in milliseconds.
+    pub latency_ms: Latency,
+    /// What replicas reserve.
+    pub resources: ServiceResources,
+    /// That, against the node's capacity.
+    pub resource_allocation: ServiceAllocation,
+    /// The scale settings in force, defaults filled in.
+    pub scale: ScaleView,
+}
+
+/// A service's replica counts.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ReplicaCounts {
+    /// Replicas running.
+    pub current: u32,
+    /// Replicas the autoscaler wants.
+    pub desired: u32,
+    /// The fewest allowed.
+    pub min: u32,
+    /// The most allowed.
+    pub max: u32,
+    /// With a request in flight.
+    pub busy: u32,
+    /// With none.
+    pub idle: u32,
+}
+
+/// Demand, as the autoscaler sees it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Load {
+    /// Requests in flight per replica.
+    pub per_replica: f64,
+    /// Average demand over the stable window.
+    pub stable_demand: f64,
+    /// Average demand over the panic window.
+    pub panic_demand: f64,
+    /// Whether a burst put the autoscaler in panic mode.
+    pub panicking: bool,
+}
+
+/// A service's request counts since its pool started.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RequestCounts {
+    /// Answered.
+    pub total: u64,
+    /// Completed per second over the last ten seconds.
+    pub per_second: f64,
+    /// That found no replica and started one.
+    pub cold_starts: u64,
+    /// Refused: the queue was full or the wait too long.
+    pub rejected: u64,
+}
+
+/// Latency percentiles, in milliseconds; `None` before any request.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+}
+
+/// What a service's replicas reserve.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceResources {
+    /// Each replica.
+    pub per_replica: ResourceAmounts,
+    /// All of them.
+    pub reserved: ResourceAmounts,
+    /// The cpu limit of each replica, if any.
+    pub cpu_limit: Option<Cpu>,
+}
+
+/// A service's share of the node.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ServiceAllocation {
+    /// Of each replica.
+    pub per_replica: Allocation,
+    /// Of all its replicas.
+    pub total: Allocation,
+}
+
+/// Scale settings as users write them.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleView {
+    /// Fewest replicas.
+    pub min: u32,
+    /// Most replicas.
+    pub max: u32,
+    /// Requests per replica at once.
+    pub concurrency: u32,
+    /// Target utilisation, in percent.
+    pub target: u32,
+    /// The stable window.
+    #[serde(with = "shoal_spec::quantity::duration")]
+    pub stable_window: Duration,
+    /// The panic window.
+    #[serde(with = "shoal_spec::quantity::duration")]
+    pub panic_window: Duration,
+    /// The scale-down delay.
+    #[serde(with = "shoal_spec::quantity::duration")]
+    pub scale_down_delay: Duration,
+    /// The idle timeout before scaling to zero.
+    #[serde(with = "shoal_spec::quantity::duration")]
+    pub idle_timeout: Duration,
+    /// Requests that may wait.
+    pub queue_limit: u32,
+    /// How long a request may wait.
+    #[serde(with = "shoal_spec::quantity::duration")]
+    pub queue_timeout: Duration,
+}
+
+/// A wasm service this node runs, as discovery lists it.
+#[derive(Debug, Clone)]
+pub struct WasmService {
+    /// The record it runs.
+    pub record: ServiceRecord,
+    /// `http` or `cgi`.
+    pub kind: shoal_spec::ModuleKind,
+    /// Whether its machine code came from the artifact cache.
+    pub from_cache: bool,
+    /// Replicas running.
+    pub replicas: u32,
+}
+
+fn amounts(resources: ReplicaResources) -> ResourceAmounts {
+    let (memory, cpu) = convert::quantities(resources);
+    ResourceAmounts { memory, cpu }
+}
+
+/// `need / capacity`, per resource.
+fn allocation(need: ReplicaResources, capacity: ReplicaResources) -> Allocation {
+    let ratio = |need: u64, capacity: u64| {
+        if capacity == 0 {
+            0.0
+        } else {
+            need as f64 / capacity as f64
+        }
+    };
+    Allocation {
+        memory: ratio(need.memory, capacity.memory),
+        cpu: ratio(need.cpu_millis, capacity.cpu_millis),
+    }
+}
+
+fn millis(duration: Option<Duration>) -> Option<f64> {
+    duration.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+impl Node {
+    /// The node's numbers.
+    pub async fn status(&self) -> Result<NodeStatus> {
+        let modules = self.modules().await?.len();
+        let runtime = &self.inner.runtime;
+        let stats = runtime.compile_stats();
+        let deployed = self.inner.deployed.load();
+        let capacity = self.inner.capacity.total();
+        let reserved = self.inner.capacity.reserved();
+        Ok(NodeStatus {
+            version: env!("CARGO_PKG_VERSION"),
+            gateway: self.gateway_addr().map(|addr| format!("http://{addr}")),
+            domain: self.inner.config.domain.clone(),
+            data_dir: self.inner.config.data_dir.clone(),
+            allocator: runtime.allocator().as_str(),
+            services: deployed.len(),
+            in_flight: self.inner.gateway.in_flight(),
+            replicas: deployed
+                .values()
+                .map(|deployed| deployed.pool.status().replicas)
+                .sum(),
+            capacity: amounts(capacity),
+            reserved: amounts(reserved),
+            free: amounts(ReplicaResources {
+                memory: capacity.memory.saturating_sub(reserved.memory),
+                cpu_millis: capacity.cpu_millis.saturating_sub(reserved.cpu_millis),
+            }),
+            resource_allocation: allocation(reserved, capacity),
+            fuel_per_cpu_second: self.inner.fuel_per_cpu_second,
+            modules,
+            change_index: self.indexes().change,
+            max_module_size: self.inner.config.max_module_size,
+            compile: CompileCounts {
+                compiled: stats.compiled,
+                cache_hits: stats.cache_hits,
+                cache_rejected: stats.cache_rejected,
+            },
+            default_limits: Limits::default(),
+        })
+    }
+
+    /// The numbers a service's scaling acts on; [`Error::NotFound`] for a service this node
+    /// does not run.
+    pub fn service_status(&self, name: &ServiceName) -> Result<ServiceStatus> {
+        let deployed = self.inner.deployed.load();
+        let deployed = deployed.get(name).ok_or_else(|| Error::NotFound {
+            what: "service",
+            key: name.to_string(),
+        })?;
+        let pool = &deployed.pool;
+        let status: PoolStatus = pool.status();
+        let per_replica = pool.replica_spec().requests;
+        let capacity = self.inner.capacity.total();
+        let settings = &status.settings;
+        let spec = &deployed.record.spec;
+        let per_replica_load = if status.replicas == 0 {
+            0.0
+        } else {
+            f64::from(status.in_flight) / f64::from(status.replicas)
+        };
+        Ok(ServiceStatus {
+            name: name.to_string(),
+            revision: deployed.record.revision,
+            isolation: spec.isolation.to_string(),
+            replicas: ReplicaCounts {
+                current: status.replicas,
+                desired: status.desired,
+                min: settings.min,
+                max: settings.max,
+                busy: status.busy,
+                idle: status.idle,
+            },
+            in_flight: status.in_flight,
+            queued: status.queued,
+            load: Load {
+                per_replica: per_replica_load,
+                stable_demand: status.stable_demand,
+                panic_demand: status.panic_demand,
+                panicking: status.panicking,
+            },
+            requests: RequestCounts {
+                total: status.requests,
+                per_second: status.request_rate,
+                cold_starts: status.cold_starts,
+                rejected: status.rejected,
+            },
+            latency_ms: Latency {
+                p50: millis(status.latency_p50),
+                p99: millis(status.latency_p99),
+            },
+            resources: ServiceResources {
+                per_replica: amounts(per_replica),
+                reserved: amounts(status.reserved),
+                cpu_limit: spec.cpu_limit(),
+            },
+            resource_allocation: ServiceAllocation {
+                per_replica: allocation(per_replica, capacity),
+                total: allocation(status.reserved, capacity),
+            },
+            scale: ScaleView {
+                min: settings.min,
+                max: settings.max,
+                concurrency: settings.concurrency,
+                target: settings.target_percent,
+                stable_window: settings.stable_window,
+                panic_window: settings.panic_window,
+                scale_down_delay: settings.scale_down_delay,
+                idle_timeout: settings.idle_timeout,
+                queue_limit: settings.queue_limit,
+                queue_timeout: settings.queue_timeout,
+            },
+        })
+    }
+
+    /// The wasm services this node runs, by name.
+    pub fn wasm_services(&self) -> Vec<WasmService> {
+        let deployed = self.inner.deployed.load();
+        let mut services: Vec<WasmService> = deployed
+            .values()
+            .map(|deployed| WasmService {
+                record: deployed.record.clone(),
+                kind: convert::module_kind(deployed.pool.service().kind()),
+                from_cache: deployed.pool.service().from_cache(),
+                replicas: deployed.pool.status().replicas,
+            })
+            .collect();
+        services.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        services
+    }
+
+    /// The wasm service `name`, if this node runs it.
+    pub fn wasm_service(&self, name: &str) -> Option<WasmService> {
+        let name: ServiceName = name.parse().ok()?;
+        let deployed = self.inner.deployed.load();
+        let deployed = deployed.get(&name)?;
+        Some(WasmService {
+            record: deployed.record.clone(),
+            kind: convert::module_kind(deployed.pool.service().kind()),
+            from_cache: deployed.pool.service().from_cache(),
+            replicas: deployed.pool.status().replicas,
+        })
+    }
+}

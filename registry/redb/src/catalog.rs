@@ -1,0 +1,248 @@
+//! The Consul catalog's transactions: registering instances with their checks, checks on
+//! their own, and check states.
+//!
+//! A registration and its checks are one write: registering a service with checks, or removing
+//! it with its checks, is a single transaction, so a reader never sees a check whose service is
+//! gone. Names are shared with wasm services: a name belongs either to a deployed wasm service
+//! or to registered instances, never to both, because the gateway routes by name.
+//! Check states are written only when they change, so a heartbeat that confirms a passing TTL
+//! check costs no write.
+
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use shoal_registry::{
+    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, Committed, Error, Registration,
+    SCHEMA_VERSION, Subject,
+};
+use shoal_spec::FieldError;
+
+use crate::db::{Area, Db, DbResult, Write, bump_change_index, decode, encode, read_indexes};
+use crate::tables::{CHECKS, META, REGISTRATIONS, SERVICES};
+
+impl Db {
+    /// Registers (or re-registers) a service instance with its checks, in one transaction,
+    /// and returns the stored registration.
+    ///
+    /// Re-registering an ID keeps its create index. Each check keeps its current state when it
+    /// exists already and its definition sets none. With `replace_existing_checks`, the
+    /// instance's checks missing from `checks` are removed; otherwise they stay.
+    /// Fails with [`Error::NameTaken`] if a wasm service has the name, and with
+    /// [`Error::Invalid`] if the ID is empty; then nothing is written.
+    pub(crate) fn register_service(
+        &self,
+        mut registration: Registration,
+        checks: Vec<CheckDefinition>,
+        replace_existing_checks: bool,
+    ) -> DbResult<Committed<Registration>> {
+        if registration.id.is_empty() {
+            registration.id = registration.name.clone();
+        }
+        if registration.name.is_empty() {
+            return Err(Error::Invalid(FieldError::new("name", "missing service name")).into());
+        }
+        self.write(Subject::Catalog, |txn| {
+            if txn
+                .open_table(SERVICES)?
+                .get(registration.name.as_str())?
+                .is_some()
+            {
+                return Err(Error::NameTaken {
+                    name: registration.name.clone(),
+                    owner: "a wasm service deployed on this node",
+                }
+                .into());
+            }
+            let change_index = bump_change_index(txn, &[Area::Catalog, Area::Health])?;
+            let mut registrations = txn.open_table(REGISTRATIONS)?;
+            let existing = registrations
+                .get(registration.id.as_str())?
+                .map(|value| decode::<Registration>(value.value(), &registration.id))
+                .transpose()?;
+            registration.version = SCHEMA_VERSION;
+            registration.create_index = existing.map_or(change_index, |e| e.create_index);
+            registration.modify_index = change_index;
+            registrations.insert(registration.id.as_str(), encode(&registration).as_slice())?;
+            drop(registrations);
+
+            let mut table = txn.open_table(CHECKS)?;
+            if replace_existing_checks {
+                let kept: Vec<&str> = checks.iter().map(|c| c.id.as_str()).collect();
+                let mut stale = Vec::new();
+                for entry in table.iter()? {
+                    let (key, value) = entry?;
+                    let check: CheckRecord = decode(value.value(), key.value())?;
+                    if check.definition.service_id.as_deref() == Some(registration.id.as_str())
+                        && !kept.contains(&key.value())
+                    {
+                        stale.push(key.value().to_owned());
+                    }
+                }
+                for id in stale {
+                    table.remove(id.as_str())?;
+                }
+            }
+            for mut definition in checks {
+                definition.service_id = Some(registration.id.clone());
+                let record = check_record(&table, definition, Some(&registration), change_index)?;
+                table.insert(record.definition.id.as_str(), encode(&record).as_slice())?;
+            }
+            Ok(Write::Commit(registration.clone()))
+        })
+    }
+
+    /// Removes a registered instance and its checks; `false` if there was no such ID.
+    pub(crate) fn deregister_service(&self, id: &str) -> DbResult<Committed<bool>> {
+        self.write(Subject::Catalog, |txn| {
+            if txn.open_table(REGISTRATIONS)?.remove(id)?.is_none() {
+                return Ok(Write::Abort(false));
+            }
+            txn.open_table(CHECKS)?.retain(|_, value| {
+                // A check that does not decode cannot be shown either; it goes with its service
+                // only if it names it, so keep it otherwise and let reads report it.
+                decode::<CheckRecord>(value, "").map_or(true, |check| {
+                    check.definition.service_id.as_deref() != Some(id)
+                })
+            })?;
+            bump_change_index(txn, &[Area::Catalog, Area::Health])?;
+            Ok(Write::Commit(true))
+        })
+    }
+
+    /// Adds (or replaces) a check, returning its record.
+    ///
+    /// Fails with [`Error::NotFound`] if it names a service instance that is not registered.
+    pub(crate) fn register_check(
+        &self,
+        definition: CheckDefinition,
+    ) -> DbResult<Committed<CheckRecord>> {
+        self.write(Subject::Catalog, |txn| {
+            let registration = match &definition.service_id {
+                Some(service_id) => Some(
+                    txn.open_table(REGISTRATIONS)?
+                        .get(service_id.as_str())?
+                        .map(|value| decode::<Registration>(value.value(), service_id))
+                        .transpose()?
+                        .ok_or_else(|| Error::NotFound {
+                            kind: "service",
+                            key: service_id.clone(),
+                        })?,
+                ),
+                None => None,
+            };
+            let change_index = bump_change_index(txn, &[Area::Health])?;
+            let mut table = txn.open_table(CHECKS)?;
+            let record = check_record(&table, definition, registration.as_ref(), change_index)?;
+            table.insert(record.definition.id.as_str(), encode(&record).as_slice())?;
+            Ok(Write::Commit(record))
+        })
+    }
+
+    /// Removes a check; `false` if there was no such ID.
+    pub(crate) fn deregister_check(&self, id: &str) -> DbResult<Committed<bool>> {
+        self.write(Subject::Catalog, |txn| {
+            if txn.open_table(CHECKS)?.remove(id)?.is_none() {
+                return Ok(Write::Abort(false));
+            }
+            bump_change_index(txn, &[Area::Health])?;
+            Ok(Write::Commit(true))
+        })
+    }
+
+    /// Sets a check's state. Writes (and bumps the health index) only if the status or the
+    /// output changed; returns the record as it now stands, or `None` for an unknown ID.
+    pub(crate) fn update_check(
+        &self,
+        id: &str,
+        status: CheckStatus,
+        output: &str,
+    ) -> DbResult<Committed<Option<CheckRecord>>> {
+        self.write(Subject::Catalog, |txn| {
+            let table = txn.open_table(CHECKS)?;
+            let Some(mut record) = table
+                .get(id)?
+                .map(|value| decode::<CheckRecord>(value.value(), id))
+                .transpose()?
+            else {
+                return Ok(Write::Abort(None));
+            };
+            if record.status == status && record.output == output {
+                return Ok(Write::Abort(Some(record)));
+            }
+            drop(table);
+            record.status = status;
+            record.output = output.to_owned();
+            record.modify_index = bump_change_index(txn, &[Area::Health])?;
+            txn.open_table(CHECKS)?
+                .insert(id, encode(&record).as_slice())?;
+            Ok(Write::Commit(Some(record)))
+        })
+    }
+
+    /// Every registration and check, and the indexes, as of one moment.
+    pub(crate) fn catalog(&self) -> DbResult<CatalogSnapshot> {
+        let txn = self.database.begin_read()?;
+        let mut snapshot = CatalogSnapshot {
+            indexes: read_indexes(&txn.open_table(META)?)?,
+            ..CatalogSnapshot::default()
+        };
+        for entry in txn.open_table(REGISTRATIONS)?.iter()? {
+            let (key, value) = entry?;
+            snapshot
+                .registrations
+                .push(decode(value.value(), key.value())?);
+        }
+        for entry in txn.open_table(CHECKS)?.iter()? {
+            let (key, value) = entry?;
+            snapshot.checks.push(decode(value.value(), key.value())?);
+        }
+        Ok(snapshot)
+    }
+}
+
+/// The record a definition becomes, keeping the state and create index of a check with the
+/// same ID.
+fn check_record(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    definition: CheckDefinition,
+    service: Option<&Registration>,
+    change_index: u64,
+) -> DbResult<CheckRecord> {
+    let existing = table
+        .get(definition.id.as_str())?
+        .map(|value| decode::<CheckRecord>(value.value(), &definition.id))
+        .transpose()?;
+    let (status, output, create_index) = match (&existing, definition.status) {
+        (_, Some(status)) => (
+            status,
+            String::new(),
+            existing.as_ref().map_or(change_index, |e| e.create_index),
+        ),
+        (Some(existing), None) => (
+            existing.status,
+            existing.output.clone(),
+            existing.create_index,
+        ),
+        (None, None) => (CheckStatus::Critical, String::new(), change_index),
+    };
+    Ok(CheckRecord {
+        version: SCHEMA_VERSION,
+        service_name: service.map(|s| s.name.clone()).unwrap_or_default(),
+        service_tags: service.map(|s| s.tags.clone()).unwrap_or_default(),
+        definition,
+        status,
+        output,
+        create_index,
+        modify_index: change_index,
+    })
+}
+
+/// Whether a name is held by registered instances; used to keep wasm services off it.
+pub(crate) fn name_is_registered(txn: &WriteTransaction, name: &str) -> DbResult<bool> {
+    for entry in txn.open_table(REGISTRATIONS)?.iter()? {
+        let (key, value) = entry?;
+        let registration: Registration = decode(value.value(), key.value())?;
+        if registration.name == name {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

@@ -1,0 +1,680 @@
+//! [`Db`]: the synchronous core of the redb store, the transactions over the tables in
+//! `tables.rs` for modules, services and their revisions, and each service's bounded history
+//! of scale events (`catalog.rs` and `kv.rs` add theirs).
+//!
+//! **Invariants:**
+//! every change is exactly one redb write transaction, committed with redb's default (durable)
+//! commit, so an acknowledged change survives `kill -9`;
+//! every change of configuration (modules and services) increments the change index in that
+//! same transaction, and a request that changes nothing (an existing module, an unchanged spec,
+//! a failed check) commits nothing;
+//! recording a scale event is a write too, an observation rather than configuration, which
+//! bumps the change index for health watchers only;
+//! no transaction outlives the method that began it;
+//! a committed change goes into the [`ChangeLog`] under the writer lock, so the log is in
+//! commit order.
+//! redb serializes write transactions (`begin_write` blocks while another is live), which is
+//! what makes the check-then-write sequences here, like "is this module used?", race free.
+
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use serde::Deserialize;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shoal_registry::{
+    Change, ChangeLog, Clock, Committed, Error, EventRecord, Expect, Indexes,
+    MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceRecord, Subject,
+};
+use shoal_spec::{Digest, FieldError, ModuleKind, ServiceName, ServiceSpec};
+
+use crate::tables::{
+    CHANGE_INDEX_KEY, CHECKS, EVENTS, INDEX_CATALOG_KEY, INDEX_HEALTH_KEY, INDEX_KV_KEY, KV, META,
+    MODULE_BYTES, MODULES, REGISTRATIONS, REVISIONS, SERVICES,
+};
+
+/// One redb database holding a node's state, and the log of its changes.
+///
+/// All methods are synchronous and may block on disk IO, or on another thread's write;
+/// [`RedbStore`](crate::RedbStore) calls them on blocking threads.
+pub(crate) struct Db {
+    pub(crate) database: Database,
+    clock: Arc<dyn Clock>,
+    pub(crate) log: Arc<ChangeLog>,
+    /// Held from a write's start until its change is in the log, so the log is in commit
+    /// order; redb's own write lock is released at commit, before the push.
+    writer: Mutex<()>,
+}
+
+impl Db {
+    /// Takes over `database`, creating any missing table and the change index at 1, so that
+    /// reads never find them missing, and starts the change log at the current index.
+    pub(crate) fn init(
+        database: Database,
+        clock: Arc<dyn Clock>,
+        log_capacity: usize,
+    ) -> DbResult<Db> {
+        let txn = database.begin_write()?;
+        {
+            txn.open_table(MODULES)?;
+            txn.open_table(MODULE_BYTES)?;
+            txn.open_table(SERVICES)?;
+            txn.open_table(REVISIONS)?;
+            txn.open_table(EVENTS)?;
+            txn.open_table(REGISTRATIONS)?;
+            txn.open_table(CHECKS)?;
+            txn.open_table(KV)?;
+            let mut meta = txn.open_table(META)?;
+            let missing_change_index = meta.get(CHANGE_INDEX_KEY)?.is_none();
+            if missing_change_index {
+                meta.insert(CHANGE_INDEX_KEY, 1)?;
+            }
+        }
+        txn.commit()?;
+        let current = Db::read_change_index(&database)?;
+        Ok(Db {
+            database,
+            clock,
+            log: ChangeLog::new(current, log_capacity),
+            writer: Mutex::new(()),
+        })
+    }
+
+    fn read_change_index(database: &Database) -> DbResult<u64> {
+        let txn = database.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let change_index = meta
+            .get(CHANGE_INDEX_KEY)?
+            .map(|value| value.value())
+            .ok_or_else(missing_change_index)?;
+        Ok(change_index)
+    }
+
+    /// Stores a module's bytes and record in one transaction, returning the record and whether
+    /// it was created; see [`Store::put_module`](shoal_registry::Store::put_module).
+    pub(crate) fn put_module(
+        &self,
+        digest: &Digest,
+        kind: ModuleKind,
+        bytes: &[u8],
+    ) -> DbResult<Committed<(ModuleRecord, bool)>> {
+        // A content address that does not match the content would make every later lookup lie,
+        // so the cost of hashing again is worth paying.
+        let actual_digest = Digest::of(bytes);
+        if actual_digest != *digest {
+            return Err(Error::Invalid(FieldError::new(
+                "digest",
+                format!("{digest} does not match the module bytes, which hash to {actual_digest}"),
+            ))
+            .into());
+        }
+        let committed = self.write(Subject::Module(digest.clone()), |txn| {
+            let mut modules = txn.open_table(MODULES)?;
+            let existing = modules
+                .get(digest.as_str())?
+                .map(|value| decode::<ModuleRecord>(value.value(), digest.as_str()))
+                .transpose()?;
+            if let Some(existing) = existing {
+                return Ok(Write::Abort((existing, false)));
+            }
+            let record = ModuleRecord {
+                version: SCHEMA_VERSION,
+                digest: digest.clone(),
+                size: bytes.len() as u64,
+                kind,
+                created_unix_ms: self.clock.now_unix_ms(),
+                change_index: bump_change_index(txn, &[])?,
+            };
+            modules.insert(digest.as_str(), encode(&record).as_slice())?;
+            txn.open_table(MODULE_BYTES)?
+                .insert(digest.as_str(), bytes)?;
+            Ok(Write::Commit((record, true)))
+        })?;
+        if committed.value.1 {
+            tracing::debug!(%digest, %kind, size = bytes.len(), index = committed.index, "stored module");
+        }
+        Ok(committed)
+    }
+
+    /// The record of a stored module.
+    pub(crate) fn module(&self, digest: &Digest) -> DbResult<Option<ModuleRecord>> {
+        let txn = self.database.begin_read()?;
+        let modules = txn.open_table(MODULES)?;
+        let record = modules
+            .get(digest.as_str())?
+            .map(|value| decode(value.value(), digest.as_str()))
+            .transpose()?;
+        Ok(record)
+    }
+
+    /// The bytes of a stored module.
+    pub(crate) fn module_bytes(&self, digest: &Digest) -> DbResult<Option<Vec<u8>>> {
+        let txn = self.database.begin_read()?;
+        let module_bytes = txn.open_table(MODULE_BYTES)?;
+        let bytes = module_bytes
+            .get(digest.as_str())?
+            .map(|value| value.value().to_vec());
+        Ok(bytes)
+    }
+
+    /// The records of all stored modules, sorted by digest.
+    pub(crate) fn modules(&self) -> DbResult<Vec<ModuleRecord>> {
+        self.read_all(MODULES)
+    }
+
+    /// Deletes a module's record and bytes, returning the record; see
+    /// [`Store::delete_module`](shoal_registry::Store::delete_module).
+    ///
+    /// Earlier revisions may still name it; rolling back to one of them then fails with
+    /// [`Error::ModuleNotFound`] until the module is stored again.
+    pub(crate) fn delete_module(&self, digest: &Digest) -> DbResult<Committed<ModuleRecord>> {
+        let committed = self.write(Subject::Module(digest.clone()), |txn| {
+            let mut modules = txn.open_table(MODULES)?;
+            let record: ModuleRecord = match modules.get(digest.as_str())? {
+                Some(value) => decode(value.value(), digest.as_str())?,
+                None => {
+                    return Err(Error::NotFound {
+                        kind: "module",
+                        key: digest.to_string(),
+                    }
+                    .into());
+                }
+            };
+            let services = txn.open_table(SERVICES)?;
+            let mut users = Vec::new();
+            for entry in services.iter()? {
+                let (key, value) = entry?;
+                let service: ServiceRecord = decode(value.value(), key.value())?;
+                if service.spec.module == *digest {
+                    users.push(service.name.to_string());
+                }
+            }
+            if !users.is_empty() {
+                return Err(Error::ModuleInUse {
+                    digest: digest.clone(),
+                    services: users,
+                }
+                .into());
+            }
+            modules.remove(digest.as_str())?;
+            txn.open_table(MODULE_BYTES)?.remove(digest.as_str())?;
+            bump_change_index(txn, &[])?;
+            Ok(Write::Commit(record))
+        })?;
+        tracing::debug!(%digest, "deleted module");
+        Ok(committed)
+    }
+
+    /// Creates or updates a service when `expect` holds; see
+    /// [`Store::put_service`](shoal_registry::Store::put_service).
+    pub(crate) fn put_service(
+        &self,
+        name: &ServiceName,
+        mut spec: ServiceSpec,
+        expect: Expect,
+    ) -> DbResult<Committed<(ServiceRecord, bool)>> {
+        spec.normalize();
+        spec.validate().map_err(Error::from)?;
+        let committed = self.write(Subject::Service(name.clone()), |txn| {
+            let module_exists = txn
+                .open_table(MODULES)?
+                .get(spec.module.as_str())?
+                .is_some();
+            if !module_exists {
+                return Err(Error::ModuleNotFound(spec.module.clone()).into());
+            }
+            if crate::catalog::name_is_registered(txn, name.as_str())? {
+                return Err(Error::NameTaken {
+                    name: name.to_string(),
+                    owner: "service instances registered through the Consul API",
+                }
+                .into());
+            }
+            let mut services = txn.open_table(SERVICES)?;
+            let current = services
+                .get(name.as_str())?
+                .map(|value| decode::<ServiceRecord>(value.value(), name.as_str()))
+                .transpose()?;
+            check_expected(name, expect, current.as_ref())?;
+            if let Some(current) = current.as_ref().filter(|current| current.spec == spec) {
+                return Ok(Write::Abort((current.clone(), false)));
+            }
+            let change_index = bump_change_index(txn, &[Area::Catalog])?;
+            let now = self.clock.now_unix_ms();
+            let (revision, created_unix_ms) = match &current {
+                Some(current) => (current.revision + 1, current.created_unix_ms),
+                None => (1, now),
+            };
+            let revision_record = RevisionRecord {
+                version: SCHEMA_VERSION,
+                name: name.clone(),
+                revision,
+                spec: spec.clone(),
+                created_unix_ms: now,
+                change_index,
+            };
+            let record = ServiceRecord {
+                version: SCHEMA_VERSION,
+                name: name.clone(),
+                revision,
+                spec,
+                created_unix_ms,
+                updated_unix_ms: now,
+                change_index,
+            };
+            services.insert(name.as_str(), encode(&record).as_slice())?;
+            txn.open_table(REVISIONS)?.insert(
+                (name.as_str(), revision),
+                encode(&revision_record).as_slice(),
+            )?;
+            Ok(Write::Commit((record, current.is_none())))
+        })?;
+        let (record, _) = &committed.value;
+        if record.change_index == committed.index {
+            tracing::debug!(%name, revision = record.revision, index = committed.index, "stored service");
+        }
+        Ok(committed)
+    }
+
+    /// The current record of a service.
+    pub(crate) fn service(&self, name: &ServiceName) -> DbResult<Option<ServiceRecord>> {
+        let txn = self.database.begin_read()?;
+        let services = txn.open_table(SERVICES)?;
+        let record = services
+            .get(name.as_str())?
+            .map(|value| decode(value.value(), name.as_str()))
+            .transpose()?;
+        Ok(record)
+    }
+
+    /// The current records of all services, sorted by name.
+    pub(crate) fn services(&self) -> DbResult<Vec<ServiceRecord>> {
+        self.read_all(SERVICES)
+    }
+
+    /// Every record of a table keyed by a string, in key order.
+    fn read_all<R: StoredRecord>(
+        &self,
+        table: redb::TableDefinition<'_, &str, &[u8]>,
+    ) -> DbResult<Vec<R>> {
+        let txn = self.database.begin_read()?;
+        let table = txn.open_table(table)?;
+        let mut records = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            records.push(decode(value.value(), key.value())?);
+        }
+        Ok(records)
+    }
+
+    /// Every revision of a service, oldest first; the last is the current spec.
+    pub(crate) fn revisions(&self, name: &ServiceName) -> DbResult<Vec<RevisionRecord>> {
+        let txn = self.database.begin_read()?;
+        let service_exists = txn.open_table(SERVICES)?.get(name.as_str())?.is_some();
+        if !service_exists {
+            return Err(service_not_found(name).into());
+        }
+        let revisions = txn.open_table(REVISIONS)?;
+        let mut records = Vec::new();
+        for entry in revisions.range((name.as_str(), 0)..=(name.as_str(), u64::MAX))? {
+            let (key, value) = entry?;
+            let (_, revision) = key.value();
+            records.push(decode(
+                value.value(),
+                &format!("{name} revision {revision}"),
+            )?);
+        }
+        Ok(records)
+    }
+
+    /// Deletes a service, its revision history and its scale events when `expect` holds,
+    /// returning its last record.
+    ///
+    /// A service created later under the same name starts again at revision 1 and event 1.
+    pub(crate) fn delete_service(
+        &self,
+        name: &ServiceName,
+        expect: Expect,
+    ) -> DbResult<Committed<ServiceRecord>> {
+        let committed = self.write(Subject::Service(name.clone()), |txn| {
+            let mut services = txn.open_table(SERVICES)?;
+            let current: Option<ServiceRecord> = services
+                .get(name.as_str())?
+                .map(|value| decode(value.value(), name.as_str()))
+                .transpose()?;
+            check_expected(name, expect, current.as_ref())?;
+            let Some(record) = current else {
+                return Err(service_not_found(name).into());
+            };
+            services.remove(name.as_str())?;
+            txn.open_table(REVISIONS)?
+                .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |_, _| false)?;
+            txn.open_table(EVENTS)?
+                .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |_, _| false)?;
+            bump_change_index(txn, &[Area::Catalog])?;
+            Ok(Write::Commit(record))
+        })?;
+        tracing::debug!(%name, "deleted service");
+        Ok(committed)
+    }
+
+    /// Records a scale decision of a service as its next [`EventRecord`], and prunes its
+    /// oldest events beyond [`MAX_EVENTS_PER_SERVICE`], in one write transaction.
+    ///
+    /// A replica count is what health reports for a wasm service, so recording an event bumps
+    /// the change index in the health area only: watchers of the catalog and the key/value
+    /// store are not woken by the autoscaler, and no service revision changes.
+    /// Sequence numbers continue from the newest event kept, so they are never reused while
+    /// the service exists.
+    pub(crate) fn record_event(
+        &self,
+        name: &ServiceName,
+        from: u32,
+        to: u32,
+        reason: &str,
+    ) -> DbResult<Committed<EventRecord>> {
+        let committed = self.write(Subject::Events(name.clone()), |txn| {
+            let service_exists = txn.open_table(SERVICES)?.get(name.as_str())?.is_some();
+            if !service_exists {
+                return Err(service_not_found(name).into());
+            }
+            let mut events = txn.open_table(EVENTS)?;
+            let newest_seq = events
+                .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))?
+                .next_back()
+                .transpose()?
+                .map_or(0, |(key, _)| key.value().1);
+            let seq = newest_seq.checked_add(1).ok_or_else(|| {
+                Error::Corrupt(format!("the event sequence of {name} cannot grow"))
+            })?;
+            let record = EventRecord {
+                version: SCHEMA_VERSION,
+                service: name.clone(),
+                seq,
+                time_unix_ms: self.clock.now_unix_ms(),
+                from,
+                to,
+                reason: reason.to_owned(),
+            };
+            events.insert((name.as_str(), seq), encode(&record).as_slice())?;
+            bump_change_index(txn, &[Area::Health])?;
+            // Sequence numbers have no gaps, so the newest events kept are exactly these.
+            let oldest_kept_seq = seq.saturating_sub(MAX_EVENTS_PER_SERVICE as u64 - 1);
+            events.retain_in(
+                (name.as_str(), 0)..(name.as_str(), oldest_kept_seq),
+                |_, _| false,
+            )?;
+            Ok(Write::Commit(record))
+        })?;
+        tracing::debug!(%name, seq = committed.value.seq, from, to, reason, "recorded scale event");
+        Ok(committed)
+    }
+
+    /// The newest `limit` scale events of a service, oldest first.
+    pub(crate) fn events(&self, name: &ServiceName, limit: usize) -> DbResult<Vec<EventRecord>> {
+        let txn = self.database.begin_read()?;
+        let service_exists = txn.open_table(SERVICES)?.get(name.as_str())?.is_some();
+        if !service_exists {
+            return Err(service_not_found(name).into());
+        }
+        let events = txn.open_table(EVENTS)?;
+        let mut records = Vec::new();
+        let newest_first = events
+            .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))?
+            .rev()
+            .take(limit);
+        for entry in newest_first {
+            let (key, value) = entry?;
+            let (_, seq) = key.value();
+            records.push(decode(value.value(), &format!("{name} event {seq}"))?);
+        }
+        records.reverse();
+        Ok(records)
+    }
+
+    /// The change index and the index of each watched area, read together.
+    pub(crate) fn indexes(&self) -> DbResult<Indexes> {
+        let txn = self.database.begin_read()?;
+        read_indexes(&txn.open_table(META)?)
+    }
+
+    /// Runs `body` in one write transaction and commits or aborts as it asks (aborting if it
+    /// fails); a commit goes into the change log as a change to `subject`.
+    pub(crate) fn write<T>(
+        &self,
+        subject: Subject,
+        body: impl FnOnce(&WriteTransaction) -> DbResult<Write<T>>,
+    ) -> DbResult<Committed<T>> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let txn = self.database.begin_write()?;
+        let outcome = body(&txn).and_then(|write| {
+            let indexes = read_indexes(&txn.open_table(META)?)?;
+            Ok((write, indexes))
+        });
+        match outcome {
+            Ok((Write::Commit(value), indexes)) => {
+                txn.commit()?;
+                self.log.push(Change { indexes, subject });
+                Ok(Committed {
+                    value,
+                    index: indexes.change,
+                })
+            }
+            Ok((Write::Abort(value), indexes)) => {
+                txn.abort()?;
+                Ok(Committed {
+                    value,
+                    index: indexes.change,
+                })
+            }
+            Err(err) => {
+                // The body's error is what the caller needs; a failure to abort on top of it
+                // (the transaction is discarded either way) is only worth a log line.
+                if let Err(abort_err) = txn.abort() {
+                    tracing::warn!(error = %abort_err, "failed to abort a store transaction");
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+/// What a write transaction's body asks for once it has succeeded.
+pub(crate) enum Write<T> {
+    /// Something changed: commit durably, then return the value.
+    Commit(T),
+    /// Nothing changed: abort, then return the value.
+    Abort(T),
+}
+
+/// An error inside the redb core: the store's own, or one of redb's, which the store reports
+/// as [`Error::Storage`]. (A `From<redb::Error>` for the store's error would be an orphan.)
+#[derive(Debug)]
+pub(crate) struct DbError(pub(crate) Error);
+
+/// The result of the redb core.
+pub(crate) type DbResult<T> = std::result::Result<T, DbError>;
+
+impl From<Error> for DbError {
+    fn from(error: Error) -> DbError {
+        DbError(error)
+    }
+}
+
+/// Converts each of redb's per-operation errors through `redb::Error`, which redb provides as
+/// the superset of all of them.
+macro_rules! storage_error_from {
+    ($($redb_error:ty),* $(,)?) => {
+        $(
+            impl From<$redb_error> for DbError {
+                fn from(error: $redb_error) -> DbError {
+                    DbError(Error::Storage(Box::new(redb::Error::from(error))))
+                }
+            }
+        )*
+    };
+}
+
+storage_error_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+);
+
+/// Fails with [`Error::Conflict`] unless `current` is what `expect` says.
+fn check_expected(
+    name: &ServiceName,
+    expect: Expect,
+    current: Option<&ServiceRecord>,
+) -> DbResult<()> {
+    let holds = match (expect, current) {
+        (Expect::Any, _) | (Expect::Absent, None) => true,
+        (Expect::Revision(revision), Some(current)) => current.revision == revision,
+        _ => false,
+    };
+    if holds {
+        return Ok(());
+    }
+    let describe = |revision: Option<u64>| {
+        revision.map_or_else(|| "no service".to_owned(), |r| format!("revision {r}"))
+    };
+    let expected = match expect {
+        Expect::Revision(revision) => describe(Some(revision)),
+        _ => describe(None),
+    };
+    Err(Error::Conflict {
+        name: name.to_string(),
+        expected,
+        found: describe(current.map(|c| c.revision)),
+    }
+    .into())
+}
+
+/// The parts of the store that Consul-style blocking queries watch apart, so that a watcher of
+/// one is not woken by changes to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Area {
+    /// Which services exist: wasm services and registered ones.
+    Catalog,
+    /// What health reports: check states, and the replicas of wasm services.
+    Health,
+    /// The key/value store.
+    Kv,
+}
+
+impl Area {
+    fn key(self) -> &'static str {
+        match self {
+            Area::Catalog => INDEX_CATALOG_KEY,
+            Area::Health => INDEX_HEALTH_KEY,
+            Area::Kv => INDEX_KV_KEY,
+        }
+    }
+}
+
+/// Reads the [`Indexes`] from an open META table.
+pub(crate) fn read_indexes(meta: &impl ReadableTable<&'static str, u64>) -> DbResult<Indexes> {
+    let read = |key: &str| -> DbResult<u64> { Ok(meta.get(key)?.map_or(1, |value| value.value())) };
+    let change = meta
+        .get(CHANGE_INDEX_KEY)?
+        .map(|value| value.value())
+        .ok_or_else(missing_change_index)?;
+    Ok(Indexes {
+        change,
+        catalog: read(INDEX_CATALOG_KEY)?,
+        health: read(INDEX_HEALTH_KEY)?,
+        kv: read(INDEX_KV_KEY)?,
+    })
+}
+
+/// Increments the change index within `txn`, marks `areas` as changed at the new value, and
+/// returns it.
+pub(crate) fn bump_change_index(txn: &WriteTransaction, areas: &[Area]) -> DbResult<u64> {
+    let mut meta = txn.open_table(META)?;
+    let current = meta
+        .get(CHANGE_INDEX_KEY)?
+        .map(|value| value.value())
+        .ok_or_else(missing_change_index)?;
+    let next = current
+        .checked_add(1)
+        .ok_or_else(|| Error::Corrupt(format!("the change index {current} cannot grow")))?;
+    meta.insert(CHANGE_INDEX_KEY, next)?;
+    for area in areas {
+        meta.insert(area.key(), next)?;
+    }
+    Ok(next)
+}
+
+fn missing_change_index() -> Error {
+    Error::Corrupt("the change index is missing".into())
+}
+
+fn service_not_found(name: &ServiceName) -> Error {
+    Error::NotFound {
+        kind: "service",
+        key: name.to_string(),
+    }
+}
+
+/// A record type stored as JSON, named in corruption errors.
+pub(crate) trait StoredRecord: Serialize + DeserializeOwned {
+    /// What the record describes, e.g. `"module"`.
+    const KIND: &'static str;
+}
+
+impl StoredRecord for ModuleRecord {
+    const KIND: &'static str = "module";
+}
+
+impl StoredRecord for ServiceRecord {
+    const KIND: &'static str = "service";
+}
+
+impl StoredRecord for EventRecord {
+    const KIND: &'static str = "event";
+}
+
+impl StoredRecord for RevisionRecord {
+    const KIND: &'static str = "revision";
+}
+
+impl StoredRecord for shoal_registry::Registration {
+    const KIND: &'static str = "registration";
+}
+
+impl StoredRecord for shoal_registry::CheckRecord {
+    const KIND: &'static str = "check";
+}
+
+pub(crate) fn encode<R: StoredRecord>(record: &R) -> Vec<u8> {
+    serde_json::to_vec(record)
+        .expect("records always serialize: every map has string keys and no serializer fails")
+}
+
+/// Decodes the record stored under `key`, refusing schema versions this build does not know.
+pub(crate) fn decode<R: StoredRecord>(bytes: &[u8], key: &str) -> DbResult<R> {
+    /// Just the version, read first so that a record from a newer shoal is reported as such
+    /// rather than as whichever field no longer fits.
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+
+    let corrupt = |problem: String| {
+        DbError(Error::Corrupt(format!(
+            "{} record {key:?} {problem}",
+            R::KIND
+        )))
+    };
+    let Versioned { version } =
+        serde_json::from_slice(bytes).map_err(|err| corrupt(format!("does not decode: {err}")))?;
+    if version != SCHEMA_VERSION {
+        return Err(corrupt(format!(
+            "has schema version {version}, but this shoal reads version {SCHEMA_VERSION}"
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|err| corrupt(format!("does not decode: {err}")))
+}

@@ -1,0 +1,389 @@
+//! Compiled modules: what kind each is ([`GuestKind`]), linking them, and the on-disk cache
+//! of their machine code.
+//!
+//! Linking happens here, for a module just compiled (`compile.rs`) or one read back from the
+//! cache, so a module importing something shoal does not provide is refused at upload rather
+//! than on its first request, and a component that does not export
+//! `wasi:http/incoming-handler` (or a core module without `_start`) is refused with a message
+//! that says what was found.
+//!
+//! Machine code is cached on disk, keyed by the module's digest and the engine's
+//! fingerprint, so a restart serves every service without recompiling. Deserializing
+//! machine code is trusting it, so a cached artifact carries a SHA-256 of its own
+//! bytes, is checked for the expected kind and engine compatibility, and anything
+//! that fails a check is recompiled and replaced, never loaded.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Module, Precompiled};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::exec::{cgi, http};
+use crate::{Error, Result, Runtime};
+
+/// What kind of program a module is, which decides how it is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKind {
+    /// A component exporting `wasi:http/incoming-handler` (the `wasi:http/proxy` world).
+    Http,
+    /// A WASI preview1 command (a core module exporting `_start`), run as CGI.
+    Cgi,
+}
+
+impl GuestKind {
+    /// A stable name for the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestKind::Http => "http",
+            GuestKind::Cgi => "cgi",
+        }
+    }
+}
+
+/// A compiled, linked module, ready to instantiate. Cheap to clone.
+#[derive(Clone)]
+pub struct Compiled {
+    pub(crate) kind: GuestKind,
+    pub(crate) pre: Pre,
+    pub(crate) from_cache: bool,
+}
+
+#[derive(Clone)]
+pub(crate) enum Pre {
+    Http(ProxyPre<http::HttpState>),
+    Cgi(wasmtime::InstancePre<cgi::CgiState>),
+}
+
+impl Compiled {
+    /// The module's kind.
+    pub fn kind(&self) -> GuestKind {
+        self.kind
+    }
+
+    /// Whether the machine code came from the on-disk cache rather than a compile.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
+    }
+}
+
+pub(crate) const ACCEPTED: &str = "shoal accepts a wasi:http component (exporting wasi:http/incoming-handler, \
+     as `wasmtime serve` and Spin run) or a WASI preview1 command (a core module exporting `_start`)";
+
+impl Runtime {
+    /// Returns the compiled module for `digest`: from memory, else from the on-disk
+    /// cache, else by compiling the bytes `load_bytes` fetches. Blocking.
+    pub fn load(
+        &self,
+        digest: &str,
+        load_bytes: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> Result<Compiled> {
+        if let Some(compiled) = self.cached(digest) {
+            return Ok(compiled);
+        }
+        let bytes = load_bytes().map_err(Error::Internal)?;
+        self.compile(digest, &bytes)
+    }
+
+    /// The compiled module for `digest` if it is in memory or in the on-disk cache; an
+    /// artifact that fails verification is counted, logged and passed over. Blocking.
+    #[tracing::instrument(name = "shoal_runtime.cached", skip_all, fields(digest))]
+    pub fn cached(&self, digest: &str) -> Option<Compiled> {
+        if let Some(compiled) = self.loaded_lock().get(digest) {
+            return Some(compiled.clone());
+        }
+        match self.load_cached(digest) {
+            Ok(Some(compiled)) => {
+                self.n_cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.remember(digest, &compiled);
+                Some(compiled)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                self.n_cache_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(digest, error = %format!("{error:#}"), "cached artifact rejected");
+                None
+            }
+        }
+    }
+
+    /// Without the compiler, only what the cache holds can be loaded.
+    #[cfg(not(feature = "compiler"))]
+    pub fn compile(&self, digest: &str, _bytes: &[u8]) -> Result<Compiled> {
+        Err(Error::NoCompiler(format!(
+            "module {digest} is not in this node's artifact cache, and this build of shoal has \
+             no compiler: compile it once with a full build of shoal on the same data directory"
+        )))
+    }
+
+    /// Drops the in-memory copy of a module (its cached artifact stays on disk).
+    pub fn forget(&self, digest: &str) {
+        self.loaded_lock().remove(digest);
+    }
+
+    pub(crate) fn remember(&self, digest: &str, compiled: &Compiled) {
+        self.loaded_lock()
+            .insert(digest.to_owned(), compiled.clone());
+    }
+
+    fn loaded_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Compiled>> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn load_cached(&self, digest: &str) -> anyhow::Result<Option<Compiled>> {
+        let Some(artifact) = self.cache.read(digest)? else {
+            return Ok(None);
+        };
+        let pre = match Engine::detect_precompiled(&artifact) {
+            Some(Precompiled::Module) => {
+                let module = deserialize_module(&self.engine, &artifact)?;
+                Pre::Cgi(self.link_module(&module)?)
+            }
+            Some(Precompiled::Component) => {
+                let component = deserialize_component(&self.engine, &artifact)?;
+                Pre::Http(self.link_component(&component)?)
+            }
+            None => anyhow::bail!("not a wasmtime artifact"),
+        };
+        Ok(Some(Compiled {
+            kind: pre.kind(),
+            pre,
+            from_cache: true,
+        }))
+    }
+
+    pub(crate) fn link_module(
+        &self,
+        module: &Module,
+    ) -> Result<wasmtime::InstancePre<cgi::CgiState>> {
+        let start = module.get_export("_start");
+        if !matches!(start, Some(wasmtime::ExternType::Func(ref ty)) if ty.params().len() == 0 && ty.results().len() == 0)
+        {
+            let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
+            return Err(Error::InvalidModule(format!(
+                "core module does not export a `_start` function (exports: {}); \
+                 shoal runs core modules as WASI preview1 commands (CGI), which need `_start`; {ACCEPTED}",
+                list(&exports)
+            )));
+        }
+        self.cgi_linker.instantiate_pre(module).map_err(|e| {
+            Error::InvalidModule(format!(
+                "module cannot be linked: {e:#}; shoal provides WASI preview1 (wasi_snapshot_preview1) only"
+            ))
+        })
+    }
+
+    pub(crate) fn link_component(
+        &self,
+        component: &Component,
+    ) -> Result<ProxyPre<http::HttpState>> {
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        if !exports
+            .iter()
+            .any(|name| name.starts_with("wasi:http/incoming-handler@0.2"))
+        {
+            let names: Vec<&str> = exports.iter().map(String::as_str).collect();
+            return Err(Error::InvalidModule(format!(
+                "component does not export wasi:http/incoming-handler@0.2.x (exports: {}); {ACCEPTED}",
+                list(&names)
+            )));
+        }
+        let instance_pre = self.http_linker.instantiate_pre(component).map_err(|e| {
+            Error::InvalidModule(format!(
+                "component cannot be linked: {e:#}; shoal provides the wasi:http/proxy world and WASI 0.2"
+            ))
+        })?;
+        ProxyPre::new(instance_pre).map_err(|e| {
+            Error::InvalidModule(format!(
+                "component is not a wasi:http/proxy handler: {e:#}; {ACCEPTED}"
+            ))
+        })
+    }
+}
+
+impl Pre {
+    pub(crate) fn kind(&self) -> GuestKind {
+        match self {
+            Pre::Http(_) => GuestKind::Http,
+            Pre::Cgi(_) => GuestKind::Cgi,
+        }
+    }
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[allow(unsafe_code)]
+fn deserialize_module(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Module> {
+    // SAFETY: the artifact was written by `ArtifactCache::store` from wasmtime's own
+    // serializer, and `ArtifactCache::read` verified its SHA-256 before returning it,
+    // so these are the bytes wasmtime produced; wasmtime itself then checks the
+    // engine compatibility recorded in the artifact's header.
+    Ok(unsafe { Module::deserialize(engine, artifact) }?)
+}
+
+#[allow(unsafe_code)]
+fn deserialize_component(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
+    // SAFETY: as for `deserialize_module`.
+    Ok(unsafe { Component::deserialize(engine, artifact) }?)
+}
+
+/// Compiled artifacts on disk: `{dir}/{digest}.{engine fingerprint}.cwasm`, each file
+/// a SHA-256 of the artifact followed by the artifact, written atomically.
+///
+/// The fingerprint is wasmtime's compatibility hash of the engine that compiled it, which
+/// only a build with a compiler can compute. A build without one reads the newest artifact
+/// of the digest whatever its fingerprint, and leaves the compatibility check to wasmtime,
+/// which refuses at load an artifact compiled for another engine or CPU.
+pub(crate) struct ArtifactCache {
+    dir: Option<PathBuf>,
+    /// `None` without the compiler: nothing is written then.
+    fingerprint: Option<String>,
+}
+
+const CHECKSUM_LEN: usize = 32;
+
+impl ArtifactCache {
+    pub(crate) fn new(dir: Option<PathBuf>, engine: &Engine) -> anyhow::Result<ArtifactCache> {
+        if let Some(dir) = &dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the artifact cache {}", dir.display()))?;
+        }
+        Ok(ArtifactCache {
+            dir,
+            fingerprint: fingerprint(engine),
+        })
+    }
+
+    /// The file an artifact of `digest` is stored in by this engine, if it stores any.
+    fn path(&self, digest: &str) -> Option<PathBuf> {
+        let name = digest.replace(':', "-");
+        let fingerprint = self.fingerprint.as_ref()?;
+        self.dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{name}.{fingerprint}.cwasm")))
+    }
+
+    /// The file to read an artifact of `digest` from: this engine's, or, without a
+    /// fingerprint, the newest one of any engine.
+    fn find(&self, digest: &str) -> anyhow::Result<Option<PathBuf>> {
+        if self.fingerprint.is_some() {
+            return Ok(self.path(digest));
+        }
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let prefix = format!("{}.", digest.replace(':', "-"));
+        let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with(&prefix) && name.ends_with(".cwasm")) {
+                continue;
+            }
+            let modified = entry.metadata()?.modified()?;
+            if newest.as_ref().is_none_or(|(time, _)| modified > *time) {
+                newest = Some((modified, entry.path()));
+            }
+        }
+        Ok(newest.map(|(_, path)| path))
+    }
+
+    /// The verified artifact for `digest`, `None` if there is none, an error if there is
+    /// one that fails verification.
+    pub(crate) fn read(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(path) = self.find(digest)? else {
+            return Ok(None);
+        };
+        let mut file = match std::fs::read(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        anyhow::ensure!(file.len() > CHECKSUM_LEN, "{} is truncated", path.display());
+        let artifact = file.split_off(CHECKSUM_LEN);
+        anyhow::ensure!(
+            Sha256::digest(&artifact).as_slice() == file.as_slice(),
+            "{} does not match its checksum",
+            path.display()
+        );
+        Ok(Some(artifact))
+    }
+
+    /// Stores an artifact this engine compiled.
+    #[cfg(feature = "compiler")]
+    pub(crate) fn store(&self, digest: &str, artifact: &[u8]) -> anyhow::Result<()> {
+        let Some(path) = self.path(digest) else {
+            return Ok(());
+        };
+        let dir = path
+            .parent()
+            .expect("cache paths are always inside the cache dir");
+        let checksum = Sha256::digest(artifact);
+        write_atomically(dir, &path, &[checksum.as_slice(), artifact])
+    }
+}
+
+/// wasmtime's compatibility hash of the engine, in hex: artifacts with the same fingerprint
+/// deserialize in this engine.
+#[cfg(feature = "compiler")]
+fn fingerprint(engine: &Engine) -> Option<String> {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    Some(format!("{:016x}", hasher.finish()))
+}
+
+/// Without a compiler wasmtime cannot say: see [`ArtifactCache`].
+#[cfg(not(feature = "compiler"))]
+fn fingerprint(_engine: &Engine) -> Option<String> {
+    None
+}
+
+/// Writes `parts` to a temporary file in `dir`, syncs it, renames it over `path` and
+/// syncs the directory, so readers see either the old file or the whole new one.
+#[cfg(feature = "compiler")]
+fn write_atomically(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    parts: &[&[u8]],
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("artifact"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        for part in parts {
+            file.write_all(part)?;
+        }
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
