@@ -9,6 +9,7 @@ mod consul_kv;
 mod guests;
 mod management;
 mod process;
+mod reconcile;
 mod routing;
 mod scaling;
 mod tidy;

@@ -59,3 +59,148 @@ fn no_built_wasm_is_committed() {
         );
     }
 }
+
+/// The workspace's dependency graph as Cargo resolves it for this machine: for each package,
+/// the packages it uses at run time (no dev or build dependencies), by name.
+fn runtime_dependencies() -> std::collections::BTreeMap<String, Vec<String>> {
+    let rustc = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("running rustc -vV");
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host");
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["--filter-platform", &host])
+        .current_dir(repo())
+        .output()
+        .expect("running cargo metadata");
+    assert!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let names: std::collections::HashMap<&str, &str> = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
+        .collect();
+    metadata["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| {
+            let deps = node["deps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|dep| {
+                    dep["dep_kinds"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|kind| kind["kind"].is_null())
+                })
+                .map(|dep| names[dep["pkg"].as_str().unwrap()].to_owned())
+                .collect();
+            (names[node["id"].as_str().unwrap()].to_owned(), deps)
+        })
+        .collect()
+}
+
+/// Everything `package` uses at run time, directly or not.
+fn closure(graph: &std::collections::BTreeMap<String, Vec<String>>, package: &str) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![package.to_owned()];
+    while let Some(next) = todo.pop() {
+        for dep in &graph[&next] {
+            if seen.insert(dep.clone()) {
+                todo.push(dep.clone());
+            }
+        }
+    }
+    seen.into_iter().collect()
+}
+
+/// The layering of ARCHITECTURE.md, as facts about Cargo's dependency graph: what each crate
+/// may use is what it depends on, so a rule kept here cannot be broken by an import.
+#[test]
+fn the_layering_holds_as_cargo_facts() {
+    let graph = runtime_dependencies();
+    // The product's crates; the test harnesses (publish = false) may use anything.
+    let product = [
+        "shoal-spec",
+        "shoal-runtime",
+        "shoal-registry",
+        "shoal-registry-redb",
+        "shoal-gateway",
+        "shoal-node",
+        "shoal-api",
+        "shoal",
+    ];
+    let direct_users = |dependency: &str| -> Vec<&str> {
+        product
+            .iter()
+            .copied()
+            .filter(|package| graph[*package].iter().any(|dep| dep == dependency))
+            .collect()
+    };
+    assert_eq!(
+        direct_users("redb"),
+        ["shoal-registry-redb"],
+        "only the redb backend knows redb"
+    );
+    for engine in ["wasmtime", "wasmtime-wasi", "wasmtime-wasi-http"] {
+        assert_eq!(
+            direct_users(engine),
+            ["shoal-runtime"],
+            "only the runtime knows {engine}"
+        );
+    }
+    assert_eq!(
+        direct_users("axum"),
+        ["shoal-api", "shoal"],
+        "only the surfaces and the binary know axum"
+    );
+
+    let spec = closure(&graph, "shoal-spec");
+    for forbidden in ["redb", "wasmtime", "tokio", "hyper", "http"] {
+        assert!(
+            !spec.iter().any(|dep| dep == forbidden),
+            "shoal-spec depends on {forbidden}"
+        );
+    }
+    let registry = closure(&graph, "shoal-registry");
+    for forbidden in ["redb", "wasmtime", "hyper"] {
+        assert!(
+            !registry.iter().any(|dep| dep == forbidden),
+            "the store trait depends on {forbidden}"
+        );
+    }
+    let gateway = closure(&graph, "shoal-gateway");
+    for forbidden in ["shoal-registry", "shoal-registry-redb", "redb", "axum"] {
+        assert!(
+            !gateway.iter().any(|dep| dep == forbidden),
+            "the gateway depends on {forbidden}"
+        );
+    }
+    let node = closure(&graph, "shoal-node");
+    for forbidden in ["shoal-registry-redb", "redb", "axum"] {
+        assert!(
+            !node.iter().any(|dep| dep == forbidden),
+            "the node core depends on {forbidden}"
+        );
+    }
+    // The closure is real: the binary reaches every layer.
+    let binary = closure(&graph, "shoal");
+    for layer in ["redb", "wasmtime", "shoal-node", "axum"] {
+        assert!(
+            binary.iter().any(|dep| dep == layer),
+            "shoal does not reach {layer}"
+        );
+    }
+}

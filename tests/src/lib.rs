@@ -24,6 +24,8 @@ pub struct TestNode {
     pub gateway: String,
     /// A client for both.
     pub client: reqwest::Client,
+    /// The node itself, for what a test waits on (its change feed) or reads directly.
+    pub node: shoal::Node,
     data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -53,6 +55,24 @@ impl TestNode {
         let mut config = shoal::NodeConfig::new(data_dir);
         configure(&mut config);
         let node = shoal::open_node(config).await.expect("opening the node");
+        TestNode::serve(node, data_dir).await
+    }
+
+    /// A node on `store`, which the test keeps a handle on to write to directly.
+    pub async fn start_on_store(
+        data_dir: &Path,
+        store: std::sync::Arc<dyn shoal_registry::Store>,
+    ) -> TestNode {
+        init_tracing();
+        let config = shoal::NodeConfig::new(data_dir);
+        let node = shoal::Node::open(config, store)
+            .await
+            .expect("opening the node");
+        TestNode::serve(node, data_dir).await
+    }
+
+    /// Serves `node` on free loopback ports.
+    async fn serve(node: shoal::Node, data_dir: &Path) -> TestNode {
         let api = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the API");
@@ -62,13 +82,14 @@ impl TestNode {
         let api_url = format!("http://{}", api.local_addr().expect("API address"));
         let gateway_url = format!("http://{}", gateway.local_addr().expect("gateway address"));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(shoal::serve(node, api, gateway, async move {
+        let task = tokio::spawn(shoal::serve(node.clone(), api, gateway, async move {
             let _ = stopped.await;
         }));
         TestNode {
             api: api_url,
             gateway: gateway_url,
             client: reqwest::Client::new(),
+            node,
             data_dir: data_dir.to_owned(),
             _temp: None,
             stop: Some(stop),
@@ -79,6 +100,18 @@ impl TestNode {
     /// The node's data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Waits until the node has applied every change up to `index` of its store.
+    pub async fn applied(&self, index: u64) {
+        let mut changes = self.node.changes();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            changes.wait_for(|indexes| indexes.change >= index),
+        )
+        .await
+        .expect("the node applies the change within 30s")
+        .expect("the node is running");
     }
 
     /// Signals shutdown and waits until the node has let go of everything, so the
@@ -257,7 +290,12 @@ impl ChildNode {
     /// Starts `shoal up` on `data_dir` with both listeners on free loopback ports, and
     /// waits for the line that says where they are.
     pub async fn start(data_dir: &Path) -> ChildNode {
-        let mut child = tokio::process::Command::new(shoal_bin())
+        ChildNode::start_bin(&shoal_bin(), data_dir).await
+    }
+
+    /// Starts `shoal up` from the binary at `bin` (an edge build, say); as [`ChildNode::start`].
+    pub async fn start_bin(bin: &Path, data_dir: &Path) -> ChildNode {
+        let mut child = tokio::process::Command::new(bin)
             .args([
                 "up",
                 "--api-listen",

@@ -1,0 +1,151 @@
+//! The edge build: `cargo build -p shoal --no-default-features` has no compiler (no
+//! Cranelift), and serves what a full build compiled into the same data directory.
+//!
+//! `scripts/test` builds it and runs this with `SHOAL_EDGE_BIN` set to it
+//! (`cargo test -p shoal-tests --features edge --test edge`): a full node compiles and serves
+//! modules, then the edge binary serves them from the same data directory, takes a module whose
+//! machine code is cached, refuses one it would have to compile, and measures nothing.
+
+use std::path::PathBuf;
+
+use guest_artifacts::*;
+use shoal_tests::{ChildNode, Reply, shoal_bin};
+
+fn edge_bin() -> PathBuf {
+    std::env::var_os("SHOAL_EDGE_BIN")
+        .expect(
+            "SHOAL_EDGE_BIN names the edge build: cargo build -p shoal --no-default-features \
+             (scripts/test does)",
+        )
+        .into()
+}
+
+async fn get(url: String) -> Reply {
+    Reply::from(reqwest::get(url).await.unwrap()).await
+}
+
+async fn post(url: String, body: Vec<u8>) -> Reply {
+    let client = reqwest::Client::new();
+    Reply::from(client.post(url).body(body).send().await.unwrap()).await
+}
+
+#[test]
+fn the_edge_binary_has_no_compiler_in_it() {
+    let symbol = b"cranelift_codegen";
+    let contains = |bytes: &[u8]| bytes.windows(symbol.len()).any(|w| w == symbol);
+    let full = std::fs::read(shoal_bin()).unwrap();
+    assert!(
+        contains(&full),
+        "the full build has Cranelift: the check can tell"
+    );
+    let edge = std::fs::read(edge_bin()).unwrap();
+    assert!(!contains(&edge), "the edge build has Cranelift code in it");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_node_serves_what_a_full_node_compiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = ChildNode::start(dir.path()).await;
+    for (name, guest) in [("hello", HELLO_HTTP), ("echo", ECHO_CGI)] {
+        let reply = post(
+            format!("{}/v1/deploy/{name}", full.api),
+            guest_artifacts::bytes(guest),
+        )
+        .await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    let hello = get(format!("{}/hello/", full.gateway)).await;
+    assert_eq!(hello.status, 200);
+    full.kill9().await;
+
+    // No --fuel-per-cpu-second: the edge node takes the rate the full node measured.
+    let edge = ChildNode::start_bin(&edge_bin(), dir.path()).await;
+    let info = get(format!("{}/v1/node", edge.api)).await.json();
+    assert_eq!(info["compile"]["compiled"], 0, "{info}");
+    assert_eq!(info["compile"]["cache_hits"], 2, "{info}");
+    assert_eq!(info["services"], 2);
+    let again = get(format!("{}/hello/", edge.gateway)).await;
+    assert_eq!((again.status, &again.body), (200, &hello.body));
+    let echo = get(format!("{}/echo/p?q=1", edge.gateway)).await;
+    assert_eq!(echo.status, 200, "{}", echo.body);
+
+    // A module whose machine code is cached deploys under another name.
+    let reply = post(
+        format!("{}/v1/deploy/hello-two", edge.api),
+        guest_artifacts::bytes(HELLO_HTTP),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(
+        get(format!("{}/hello-two/", edge.gateway)).await.status,
+        200
+    );
+
+    // One it would have to compile is refused, with a message that says what to do, and
+    // nothing is stored.
+    let modules_before = get(format!("{}/v1/modules", edge.api)).await.json();
+    let reply = post(
+        format!("{}/v1/modules", edge.api),
+        guest_artifacts::bytes(COUNTER_HTTP),
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(reply.kind.as_deref(), Some("no-compiler"));
+    assert!(
+        reply
+            .error()
+            .contains("this build of shoal has no compiler"),
+        "{}",
+        reply.error()
+    );
+    assert_eq!(
+        get(format!("{}/v1/modules", edge.api)).await.json(),
+        modules_before
+    );
+    edge.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_node_with_no_measurement_asks_for_the_fuel_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(edge_bin())
+        .args([
+            "up",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("SHOAL_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("pass --fuel-per-cpu-second"), "{stderr}");
+
+    // Given the rate, it starts.
+    let mut child = tokio::process::Command::new(edge_bin())
+        .args([
+            "up",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--fuel-per-cpu-second", "1000000000", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("SHOAL_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = lines.next_line().await.unwrap().unwrap();
+    assert!(line.starts_with("shoal is up"), "{line}");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}
