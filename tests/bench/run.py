@@ -21,8 +21,12 @@ all alike, medians reported:
 - density: 1,000 services (one module, and 100 distinct modules): idle RSS, p99 over
   requests spread at random, and the time from restart to all 1,000 answering.
 
+- before and after (with BENCH_BASELINE=<git revision>): CPU per request at fixed rates of
+  shoal built from that revision and of this tree, side by side, per-request and reuse.
+
 Environment: BENCH_DURATION (wrk duration, default 5s), BENCH_ROUNDS (default 5),
-BENCH_ONLY (comma-separated sections: throughput, latency, fuel, cold, density).
+BENCH_ONLY (comma-separated sections: throughput, latency, fuel, cold, density, baseline),
+BENCH_BASELINE (a git revision to compare with; the baseline section runs only when set).
 """
 
 import http.client
@@ -49,6 +53,7 @@ RATES = [10_000, 20_000]
 OHA_VERSION = "1.16.0"
 N_DENSITY = 1000
 N_MODULES = 100
+BASELINE = os.environ.get("BENCH_BASELINE")
 
 
 # Servers run as in production: without RUST_BACKTRACE, which makes every error capture a
@@ -80,6 +85,18 @@ def build():
         "busy": os.path.join(guests, "busy_http.wasm"),
         "large": os.path.join(guests, "large_http.wasm"),
     }
+
+
+def build_baseline(revision):
+    """shoal as of `revision`, built in release from a worktree under target/bench-baseline
+    with its own target directory (so this tree's build is untouched)."""
+    root = os.path.join(TARGET, "bench-baseline")
+    tree = os.path.join(root, revision)
+    if not os.path.exists(tree):
+        run("git", "worktree", "add", "--detach", tree, revision)
+    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(root, "target"))
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "shoal"], cwd=tree, check=True, env=env)
+    return os.path.join(root, "target", "release", "shoal")
 
 
 def cached_install(crate, version, binary, *flags):
@@ -255,20 +272,30 @@ def hello_servers(paths, shoal, peer):
             process = subprocess.Popen([peer, "serve", "-Scli", "--addr", f"127.0.0.1:{port}", *flags, hello],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=SERVER_ENV)
             servers.append((name, process, f"http://127.0.0.1:{port}/"))
-        with open(hello, "rb") as f:
-            digest = shoal.call("POST", "/v1/modules", f.read())["digest"]
-        limits = {"memory": "64Mi", "fuel": 100_000_000, "timeout": "10s"}
-        scale = {"min": CONNECTIONS, "max": CONNECTIONS, "queue_limit": 1000}
-        for isolation in ["per-request", "reuse"]:
-            shoal.call("PUT", f"/v1/services/{isolation}",
-                       {"module": digest, "limits": limits, "isolation": isolation, "scale": scale})
-            servers.append((f"shoal, {isolation}", shoal.process, f"{shoal.gateway}/{isolation}/"))
+        servers += shoal_services(paths, shoal, "shoal")
         for _, process, url in servers:
             wait_http(url, process)
         return servers
     except BaseException:
         stop_peers(servers, shoal)
         raise
+
+
+def shoal_services(paths, shoal, label):
+    """The hello component as a per-request and a reuse service on `shoal`: (name, process,
+    url) each, named with `label`."""
+    with open(paths["hello"], "rb") as f:
+        digest = shoal.call("POST", "/v1/modules", f.read())["digest"]
+    limits = {"memory": "64Mi", "fuel": 100_000_000, "timeout": "10s"}
+    scale = {"min": CONNECTIONS, "max": CONNECTIONS, "queue_limit": 1000}
+    servers = []
+    for isolation in ["per-request", "reuse"]:
+        shoal.call("PUT", f"/v1/services/{isolation}",
+                   {"module": digest, "limits": limits, "isolation": isolation, "scale": scale})
+        servers.append((f"{label}, {isolation}", shoal.process, f"{shoal.gateway}/{isolation}/"))
+    for _, process, url in servers:
+        wait_http(url, process)
+    return servers
 
 
 def stop_peers(servers, shoal):
@@ -475,15 +502,47 @@ def latency_report(rows):
     return lines + [""]
 
 
+def baseline_report(rows, revision):
+    """CPU per request before and after, and their ratio, per isolation and rate."""
+    cells = dict(rows)
+    lines = [f"| CPU per request at a fixed rate | " + " | ".join(f"{rate:,} req/s" for rate in RATES) + " |",
+             "|---|" + "---|" * len(RATES)]
+    for name, row in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{cell[2]:.1f} µs" if cell else "did not keep up" for cell in row) + " |")
+    lines.append("")
+    for isolation in ["per-request", "reuse"]:
+        before, after = cells[f"{revision}, {isolation}"], cells[f"this tree, {isolation}"]
+        ratios = [f"{a[2] / b[2]:.3f}x at {rate:,} req/s" if a and b else f"n/a at {rate:,} req/s"
+                  for rate, b, a in zip(RATES, before, after)]
+        lines.append(f"- {isolation}, this tree / {revision}: " + ", ".join(ratios))
+    return lines + [""]
+
+
 def main():
+    def section(name):
+        if name == "baseline" and not BASELINE:
+            return False
+        return not ONLY or name in ONLY
+
     paths = build()
-    peer = wasmtime()
+    peer = wasmtime() if any(section(name) for name in ["throughput", "latency", "fuel"]) else None
     load = oha()
     lines = [f"Machine: {machine()}. Saturated: wrk -t2 -c{CONNECTIONS} -d{DURATION}; fixed rate: oha -c{CONNECTIONS} "
              f"-z{DURATION} -q RATE --latency-correction; {ROUNDS} interleaved rounds, medians.", ""]
 
-    def section(name):
-        return not ONLY or name in ONLY
+    if section("baseline"):
+        log(f"before and after: {BASELINE} and this tree")
+        before_bin = build_baseline(BASELINE)
+        with tempfile.TemporaryDirectory() as before_dir, tempfile.TemporaryDirectory() as after_dir:
+            before, after = Shoal(before_bin, before_dir), Shoal(paths["shoal"], after_dir)
+            try:
+                servers = [server for pair in zip(shoal_services(paths, before, BASELINE),
+                                                  shoal_services(paths, after, "this tree"))
+                           for server in pair]
+                lines += baseline_report(latency_at_rates(servers, load), BASELINE)
+            finally:
+                before.stop()
+                after.stop()
 
     with tempfile.TemporaryDirectory() as data_dir:
         shoal = Shoal(paths["shoal"], data_dir)
