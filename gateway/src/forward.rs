@@ -111,26 +111,14 @@ where
         }
         Err(error) => {
             let message = format!(
-                "cannot reach instance {:?} of service {:?} at {}: {}",
+                "cannot reach instance {:?} of service {:?} at {}: {:#}",
                 endpoint.id,
                 target.service,
                 endpoint.authority,
-                error_chain(&error)
+                anyhow::Error::new(error)
             );
             tracing::info!(service = %target.service, kind = "upstream-unreachable", "{message}");
             error_response(StatusCode::BAD_GATEWAY, "upstream-unreachable", &message)
         }
     }
-}
-
-/// An error and its causes, on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

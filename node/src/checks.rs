@@ -312,7 +312,7 @@ async fn probe_http(
         Err(error) => {
             return (
                 CheckStatus::Critical,
-                format!("HTTP {method} {url}: {}", crate::error_chain(&error)),
+                format!("HTTP {method} {url}: {:#}", anyhow::Error::new(error)),
             );
         }
     };
@@ -326,8 +326,8 @@ async fn probe_http(
                 return (
                     CheckStatus::Critical,
                     format!(
-                        "HTTP {method} {url}: {status}, then {}",
-                        crate::error_chain(&error)
+                        "HTTP {method} {url}: {status}, then {:#}",
+                        anyhow::Error::new(error)
                     ),
                 );
             }

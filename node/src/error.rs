@@ -105,7 +105,7 @@ impl From<shoal_registry::Error> for Error {
             E::Invalid(error) => Error::Invalid(error),
             E::Unavailable(reason) => Error::Unavailable(reason),
             E::Closed => Error::ShuttingDown,
-            other => Error::Internal(error_chain(&other)),
+            other => Error::Internal(format!("{:#}", anyhow::Error::new(other))),
         }
     }
 }
@@ -126,16 +126,4 @@ impl From<shoal_runtime::Error> for Error {
             other => Error::Module(other),
         }
     }
-}
-
-/// An error and its causes, on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

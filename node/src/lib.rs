@@ -52,7 +52,7 @@ use shoal_runtime::{
 use shoal_spec::ServiceName;
 
 pub use self::discovery::CatalogView;
-pub use self::error::{Conflict, Error, Result, error_chain};
+pub use self::error::{Conflict, Error, Result};
 pub use self::status::{
     Allocation, CompileCounts, Latency, Load, NodeStatus, ReplicaCounts, RequestCounts,
     ResourceAmounts, ScaleView, ServiceAllocation, ServiceResources, ServiceStatus, WasmService,

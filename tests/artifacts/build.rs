@@ -13,6 +13,8 @@ use std::process::Command;
 
 const HTTP_TARGET: &str = "wasm32-wasip2";
 const CGI_TARGET: &str = "wasm32-wasip1";
+/// The library the wasi:http guests share, which is not a guest itself.
+const HELPER: &str = "helper";
 
 /// The CGI guest that is additionally built as a wasi:cli command component.
 const CGI_P2_GUEST: &str = "hello-cgi";
@@ -57,6 +59,11 @@ fn main() {
     println!(
         "cargo:rerun-if-changed={}",
         guests_dir.join("Cargo.lock").display()
+    );
+    // The helper library the guests share is not a guest, but a change to it changes them.
+    println!(
+        "cargo:rerun-if-changed={}",
+        guests_dir.join(HELPER).join("src").display()
     );
     let guests = discover_guests(&guests_dir);
     for guest in &guests {
@@ -131,6 +138,9 @@ fn discover_guests(guests_dir: &Path) -> Vec<Guest> {
             .file_name()
             .into_string()
             .unwrap_or_else(|name| panic!("guest directory {name:?} is not UTF-8"));
+        if name == HELPER {
+            continue;
+        }
         let kind = if name.ends_with("-http") {
             Kind::Http
         } else if name.ends_with("-cgi") {

@@ -105,10 +105,10 @@ async fn an_edge_node_serves_what_a_full_node_compiled() {
     edge.kill9().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_edge_node_with_no_measurement_asks_for_the_fuel_rate() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = tokio::process::Command::new(edge_bin())
+/// `shoal up` from the edge build on `data_dir`, on free loopback ports, with `flags`.
+fn edge_up(data_dir: &std::path::Path, flags: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(edge_bin());
+    command
         .args([
             "up",
             "--api-listen",
@@ -116,30 +116,25 @@ async fn an_edge_node_with_no_measurement_asks_for_the_fuel_rate() {
             "--gateway-listen",
             "127.0.0.1:0",
         ])
+        .args(flags)
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(data_dir)
         .env_remove("SHOAL_TOKEN")
-        .output()
-        .await
-        .unwrap();
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_node_with_no_measurement_asks_for_the_fuel_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = edge_up(dir.path(), &[]).output().await.unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("pass --fuel-per-cpu-second"), "{stderr}");
 
     // Given the rate, it starts.
-    let mut child = tokio::process::Command::new(edge_bin())
-        .args([
-            "up",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--gateway-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--fuel-per-cpu-second", "1000000000", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("SHOAL_TOKEN")
+    let mut child = edge_up(dir.path(), &["--fuel-per-cpu-second", "1000000000"])
         .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();

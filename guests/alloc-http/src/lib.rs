@@ -4,11 +4,9 @@
 //! When the host refuses to grow memory the allocation fails and the guest aborts, which is a trap.
 
 use std::hint::black_box;
-use std::io::Write as _;
 
-use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use guest_helper::{query_param, respond};
+use wasi::http::types::{IncomingRequest, ResponseOutparam};
 
 wasi::http::proxy::export!(AllocHttp);
 
@@ -40,31 +38,4 @@ impl wasi::exports::http::incoming_handler::Guest for AllocHttp {
             format!("allocated {n_mib} MiB").as_bytes(),
         );
     }
-}
-
-/// Returns the value of `key` in a query string, undecoded.
-fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (name == key).then_some(value)
-    })
-}
-
-/// Sends a complete response; any failure panics, which the host sees as a trap.
-fn respond(response_out: ResponseOutparam, status: u16, content_type: &str, body: &[u8]) {
-    let headers =
-        Fields::from_list(&[("content-type".to_owned(), content_type.as_bytes().to_vec())])
-            .expect("content-type is a valid header");
-    let response = OutgoingResponse::new(headers);
-    response
-        .set_status_code(status)
-        .expect("status code is valid");
-    let outgoing_body = response.body().expect("the body is taken once");
-    ResponseOutparam::set(response_out, Ok(response));
-    let mut stream = outgoing_body.write().expect("the stream is taken once");
-    stream.write_all(body).expect("writing the response body");
-    stream.flush().expect("flushing the response body");
-    // The stream is a child of the body and must be dropped before finishing it.
-    drop(stream);
-    OutgoingBody::finish(outgoing_body, None).expect("finishing the response body");
 }

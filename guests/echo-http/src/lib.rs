@@ -2,11 +2,8 @@
 //!
 //! Tests use it to check what the host forwards: method, path, query, every header in order, and the body.
 
-use std::io::{Read as _, Write as _};
-
-use wasi::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use guest_helper::{read_body, respond};
+use wasi::http::types::{IncomingRequest, Method, ResponseOutparam};
 
 wasi::http::proxy::export!(EchoHttp);
 
@@ -57,37 +54,4 @@ fn method_name(method: &Method) -> &str {
         Method::Patch => "PATCH",
         Method::Other(other) => other,
     }
-}
-
-fn read_body(request: &IncomingRequest) -> Vec<u8> {
-    let incoming_body = request.consume().expect("the body is consumed once");
-    let mut body = Vec::new();
-    {
-        // The stream is a child of the body and must be dropped before finishing it.
-        let mut stream = incoming_body.stream().expect("the stream is taken once");
-        stream
-            .read_to_end(&mut body)
-            .expect("reading the request body");
-    }
-    // Trailers are not part of the description.
-    drop(IncomingBody::finish(incoming_body));
-    body
-}
-
-/// Sends a complete response; any failure panics, which the host sees as a trap.
-fn respond(response_out: ResponseOutparam, status: u16, content_type: &str, body: &[u8]) {
-    let headers =
-        Fields::from_list(&[("content-type".to_owned(), content_type.as_bytes().to_vec())])
-            .expect("content-type is a valid header");
-    let response = OutgoingResponse::new(headers);
-    response
-        .set_status_code(status)
-        .expect("status code is valid");
-    let outgoing_body = response.body().expect("the body is taken once");
-    ResponseOutparam::set(response_out, Ok(response));
-    let mut stream = outgoing_body.write().expect("the stream is taken once");
-    stream.write_all(body).expect("writing the response body");
-    stream.flush().expect("flushing the response body");
-    drop(stream);
-    OutgoingBody::finish(outgoing_body, None).expect("finishing the response body");
 }

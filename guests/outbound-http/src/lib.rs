@@ -4,12 +4,10 @@
 //! It answers 200 with `fetched: <status>` when a response came back, or `denied: <error code>` when the host refused or the request failed.
 //! It never traps on refusal, so a test can tell a policy decision apart from a crash.
 
-use std::io::Write as _;
-
+use guest_helper::{query_param, respond};
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    ErrorCode, Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse,
-    ResponseOutparam, Scheme,
+    ErrorCode, Fields, IncomingRequest, OutgoingBody, OutgoingRequest, ResponseOutparam, Scheme,
 };
 
 wasi::http::proxy::export!(OutboundHttp);
@@ -103,31 +101,4 @@ fn percent_decode(encoded: &str) -> String {
         }
     }
     String::from_utf8_lossy(&decoded).into_owned()
-}
-
-/// Returns the value of `key` in a query string, undecoded.
-fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (name == key).then_some(value)
-    })
-}
-
-/// Sends a complete response; any failure panics, which the host sees as a trap.
-fn respond(response_out: ResponseOutparam, status: u16, content_type: &str, body: &[u8]) {
-    let headers =
-        Fields::from_list(&[("content-type".to_owned(), content_type.as_bytes().to_vec())])
-            .expect("content-type is a valid header");
-    let response = OutgoingResponse::new(headers);
-    response
-        .set_status_code(status)
-        .expect("status code is valid");
-    let outgoing_body = response.body().expect("the body is taken once");
-    ResponseOutparam::set(response_out, Ok(response));
-    let mut stream = outgoing_body.write().expect("the stream is taken once");
-    stream.write_all(body).expect("writing the response body");
-    stream.flush().expect("flushing the response body");
-    // The stream is a child of the body and must be dropped before finishing it.
-    drop(stream);
-    OutgoingBody::finish(outgoing_body, None).expect("finishing the response body");
 }
