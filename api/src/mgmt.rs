@@ -147,6 +147,15 @@ impl From<RevisionRecord> for RevisionView {
     }
 }
 
+/// 201 for what a request created, 200 for what it found or updated.
+fn created_or_ok(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
 fn timestamp(unix_ms: u64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
     humantime::format_rfc3339_millis(time).to_string()
@@ -252,12 +261,7 @@ async fn upload_module(
 ) -> ApiResult<(StatusCode, Json<ModuleView>)> {
     let bytes = read_module(body, node.config().max_module_size).await?;
     let (record, created) = node.add_module(bytes).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(record.into())))
+    Ok((created_or_ok(created), Json(record.into())))
 }
 
 async fn list_modules(State(node): State<Node>) -> ApiResult<Json<Vec<ModuleView>>> {
@@ -318,12 +322,7 @@ async fn put_service(
 ) -> ApiResult<(StatusCode, Json<ServiceView>)> {
     let name = parse_name(&name)?;
     let (record, created) = node.put_service(name, spec).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(service_view(&node, record))))
+    Ok((created_or_ok(created), Json(service_view(&node, record))))
 }
 
 async fn delete_service(
@@ -404,10 +403,5 @@ async fn deploy(
         ..ServiceSpec::new(module.digest)
     };
     let (record, created) = node.put_service(name, spec).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(service_view(&node, record))))
+    Ok((created_or_ok(created), Json(service_view(&node, record))))
 }

@@ -12,7 +12,7 @@ use shoal_registry::ServiceRecord;
 use shoal_runtime::{PoolStatus, ReplicaResources};
 use shoal_spec::{ByteSize, Cpu, Limits, ServiceName};
 
-use crate::{Error, Node, Result, convert};
+use crate::{Deployed, Error, Node, Result, convert};
 
 /// The node's numbers.
 #[derive(Debug, Clone, Serialize)]
@@ -272,7 +272,7 @@ impl Node {
             in_flight: self.inner.gateway.in_flight(),
             replicas: deployed
                 .values()
-                .map(|deployed| deployed.pool.status().replicas)
+                .map(|deployed| deployed.pool.replicas())
                 .sum(),
             capacity: amounts(capacity),
             reserved: amounts(reserved),
@@ -370,15 +370,8 @@ impl Node {
     /// The wasm services this node runs, by name.
     pub fn wasm_services(&self) -> Vec<WasmService> {
         let deployed = self.inner.deployed.load();
-        let mut services: Vec<WasmService> = deployed
-            .values()
-            .map(|deployed| WasmService {
-                record: deployed.record.clone(),
-                kind: convert::module_kind(deployed.pool.service().kind()),
-                from_cache: deployed.pool.service().from_cache(),
-                replicas: deployed.pool.status().replicas,
-            })
-            .collect();
+        let mut services: Vec<WasmService> =
+            deployed.values().map(|d| WasmService::of(d)).collect();
         services.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         services
     }
@@ -387,12 +380,17 @@ impl Node {
     pub fn wasm_service(&self, name: &str) -> Option<WasmService> {
         let name: ServiceName = name.parse().ok()?;
         let deployed = self.inner.deployed.load();
-        let deployed = deployed.get(&name)?;
-        Some(WasmService {
+        deployed.get(&name).map(|d| WasmService::of(d))
+    }
+}
+
+impl WasmService {
+    fn of(deployed: &Deployed) -> WasmService {
+        WasmService {
             record: deployed.record.clone(),
             kind: convert::module_kind(deployed.pool.service().kind()),
             from_cache: deployed.pool.service().from_cache(),
-            replicas: deployed.pool.status().replicas,
-        })
+            replicas: deployed.pool.replicas(),
+        }
     }
 }

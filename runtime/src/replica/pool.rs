@@ -280,6 +280,11 @@ impl ReplicaPool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Replicas running, without the rest of [`ReplicaPool::status`].
+    pub fn replicas(&self) -> u32 {
+        self.lock().replicas.len() as u32
+    }
+
     /// What the replicas hold of the node's capacity.
     pub fn reserved(&self) -> ReplicaResources {
         let state = self.lock();
