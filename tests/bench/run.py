@@ -326,7 +326,9 @@ def latency_at_rates(servers, oha_path):
     results = {(name, rate): [] for name, _, _ in servers for rate in RATES}
     for round_idx in range(ROUNDS):
         for rate in RATES:
-            for name, process, url in servers:
+            # Every other round in the reverse order, so no server always follows the same one.
+            order = servers if round_idx % 2 == 0 else servers[::-1]
+            for name, process, url in order:
                 log(f"  round {round_idx + 1}/{ROUNDS}: {name} at {rate} req/s")
                 results[(name, rate)].append(oha_at_rate(oha_path, url, rate, process.pid))
     rows = []
