@@ -8,10 +8,12 @@
 //! that says what was found.
 //!
 //! Machine code is cached on disk, keyed by the module's digest and the engine's
-//! fingerprint, so a restart serves every service without recompiling. Deserializing
-//! machine code is trusting it, so a cached artifact carries a SHA-256 of its own
-//! bytes, is checked for the expected kind and engine compatibility, and anything
-//! that fails a check is recompiled and replaced, never loaded.
+//! fingerprint, so a restart serves every service without recompiling, and a build without
+//! the compiler serves what a full build compiled. Deserializing machine code is trusting it,
+//! so a cached artifact carries a SHA-256 of its own bytes, is checked for the expected kind
+//! and engine compatibility, and anything that fails a check is passed over, never loaded
+//! (and recompiled and replaced, where there is a compiler). Only this node's compiler writes
+//! the cache: precompiled code never comes from the network.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
