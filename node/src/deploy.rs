@@ -39,6 +39,7 @@ impl Node {
                 .map_err(|error| Error::Internal(error.to_string()))??;
         let kind = convert::module_kind(compiled.kind());
         let committed = self.inner.store.put_module(&digest, kind, bytes).await?;
+        self.wait_applied(committed.index).await?;
         Ok(committed.value)
     }
 

@@ -2,7 +2,8 @@
 //! key/value store, as the Consul API serves them.
 //!
 //! Writes go to the store and wait until the reconcile loop has applied them, so a client that
-//! registers and then reads finds what it registered. Reads of registrations and checks come
+//! registers (or writes a key) and then reads finds what it wrote, and the indexes it is shown
+//! are at least its write's. Reads of registrations and checks come
 //! from the [`CatalogView`] the loop keeps; key/value reads go to the store, which knows each
 //! key's index.
 
@@ -123,6 +124,7 @@ impl Node {
     ) -> Result<bool> {
         self.check_running()?;
         let committed = self.inner.store.kv_put(key, value, flags, cas).await?;
+        self.wait_applied(committed.index).await?;
         Ok(committed.value)
     }
 
@@ -130,6 +132,7 @@ impl Node {
     pub async fn kv_delete(&self, key: &str, recurse: bool, cas: Option<u64>) -> Result<bool> {
         self.check_running()?;
         let committed = self.inner.store.kv_delete(key, recurse, cas).await?;
+        self.wait_applied(committed.index).await?;
         Ok(committed.value)
     }
 }

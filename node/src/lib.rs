@@ -4,6 +4,7 @@
 //!
 //! **The write path only writes.** A deploy validates, compiles and admits, then writes to the
 //! store and waits until the reconcile loop has applied its own change; it touches no route.
+//! Every write waits so, so the indexes a client is shown next are at least its write's.
 //! The reconcile loop (`reconcile.rs`) follows the store's change feed and turns every change,
 //! whoever wrote it (this node, another node, a tool writing to the store), into routes,
 //! pools, catalog and checks. So a change written straight into the store takes effect here

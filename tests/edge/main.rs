@@ -127,7 +127,14 @@ fn edge_up(data_dir: &std::path::Path, flags: &[&str]) -> tokio::process::Comman
 #[tokio::test(flavor = "multi_thread")]
 async fn an_edge_node_with_no_measurement_asks_for_the_fuel_rate() {
     let dir = tempfile::tempdir().unwrap();
-    let output = edge_up(dir.path(), &[]).output().await.unwrap();
+    // Bounded: a build that could measure would start, and serve until killed.
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        edge_up(dir.path(), &[]).output(),
+    )
+    .await
+    .expect("the edge build refuses to start within a minute")
+    .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("pass --fuel-per-cpu-second"), "{stderr}");
