@@ -112,8 +112,9 @@ pub struct UpArgs {
     /// CPU replicas may reserve (a quantity such as 2 or 1500m); default every core.
     #[arg(long, value_parser = parse_cpu)]
     pub capacity_cpu: Option<u64>,
-    /// Fuel one core burns per second, for cpu limits; default: measured at start.
-    #[arg(long)]
+    /// No longer used: cpu limits are measured in CPU time. Accepted, so scripts that pass
+    /// it keep working.
+    #[arg(long, hide = true)]
     pub fuel_per_cpu_second: Option<u64>,
     /// The datacenter the Consul API reports.
     #[arg(long, default_value = "dc1")]
@@ -142,7 +143,11 @@ impl UpArgs {
                 cpu_millis: self.capacity_cpu.unwrap_or(detected.cpu_millis),
             });
         }
-        config.fuel_per_cpu_second = self.fuel_per_cpu_second;
+        if self.fuel_per_cpu_second.is_some() {
+            tracing::warn!(
+                "--fuel-per-cpu-second is no longer used: cpu limits are measured in CPU time"
+            );
+        }
         config.datacenter = self.datacenter.clone();
         if let Some(name) = &self.node_name {
             config.node_name = name.clone();
@@ -411,8 +416,10 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
                     "RPS",
                     "P50",
                     "P99",
-                    "MEM%",
-                    "CPU%",
+                    "MEM-RES%",
+                    "CPU-RES%",
+                    "CPU-SEC",
+                    "CPU-USE%",
                 ]);
                 for s in &statuses {
                     let ms =
@@ -440,6 +447,10 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
                         ms(&s["latency_ms"]["p99"]),
                         pct(&s["resource_allocation"]["total"]["memory"]),
                         pct(&s["resource_allocation"]["total"]["cpu"]),
+                        s["cpu"]["used_seconds"]
+                            .as_f64()
+                            .map_or("-".into(), |seconds| format!("{seconds:.3}")),
+                        pct(&s["cpu"]["share"]),
                     ]);
                 }
                 println!("{table}");

@@ -55,8 +55,9 @@ use shoal_spec::ServiceName;
 pub use self::discovery::CatalogView;
 pub use self::error::{Conflict, Error, Result};
 pub use self::status::{
-    Allocation, CompileCounts, Latency, Load, NodeStatus, ReplicaCounts, RequestCounts,
-    ResourceAmounts, ScaleView, ServiceAllocation, ServiceResources, ServiceStatus, WasmService,
+    Allocation, CompileCounts, Latency, Load, NodeCpu, NodeStatus, ReplicaCounts, RequestCounts,
+    ResourceAmounts, ScaleView, ServiceAllocation, ServiceCpu, ServiceResources, ServiceStatus,
+    WasmService,
 };
 
 /// How a node is set up.
@@ -78,9 +79,6 @@ pub struct NodeConfig {
     /// What replicas may reserve; `None` measures the machine (3/4 of its memory and every
     /// core).
     pub capacity: Option<ReplicaResources>,
-    /// Fuel one core burns per second; `None` measures it at start (with the compiler) or
-    /// reads the last measurement on this data directory (without).
-    pub fuel_per_cpu_second: Option<u64>,
     /// Scale settings for what a service's spec leaves out.
     pub scale_defaults: ScaleSettings,
     /// The datacenter the Consul API reports.
@@ -105,7 +103,6 @@ impl NodeConfig {
             shutdown_timeout: Duration::from_secs(10),
             runtime: RuntimeConfig::default(),
             capacity: None,
-            fuel_per_cpu_second: None,
             scale_defaults: ScaleSettings::default(),
             datacenter: "dc1".to_owned(),
             node_name: host_name(),
@@ -141,7 +138,6 @@ struct Inner {
     store: Arc<dyn Store>,
     runtime: Arc<Runtime>,
     capacity: Arc<Capacity>,
-    fuel_per_cpu_second: u64,
     gateway: Arc<Gateway>,
     /// The wasm services, as the reconcile loop last applied them; only it writes this.
     deployed: ArcSwap<HashMap<ServiceName, Arc<Deployed>>>,
@@ -181,23 +177,15 @@ impl Node {
         })?;
         config.runtime.cache_dir = Some(config.data_dir.join("cache"));
         let runtime_config = config.runtime.clone();
-        let data_dir = config.data_dir.clone();
-        let fuel_rate = config.fuel_per_cpu_second;
-        let (runtime, fuel_per_cpu_second) =
-            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let runtime = Runtime::new(runtime_config).context("starting the wasm runtime")?;
-                let fuel_per_cpu_second = match fuel_rate {
-                    Some(rate) => rate,
-                    None => fuel::measure_or_recall(&runtime, &data_dir)?,
-                };
-                Ok((runtime, fuel_per_cpu_second))
-            })
-            .await??;
+        let runtime = tokio::task::spawn_blocking(move || {
+            Runtime::new(runtime_config).context("starting the wasm runtime")
+        })
+        .await??;
         let capacity = Capacity::new(config.capacity.unwrap_or_else(|| Capacity::detect(0.75)));
         tracing::info!(
             memory = capacity.total().memory,
             cpu_millis = capacity.total().cpu_millis,
-            fuel_per_cpu_second,
+            cpu_slots = runtime.scheduler().slots(),
             "node capacity"
         );
         let http = reqwest::Client::builder()
@@ -214,7 +202,6 @@ impl Node {
                 store,
                 runtime: Arc::new(runtime),
                 capacity,
-                fuel_per_cpu_second,
                 deployed: ArcSwap::default(),
                 catalog: ArcSwap::default(),
                 applied: tokio::sync::watch::Sender::new(Indexes::default()),
@@ -257,11 +244,6 @@ impl Node {
     /// The node's capacity and what replicas reserve of it.
     pub fn capacity(&self) -> &Capacity {
         &self.inner.capacity
-    }
-
-    /// Fuel one core burns per second, as measured or configured.
-    pub fn fuel_per_cpu_second(&self) -> u64 {
-        self.inner.fuel_per_cpu_second
     }
 
     /// Records where the gateway listens, once it does.
@@ -340,47 +322,5 @@ impl Node {
                 LONGEST_WAIT.as_secs()
             ))),
         }
-    }
-}
-
-/// The fuel rate: measured where the compiler is, remembered in the data directory for the
-/// builds where it is not.
-mod fuel {
-    use std::path::Path;
-
-    use anyhow::Context as _;
-    use shoal_runtime::Runtime;
-
-    /// The file the last measurement is kept in.
-    const FILE: &str = "fuel-per-cpu-second";
-
-    /// Measures the rate (compiling a loop) and remembers it for builds without a compiler.
-    #[cfg(feature = "compiler")]
-    pub(crate) fn measure_or_recall(runtime: &Runtime, data_dir: &Path) -> anyhow::Result<u64> {
-        let rate = shoal_runtime::calibrate_fuel_rate(runtime.engine())
-            .context("calibrating the fuel rate")?;
-        let path = data_dir.join(FILE);
-        if let Err(error) = std::fs::write(&path, format!("{rate}\n")) {
-            tracing::warn!(path = %path.display(), %error, "cannot remember the fuel rate");
-        }
-        Ok(rate)
-    }
-
-    /// Without a compiler nothing can be measured: the last measurement on this data directory
-    /// stands, or the operator gives the rate.
-    #[cfg(not(feature = "compiler"))]
-    pub(crate) fn measure_or_recall(_runtime: &Runtime, data_dir: &Path) -> anyhow::Result<u64> {
-        let path = data_dir.join(FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "this build of shoal has no compiler to measure the fuel rate with, and {} holds \
-                 no earlier measurement: pass --fuel-per-cpu-second, or start a full build of \
-                 shoal once on this data directory",
-                path.display()
-            )
-        })?;
-        text.trim()
-            .parse()
-            .with_context(|| format!("{} does not hold a number", path.display()))
     }
 }

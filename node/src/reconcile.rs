@@ -230,7 +230,7 @@ impl Node {
             convert::replica_spec(&record.spec),
             convert::scale_settings(&record.spec, &self.inner.config.scale_defaults),
             self.inner.capacity.clone(),
-            self.inner.fuel_per_cpu_second,
+            self.inner.runtime.scheduler().clone(),
             sink,
         )
     }

@@ -5,11 +5,11 @@
 //! The seed's `resource_allocation = performance_need / resource_limit` is [`Allocation`]:
 //! what is reserved (or asked) against the node's capacity.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use shoal_registry::ServiceRecord;
-use shoal_runtime::{PoolStatus, ReplicaResources};
+use shoal_runtime::{CPU_WINDOW, PoolStatus, ReplicaResources};
 use shoal_spec::{ByteSize, Cpu, Limits, ServiceName};
 
 use crate::{Deployed, Error, Node, Result, convert};
@@ -41,8 +41,6 @@ pub struct NodeStatus {
     pub free: ResourceAmounts,
     /// Reserved against capacity.
     pub resource_allocation: Allocation,
-    /// Fuel one core burns per second.
-    pub fuel_per_cpu_second: u64,
     /// Modules stored.
     pub modules: usize,
     /// The store's change index, as applied here.
@@ -51,6 +49,8 @@ pub struct NodeStatus {
     pub max_module_size: u64,
     /// How much compiling the node has done.
     pub compile: CompileCounts,
+    /// The CPU its guests use.
+    pub cpu: NodeCpu,
     /// The limits a spec gets for what it leaves out.
     pub default_limits: Limits,
 }
@@ -72,6 +72,35 @@ pub struct Allocation {
     pub memory: f64,
     /// Of cpu.
     pub cpu: f64,
+}
+
+/// The CPU the node's guests use, measured in thread CPU time.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct NodeCpu {
+    /// Guests that may compute at once: one per core.
+    pub slots: usize,
+    /// CPU seconds every guest has used since the node started.
+    pub used_seconds: f64,
+    /// Cores they used on average over the recent window.
+    pub recent_cores: f64,
+    /// That, as a share of the node's cores (0 to 1).
+    pub share: f64,
+    /// The recent window.
+    #[serde(with = "shoal_spec::quantity::duration")]
+    pub window: Duration,
+}
+
+/// The CPU a service's guests use, and its weight when they compete for it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ServiceCpu {
+    /// Its weight: the cpu its replicas request (or the default weight for each).
+    pub weight: Cpu,
+    /// CPU seconds its guests have used since its pool started.
+    pub used_seconds: f64,
+    /// Cores they used on average over the recent window.
+    pub recent_cores: f64,
+    /// That, as a share of the node's cores (0 to 1).
+    pub share: f64,
 }
 
 /// Compiles and artifact-cache hits since the node started.
@@ -110,6 +139,8 @@ pub struct ServiceStatus {
     pub resources: ServiceResources,
     /// That, against the node's capacity.
     pub resource_allocation: ServiceAllocation,
+    /// The CPU it uses.
+    pub cpu: ServiceCpu,
     /// The scale settings in force, defaults filled in.
     pub scale: ScaleView,
 }
@@ -281,7 +312,6 @@ impl Node {
                 cpu_millis: capacity.cpu_millis.saturating_sub(reserved.cpu_millis),
             }),
             resource_allocation: allocation(reserved, capacity),
-            fuel_per_cpu_second: self.inner.fuel_per_cpu_second,
             modules,
             change_index: self.indexes().change,
             max_module_size: self.inner.config.max_module_size,
@@ -289,6 +319,17 @@ impl Node {
                 compiled: stats.compiled,
                 cache_hits: stats.cache_hits,
                 cache_rejected: stats.cache_rejected,
+            },
+            cpu: {
+                let scheduler = runtime.scheduler();
+                let usage = scheduler.usage(Instant::now());
+                NodeCpu {
+                    slots: scheduler.slots(),
+                    used_seconds: usage.used.as_secs_f64(),
+                    recent_cores: usage.cores,
+                    share: usage.cores / scheduler.slots() as f64,
+                    window: CPU_WINDOW,
+                }
             },
             default_limits: Limits::default(),
         })
@@ -351,6 +392,12 @@ impl Node {
             resource_allocation: ServiceAllocation {
                 per_replica: allocation(per_replica, capacity),
                 total: allocation(status.reserved, capacity),
+            },
+            cpu: ServiceCpu {
+                weight: Cpu(status.cpu_weight_millis),
+                used_seconds: status.cpu.used.as_secs_f64(),
+                recent_cores: status.cpu.cores,
+                share: status.cpu.cores / self.inner.runtime.scheduler().slots() as f64,
             },
             scale: ScaleView {
                 min: settings.min,

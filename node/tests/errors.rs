@@ -12,7 +12,6 @@ use shoal_spec::{Digest, ServiceName, ServiceSpec};
 async fn node(configure: impl FnOnce(&mut NodeConfig)) -> (Node, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = NodeConfig::new(dir.path());
-    config.fuel_per_cpu_second = Some(1_000_000_000);
     config.runtime.pooling = false;
     configure(&mut config);
     let store = RedbStore::in_memory(Options::default()).unwrap();

@@ -1,14 +1,13 @@
 //! Compiling: validating and classifying an upload by compiling it with Cranelift, then
-//! caching its machine code; and measuring the fuel rate, which compiles a loop.
+//! caching its machine code.
 //!
 //! This module exists only with the `compiler` feature (on by default). A build without it
 //! has no Cranelift: it serves what the artifact cache holds, and refuses the rest.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
+use wasmtime::Module;
 use wasmtime::component::Component;
-use wasmtime::{Engine, Module, Store};
 
 use crate::artifact::{ACCEPTED, Compiled, Pre};
 use crate::{Error, Result, Runtime};
@@ -83,44 +82,6 @@ impl Runtime {
         self.remember(digest, &compiled);
         Ok(compiled)
     }
-}
-
-/// Measures how much fuel this machine burns per second of one core, by timing a loop.
-pub fn calibrate_fuel_rate(engine: &Engine) -> anyhow::Result<u64> {
-    // Fuel counts wasm operators, and operators differ in cost: `local.get` is free once
-    // compiled, a multiply is not. This loop has the mix compiled code has (values
-    // spilled to linear memory and read back, locals, arithmetic, a branch), which is
-    // what rustc emits for a loop of arithmetic; a loop of register-only adds would
-    // overstate the rate of real code threefold and make cpu limits lenient.
-    let module = Module::new(
-        engine,
-        r#"(module (memory 1) (func (export "spin") (local $x i64) (local $i i64)
-             (loop
-               (i64.store (i32.const 8) (local.get $x))
-               (local.set $x (i64.load (i32.const 8)))
-               (local.set $x (i64.mul (local.get $x) (i64.const 0x9E3779B97F4A7C15)))
-               (i64.store (i32.const 16) (local.get $i))
-               (local.set $x (i64.xor (local.get $x) (i64.load (i32.const 16))))
-               (local.set $x (i64.rotl (local.get $x) (i64.const 7)))
-               (local.set $i (i64.add (local.get $i) (i64.const 1)))
-               (br 0))))"#,
-    )?;
-    let budget: u64 = 200_000_000;
-    let mut times = Vec::with_capacity(5);
-    for _ in 0..5 {
-        let mut store = Store::new(engine, ());
-        store.set_fuel(budget)?;
-        store.set_epoch_deadline(u64::MAX / 2);
-        let instance = wasmtime::Instance::new(&mut store, &module, &[])?;
-        let spin = instance.get_typed_func::<(), ()>(&mut store, "spin")?;
-        let started = Instant::now();
-        let _ = spin.call(&mut store, ()); // ends with out-of-fuel, by design
-        times.push(started.elapsed());
-    }
-    // The median, not the fastest: the fastest of a few short runs overstates what a core
-    // sustains, which makes limits lenient.
-    times.sort_unstable();
-    Ok((budget as f64 / times[2].as_secs_f64()) as u64)
 }
 
 #[cfg(test)]

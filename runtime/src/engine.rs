@@ -20,6 +20,7 @@ use anyhow::Context as _;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::artifact::{ArtifactCache, Compiled};
+use crate::cpu::CpuScheduler;
 use crate::exec::{cgi, http};
 
 /// How the runtime is set up. Plain data with sensible defaults; the binary maps its
@@ -28,9 +29,17 @@ use crate::exec::{cgi, http};
 pub struct RuntimeConfig {
     /// Where compiled artifacts are cached; `None` keeps nothing on disk.
     pub cache_dir: Option<PathBuf>,
-    /// How often the epoch ticks. Guests yield to the scheduler at every tick, so this
-    /// bounds how late a timeout can fire against a guest spinning in a loop.
+    /// How often the epoch ticks while the CPU is not contended. Guests yield to tokio at
+    /// every tick, so this bounds how late a timeout can fire against a guest spinning in a
+    /// loop.
     pub epoch_tick: Duration,
+    /// How often it ticks while the CPU is contended (a guest ran through a tick with every
+    /// slot taken within the last [`SATURATED_WINDOW`]): a tick is then a guest's CPU slice,
+    /// and how long the connections and timers of its worker thread can wait.
+    pub busy_epoch_tick: Duration,
+    /// Guests that may compute at once: the CPU scheduler's slots. Default: one per core,
+    /// which is how many worker threads tokio starts.
+    pub cpu_slots: usize,
     /// Try the pooling allocator (falls back to on-demand if it cannot be reserved).
     pub pooling: bool,
     /// Instances that may be alive at once when pooling.
@@ -45,6 +54,8 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             cache_dir: None,
             epoch_tick: Duration::from_millis(10),
+            busy_epoch_tick: Duration::from_millis(1),
+            cpu_slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pooling: true,
             max_instances: 1000,
             max_memory_per_instance: 4 << 30,
@@ -94,8 +105,13 @@ pub struct Runtime {
     pub(crate) n_cache_rejected: AtomicU64,
     allocator: AllocatorKind,
     config: RuntimeConfig,
+    scheduler: Arc<CpuScheduler>,
     _ticker: EpochTicker,
 }
+
+/// How recently a guest must have run through a tick with every slot taken for the ticker to
+/// tick fast.
+pub const SATURATED_WINDOW: Duration = Duration::from_millis(50);
 
 impl Runtime {
     /// Builds the engine (probing for the pooling allocator), the linkers and the
@@ -107,7 +123,8 @@ impl Runtime {
         let cgi_linker = cgi::linker(&engine).map_err(crate::Error::Internal)?;
         let cache = ArtifactCache::new(config.cache_dir.clone(), &engine)
             .map_err(crate::Error::Internal)?;
-        let ticker = EpochTicker::start(engine.clone(), config.epoch_tick);
+        let scheduler = CpuScheduler::new(config.cpu_slots);
+        let ticker = EpochTicker::start(engine.clone(), scheduler.clone(), &config);
         Ok(Runtime {
             engine,
             http_linker,
@@ -119,6 +136,7 @@ impl Runtime {
             n_cache_rejected: AtomicU64::new(0),
             allocator,
             config,
+            scheduler,
             _ticker: ticker,
         })
     }
@@ -131,6 +149,11 @@ impl Runtime {
     /// The allocator in use.
     pub fn allocator(&self) -> AllocatorKind {
         self.allocator
+    }
+
+    /// The node's CPU scheduler, which the guests of every service share.
+    pub fn scheduler(&self) -> &Arc<CpuScheduler> {
+        &self.scheduler
     }
 
     /// The configuration the runtime was built with.
@@ -201,14 +224,18 @@ fn pooling_config(runtime: &RuntimeConfig) -> PoolingAllocationConfig {
 /// A thread that advances the engine's epoch, stopped and joined on drop.
 ///
 /// It is a plain thread rather than a tokio task so that it keeps ticking when every
-/// worker thread is busy running guests, which is exactly when it is needed.
+/// worker thread is busy running guests, which is exactly when it is needed. It ticks fast
+/// only while the CPU is contended: a 1 ms tick costs a thousand wake-ups a second, and a
+/// yield of every computing guest, which a node with a core to spare need not pay (a worker
+/// running a guest then has its other tasks stolen by an idle one).
 struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine, tick: Duration) -> EpochTicker {
+    fn start(engine: Engine, scheduler: Arc<CpuScheduler>, config: &RuntimeConfig) -> EpochTicker {
+        let (tick, busy_tick) = (config.epoch_tick, config.busy_epoch_tick);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("shoal-epoch".into())
@@ -216,8 +243,13 @@ impl EpochTicker {
                 let stop = stop.clone();
                 move || {
                     while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
+                        if scheduler.saturated_within(SATURATED_WINDOW) {
+                            std::thread::sleep(busy_tick);
+                        } else {
+                            std::thread::sleep(tick);
+                        }
                         engine.increment_epoch();
+                        scheduler.sample(std::time::Instant::now());
                     }
                 }
             })

@@ -16,8 +16,10 @@
 //! Imports run one way: `sandbox` ← `exec` ← `service` ← `replica`.
 //! - `engine.rs`: [`RuntimeConfig`], [`Runtime`], the allocator probe and the epoch ticker.
 //! - `artifact.rs`: [`GuestKind`], [`Compiled`], linking, the durable artifact cache.
-//! - `compile.rs` (feature `compiler`): compiling uploads with Cranelift, and measuring the
-//!   fuel rate. Without it the runtime serves what the cache holds.
+//! - `compile.rs` (feature `compiler`): compiling uploads with Cranelift. Without it the
+//!   runtime serves what the cache holds.
+//! - `cpu.rs`: the node's [`CpuScheduler`], which shares the CPU between services by weight,
+//!   in slots, measured in thread CPU time.
 //! - `sandbox/`: the leaf: [`SandboxLimits`], metering of memory, fuel and cpu, bounded
 //!   pipes, the one function that classifies guest failures.
 //! - `exec/`: the executors, `http.rs` for `wasi:http/incoming-handler` components and
@@ -34,6 +36,7 @@
 mod artifact;
 #[cfg(feature = "compiler")]
 mod compile;
+mod cpu;
 mod engine;
 mod exec;
 mod replica;
@@ -41,9 +44,8 @@ mod sandbox;
 mod service;
 
 pub use self::artifact::{Compiled, GuestKind};
-#[cfg(feature = "compiler")]
-pub use self::compile::calibrate_fuel_rate;
-pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig};
+pub use self::cpu::{CPU_WINDOW, CpuScheduler, CpuShare, CpuUsage, DEFAULT_WEIGHT_MILLIS};
+pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig, SATURATED_WINDOW};
 pub use self::exec::{RequestContext, ServiceConfig};
 pub use self::replica::{
     Capacity, Decision, EventSink, PoolStatus, ReplicaPool, ReplicaResources, ReplicaSpec,

@@ -133,6 +133,12 @@ async fn cli_round_trip() {
         ["2", "2", "2", "3"],
         "REPLICAS DESIRED MIN MAX in {ps}"
     );
+    // The CPU its guests used: the calls above took some.
+    let header: Vec<&str> = ps.lines().next().unwrap().split_whitespace().collect();
+    let cpu_sec = header.iter().position(|h| *h == "CPU-SEC").unwrap();
+    assert_eq!(header.last(), Some(&"CPU-USE%"), "{ps}");
+    let used: f64 = columns[cpu_sec].parse().unwrap();
+    assert!(used > 0.0, "CPU-SEC in {ps}");
     let statuses: Value = serde_json::from_str(&stdout(&run(vec!["ps", "--json"]).await)).unwrap();
     assert_eq!(statuses[0]["replicas"]["current"], 2);
     let events = stdout(&run(vec!["events", "echo"]).await);

@@ -21,11 +21,16 @@ all alike, medians reported:
 - density: 1,000 services (one module, and 100 distinct modules): idle RSS, p99 over
   requests spread at random, and the time from restart to all 1,000 answering.
 
+- contention: the hello service (4 keep-alive clients) alone, then beside 1x, 2x, 4x and 8x
+  cores concurrent requests spinning the CPU in another service with the same weight:
+  hello's p50, p99 and requests per second, per-request and reuse (and of the baseline build
+  too, with BENCH_BASELINE);
 - before and after (with BENCH_BASELINE=<git revision>): CPU per request at fixed rates of
   shoal built from that revision and of this tree, side by side, per-request and reuse.
 
 Environment: BENCH_DURATION (wrk duration, default 5s), BENCH_ROUNDS (default 5),
-BENCH_ONLY (comma-separated sections: throughput, latency, fuel, cold, density, baseline),
+BENCH_ONLY (comma-separated sections: throughput, latency, fuel, cold, density, contention,
+baseline),
 BENCH_BASELINE (a git revision to compare with; the baseline section runs only when set).
 """
 
@@ -50,6 +55,8 @@ DURATION = os.environ.get("BENCH_DURATION", "5s")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 RATES = [10_000, 20_000]
+SPIN_LEVELS = [0, 1, 2, 4, 8]  # concurrent spinning requests, in multiples of the cores
+HELLO_CLIENTS = 4
 OHA_VERSION = "1.16.0"
 N_DENSITY = 1000
 N_MODULES = 100
@@ -298,6 +305,99 @@ def shoal_services(paths, shoal, label):
     return servers
 
 
+def contention_services(paths, shoal):
+    """On `shoal`: the hello component per-request and reuse, and the busy guest spinning
+    until its 1 s timeout or 2e9 fuel, each with one replica taking every request it is sent,
+    so the three weigh the same in the CPU scheduler."""
+    digests = {}
+    for guest in ["hello", "busy"]:
+        with open(paths[guest], "rb") as f:
+            digests[guest] = shoal.call("POST", "/v1/modules", f.read())["digest"]
+    one_replica = {"min": 1, "max": 1, "queue_limit": 1000}
+    for isolation in ["per-request", "reuse"]:
+        shoal.call("PUT", f"/v1/services/{isolation}",
+                   {"module": digests["hello"], "isolation": isolation, "concurrency": 64,
+                    "limits": {"memory": "64Mi", "fuel": 100_000_000, "timeout": "10s"}, "scale": one_replica})
+    shoal.call("PUT", "/v1/services/spin",
+               {"module": digests["busy"], "concurrency": 1000,
+                "limits": {"fuel": 2_000_000_000, "timeout": "1s"}, "scale": one_replica})
+    for service in ["per-request", "reuse"]:
+        wait_http(f"{shoal.gateway}/{service}/", shoal.process)
+
+
+def hello_beside_spinning(shoal, isolation, spinning):
+    """hello's requests/s, p50 and p99 (wrk, HELLO_CLIENTS connections) while `spinning`
+    requests spin in the other service; waits until those have ended before returning."""
+    spinner = None
+    if spinning:
+        duration_s = int(DURATION.rstrip("s")) + 3
+        spinner = subprocess.Popen(["wrk", "-t1", f"-c{spinning}", f"-d{duration_s}s", "--timeout", "5s",
+                                    f"{shoal.gateway}/spin/"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Running: every spinning request is in flight.
+        deadline = time.monotonic() + 10
+        while shoal.call("GET", "/v1/services/spin/status")["in_flight"] < spinning:
+            if time.monotonic() > deadline:
+                sys.exit(f"{spinning} spinning requests did not start")
+            time.sleep(0.05)
+    out = subprocess.run(["wrk", "-t2", f"-c{HELLO_CLIENTS}", f"-d{DURATION}", "--latency",
+                          f"{shoal.gateway}/{isolation}/"], check=True, capture_output=True, text=True).stdout
+    if spinner:
+        spinner.kill()
+        spinner.wait()
+        while shoal.call("GET", "/v1/services/spin/status")["in_flight"] > 0:
+            time.sleep(0.05)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        sys.exit(f"hello beside {spinning} spinning requests: failed requests\n{out}")
+
+    def latency(p):
+        # A starved server may answer too few requests for wrk to report percentiles.
+        match = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        if not match:
+            return float("nan")
+        value, unit = match.groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return rps, latency(50), latency(99)
+
+
+def contention(shoals):
+    """For each (label, shoal) and isolation: per spinning level, hello's median figures over
+    the rounds, the levels and builds interleaved."""
+    cores = os.cpu_count()
+    results = {}
+    for round_idx in range(ROUNDS):
+        order = shoals if round_idx % 2 == 0 else shoals[::-1]
+        for label, shoal in order:
+            for isolation in ["per-request", "reuse"]:
+                for level in SPIN_LEVELS:
+                    log(f"  round {round_idx + 1}/{ROUNDS}: {label}, {isolation}, {level}x cores spinning")
+                    results.setdefault((label, isolation, level), []).append(
+                        hello_beside_spinning(shoal, isolation, level * cores))
+    return {key: tuple(med(run[i] for run in runs) for i in range(3)) for key, runs in results.items()}
+
+
+def contention_report(figures, labels):
+    cores = os.cpu_count()
+    lines = ["| hello beside spinning requests | " + " | ".join(
+        "alone" if level == 0 else f"{level}x cores ({level * cores})" for level in SPIN_LEVELS) + " |",
+             "|---|" + "---|" * len(SPIN_LEVELS)]
+    for label in labels:
+        for isolation in ["per-request", "reuse"]:
+            cells = [figures[(label, isolation, level)] for level in SPIN_LEVELS]
+            lines.append(f"| {label}, {isolation}: p50 / p99, req/s | " + " | ".join(
+                f"{p50:.2f} / {p99:.2f} ms, {rps:,.0f}" for rps, p50, p99 in cells) + " |")
+    lines.append("")
+    for label in labels:
+        for isolation in ["per-request", "reuse"]:
+            alone = figures[(label, isolation, 0)]
+            worst_p99 = max(figures[(label, isolation, level)][2] / alone[2] for level in SPIN_LEVELS[1:])
+            worst_rps = min(figures[(label, isolation, level)][0] / alone[0] for level in SPIN_LEVELS[1:])
+            lines.append(f"- {label}, {isolation}: worst p99 {worst_p99:.2f}x alone (goal under 2x), "
+                         f"worst throughput {worst_rps:.0%} of alone (goal at least 45%)")
+    return lines + [""]
+
+
 def stop_peers(servers, shoal):
     for _, process, _ in servers:
         if process is not shoal.process:
@@ -532,9 +632,24 @@ def main():
     lines = [f"Machine: {machine()}. Saturated: wrk -t2 -c{CONNECTIONS} -d{DURATION}; fixed rate: oha -c{CONNECTIONS} "
              f"-z{DURATION} -q RATE --latency-correction; {ROUNDS} interleaved rounds, medians.", ""]
 
+    before_bin = build_baseline(BASELINE) if BASELINE and (section("baseline") or section("contention")) else None
+    if section("contention"):
+        log("contention")
+        builds = [("this tree", paths["shoal"])] + ([(BASELINE, before_bin)] if before_bin else [])
+        with tempfile.TemporaryDirectory() as dirs:
+            shoals = []
+            try:
+                for label, binary in builds:
+                    shoal = Shoal(binary, os.path.join(dirs, label))
+                    shoals.append((label, shoal))
+                    contention_services(paths, shoal)
+                lines += contention_report(contention(shoals), [label for label, _ in builds])
+            finally:
+                for _, shoal in shoals:
+                    shoal.stop()
+
     if section("baseline"):
         log(f"before and after: {BASELINE} and this tree")
-        before_bin = build_baseline(BASELINE)
         with tempfile.TemporaryDirectory() as before_dir, tempfile.TemporaryDirectory() as after_dir:
             before, after = Shoal(before_bin, before_dir), Shoal(paths["shoal"], after_dir)
             try:

@@ -15,6 +15,7 @@ use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
+use crate::cpu::Scheduled;
 use crate::exec::Checkout;
 use crate::exec::{RequestContext, ServiceConfig};
 use crate::sandbox::{self, BoxError, CappedPipe, Metered, Metering, Overflow, ResponseBody};
@@ -92,18 +93,19 @@ where
         .args(&argv)
         .build_p1();
     let throttle = checkout.throttle();
-    let metering = Metering::new(limits, throttle);
+    let cpu = checkout.cpu();
+    let metering = Metering::new(limits, throttle.clone(), cpu.clone());
     let mut store = Store::new(pre.module().engine(), CgiState { wasi, metering });
     sandbox::prepare_store(&mut store)?;
-    sandbox::begin_request(&mut store, limits)?;
+    sandbox::begin_request(&mut store, limits, cpu.clone())?;
 
     let run = async {
         let instance = pre.instantiate_async(&mut store).await?;
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call_async(&mut store, ()).await
     };
-    let outcome = tokio::time::timeout(limits.timeout, run).await;
-    sandbox::end_request(&mut store);
+    let scheduled = Scheduled::new(run, cpu, sandbox::quota_charger(throttle));
+    let outcome = tokio::time::timeout(limits.timeout, scheduled).await;
     drop(checkout);
     sandbox::log_output(&config.name, "stderr", &stderr);
     if stdout.overflowed() {

@@ -20,6 +20,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use crate::cpu::{GuestCpu, Scheduled};
 use crate::exec::Checkout;
 use crate::exec::ServiceConfig;
 use crate::sandbox::{
@@ -128,6 +129,7 @@ async fn instantiate(
     config: &ServiceConfig,
     pipes: Pipes,
     throttle: Option<Arc<CpuThrottle>>,
+    cpu: Arc<GuestCpu>,
 ) -> Result<HttpInstance> {
     let limits = &config.limits;
     let wasi = WasiCtx::builder()
@@ -141,12 +143,12 @@ async fn instantiate(
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         hooks: DenyOutbound,
-        metering: Metering::new(limits, throttle),
+        metering: Metering::new(limits, throttle, cpu.clone()),
     };
     let mut store = Store::new(pre.engine(), state);
     sandbox::prepare_store(&mut store)?;
     // Instantiation runs the guest's start functions: it spends this request's budget.
-    sandbox::begin_request(&mut store, limits)?;
+    sandbox::begin_request(&mut store, limits, cpu)?;
     match pre.instantiate_async(&mut store).await {
         Ok(proxy) => Ok(HttpInstance {
             store,
@@ -194,6 +196,8 @@ where
     let mut checkout = checkout;
     let kept = checkout.take_instance();
     let throttle = checkout.throttle();
+    let quota = throttle.clone();
+    let cpu = checkout.cpu();
     let pipes = kept
         .as_ref()
         .map_or_else(|| Pipes::new(&limits), |instance| instance.pipes.clone());
@@ -205,10 +209,12 @@ where
         let run = async {
             let mut instance = match kept {
                 Some(mut instance) => {
-                    sandbox::begin_request(&mut instance.store, &limits)?;
+                    sandbox::begin_request(&mut instance.store, &limits, cpu.clone())?;
                     instance
                 }
-                None => instantiate(&pre, &config, pipes.clone(), throttle).await?,
+                None => {
+                    instantiate(&pre, &config, pipes.clone(), throttle.clone(), cpu.clone()).await?
+                }
             };
             let mut http = instance.store.data_mut().http();
             let incoming = http
@@ -223,7 +229,6 @@ where
                 .await
             {
                 Ok(()) => {
-                    sandbox::end_request(&mut instance.store);
                     instance.served += 1;
                     Ok(instance)
                 }
@@ -234,7 +239,10 @@ where
                 )),
             }
         };
-        let outcome = match tokio::time::timeout(limits.timeout, run).await {
+        // The guest computes only while it holds a CPU slot; the timeout counts the waits
+        // for one, so a service over its share times out first.
+        let scheduled = Scheduled::new(run, cpu.clone(), sandbox::quota_charger(quota));
+        let outcome = match tokio::time::timeout(limits.timeout, scheduled).await {
             Ok(Ok(instance)) => {
                 checkout.keep(instance);
                 Ok(())

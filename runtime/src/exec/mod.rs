@@ -11,6 +11,7 @@ pub(crate) mod http;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::cpu::{CpuScheduler, CpuShare, GuestCpu};
 use crate::sandbox::{CpuThrottle, SandboxLimits};
 
 pub(crate) use self::http::HttpInstance;
@@ -44,17 +45,27 @@ pub(crate) trait Checkout: Send + 'static {
     /// The instance the replica kept from an earlier request, if it keeps instances and has
     /// one.
     fn take_instance(&mut self) -> Option<HttpInstance>;
-    /// The replica's cpu throttle, when the service has a cpu limit.
+    /// The replica's cpu quota, when the service has a cpu limit.
     fn throttle(&self) -> Option<Arc<CpuThrottle>>;
+    /// What this execution runs on: the node's CPU scheduler and the service's share of it.
+    fn cpu(&self) -> Arc<GuestCpu>;
     /// Offers a healthy instance back after a request that succeeded; the replica keeps it or
     /// drops it.
     fn keep(&mut self, instance: HttpInstance);
 }
 
-/// A request outside any replica: no kept instance, no throttle, nothing kept.
+/// A request outside any replica: no kept instance, no throttle, nothing kept, and a CPU of
+/// its own.
 pub(crate) struct Unpooled;
 
 impl Checkout for Unpooled {
+    fn cpu(&self) -> Arc<GuestCpu> {
+        GuestCpu::new(
+            CpuScheduler::new(1),
+            CpuShare::new(crate::cpu::DEFAULT_WEIGHT_MILLIS),
+        )
+    }
+
     fn take_instance(&mut self) -> Option<HttpInstance> {
         None
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::pool::ReplicaPool;
+use crate::cpu::GuestCpu;
 use crate::exec::{Checkout, HttpInstance};
 use crate::sandbox::CpuThrottle;
 
@@ -48,6 +49,10 @@ impl Checkout for Lease {
 
     fn throttle(&self) -> Option<Arc<CpuThrottle>> {
         self.throttle.clone()
+    }
+
+    fn cpu(&self) -> Arc<GuestCpu> {
+        self.pool.guest_cpu()
     }
 
     /// Keeps a healthy instance for the replica's next request, unless the replica does not

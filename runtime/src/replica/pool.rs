@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use super::autoscale::{Autoscaler, Decision, ScaleSettings};
 use super::capacity::{Capacity, ReplicaResources, Reservation, Shortfall};
 use super::lease::{Grant, Lease};
+use crate::cpu::{CpuScheduler, CpuShare, CpuUsage, DEFAULT_WEIGHT_MILLIS, GuestCpu};
 use crate::exec::HttpInstance;
 use crate::exec::RequestContext;
 use crate::sandbox::{BoxError, CpuThrottle, ResponseBody};
@@ -117,6 +118,10 @@ pub struct PoolStatus {
     pub latency_p99: Option<Duration>,
     /// What the replicas reserve from the node.
     pub reserved: ReplicaResources,
+    /// The CPU time its guests used, in all and recently.
+    pub cpu: CpuUsage,
+    /// Its weight in the CPU scheduler, in millicores.
+    pub cpu_weight_millis: u64,
     /// The settings in force.
     pub settings: ScaleSettings,
 }
@@ -126,7 +131,9 @@ pub struct ReplicaPool {
     service: Service,
     replica: ReplicaSpec,
     capacity: Arc<Capacity>,
-    fuel_per_cpu_second: u64,
+    scheduler: Arc<CpuScheduler>,
+    /// The service's share of the node's CPU, weighted by what its replicas request.
+    share: Arc<CpuShare>,
     events: EventSink,
     state: Mutex<State>,
     ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -162,6 +169,15 @@ struct State {
     cold_starts: u64,
     rejected: u64,
     completions: VecDeque<(Instant, Duration)>,
+}
+
+/// The CPU weight of one replica: its cpu request in millicores, or the default for a
+/// service that requests none.
+fn replica_weight(replica: &ReplicaSpec) -> u64 {
+    match replica.requests.cpu_millis {
+        0 => DEFAULT_WEIGHT_MILLIS,
+        millis => millis,
+    }
 }
 
 /// Latency samples kept for percentiles.
@@ -208,7 +224,7 @@ impl ReplicaPool {
         replica: ReplicaSpec,
         settings: ScaleSettings,
         capacity: Arc<Capacity>,
-        fuel_per_cpu_second: u64,
+        scheduler: Arc<CpuScheduler>,
         events: EventSink,
     ) -> Arc<ReplicaPool> {
         let now = Instant::now();
@@ -218,11 +234,13 @@ impl ReplicaPool {
             ..replica
         };
         let tick = settings.tick();
+        let share = CpuShare::new(replica_weight(&replica));
         let pool = Arc::new(ReplicaPool {
             service,
             replica,
             capacity,
-            fuel_per_cpu_second,
+            scheduler,
+            share,
             events,
             state: Mutex::new(State {
                 decision: Decision {
@@ -280,6 +298,23 @@ impl ReplicaPool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A new execution's view of the node's CPU: the scheduler and this service's share.
+    pub(crate) fn guest_cpu(&self) -> Arc<GuestCpu> {
+        GuestCpu::new(self.scheduler.clone(), self.share.clone())
+    }
+
+    /// The service's share of the node's CPU.
+    pub fn cpu_share(&self) -> &Arc<CpuShare> {
+        &self.share
+    }
+
+    /// Sets the share's weight to what `n_replicas` request, as CFS weighs a cgroup by its
+    /// shares: a service gets at least the CPU its replicas reserve.
+    fn reweigh(&self, n_replicas: usize) {
+        let weight = replica_weight(&self.replica).saturating_mul(n_replicas.max(1) as u64);
+        self.share.set_weight(weight);
+    }
+
     /// Replicas running, without the rest of [`ReplicaPool::status`].
     pub fn replicas(&self) -> u32 {
         self.lock().replicas.len() as u32
@@ -317,6 +352,7 @@ impl ReplicaPool {
         state.settings.min = 0;
         let before = state.replicas.len();
         state.replicas.retain(|replica| replica.in_flight > 0);
+        self.reweigh(state.replicas.len());
         if state.replicas.len() != before {
             state.note_change(ScaleReason::Retired);
         }
@@ -446,11 +482,13 @@ impl ReplicaPool {
                         id: state.next_replica_id,
                         in_flight: 0,
                         idle_instances: Vec::new(),
-                        throttle: self.replica.cpu_limit_millis.map(|millis| {
-                            Arc::new(CpuThrottle::new(millis, self.fuel_per_cpu_second))
-                        }),
+                        throttle: self
+                            .replica
+                            .cpu_limit_millis
+                            .map(|millis| Arc::new(CpuThrottle::new(millis))),
                         _reservation: reservation,
                     });
+                    self.reweigh(state.replicas.len());
                     state.note_change(reason);
                     state.at_capacity = None;
                     state.at_capacity_reported = false;
@@ -516,6 +554,7 @@ impl ReplicaPool {
         }
         if state.retired && state.replicas[idx].in_flight == 0 {
             state.replicas.remove(idx);
+            self.reweigh(state.replicas.len());
             state.note_change(ScaleReason::Retired);
         }
     }
@@ -523,6 +562,7 @@ impl ReplicaPool {
     /// One autoscaler tick: sample demand, decide, grow or shrink.
     fn tick(&self) {
         let now = Instant::now();
+        self.share.sample(now.into_std());
         {
             let mut state = self.lock();
             state.account(now);
@@ -569,6 +609,7 @@ impl ReplicaPool {
                     idx -= 1;
                     if state.replicas[idx].in_flight == 0 {
                         state.replicas.remove(idx);
+                        self.reweigh(state.replicas.len());
                         excess -= 1;
                         state.note_change(reason);
                     }
@@ -673,6 +714,8 @@ impl ReplicaPool {
             latency_p50: percentile(0.50),
             latency_p99: percentile(0.99),
             reserved: self.replica.requests.times(state.replicas.len() as u64),
+            cpu: self.share.usage(now.into_std()),
+            cpu_weight_millis: self.share.weight(),
             settings: state.settings.clone(),
         }
     }
@@ -747,7 +790,8 @@ mod tests {
             memory: 4 << 20,
             cpu_millis: 1000,
         });
-        let pool = ReplicaPool::new(service, replica, settings, capacity, 1_000_000, sink);
+        let scheduler = runtime.scheduler().clone();
+        let pool = ReplicaPool::new(service, replica, settings, capacity, scheduler, sink);
         (pool, events)
     }
 

@@ -10,6 +10,7 @@ mod pipe;
 mod throttle;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ pub use self::limits::SandboxLimits;
 pub(crate) use self::pipe::{CappedPipe, Overflow};
 pub(crate) use self::throttle::CpuThrottle;
 use crate::Error;
+use crate::cpu::GuestCpu;
 
 /// Errors inside response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,30 +29,26 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of a response produced by a guest, streamed for wasi:http components.
 pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-/// What a store counts against its limits.
+/// What a store counts against its limits, and the CPU its execution runs on.
 pub(crate) struct Metering {
     pub(crate) limiter: MemoryLimiter,
+    /// The replica's cpu quota, if the service has a cpu limit.
     throttle: Option<Arc<CpuThrottle>>,
-    /// Fuel left at the last charge to the throttle.
-    fuel_mark: u64,
+    /// The slot, share and flags of the execution running in the store now.
+    pub(crate) cpu: Arc<GuestCpu>,
 }
 
 impl Metering {
-    pub(crate) fn new(limits: &SandboxLimits, throttle: Option<Arc<CpuThrottle>>) -> Metering {
+    pub(crate) fn new(
+        limits: &SandboxLimits,
+        throttle: Option<Arc<CpuThrottle>>,
+        cpu: Arc<GuestCpu>,
+    ) -> Metering {
         Metering {
             limiter: MemoryLimiter::new(limits.memory),
             throttle,
-            fuel_mark: 0,
+            cpu,
         }
-    }
-
-    /// Charges the fuel burned since the last charge; returns when to resume if the
-    /// replica is over its cpu budget.
-    fn charge(&mut self, fuel_left: u64) -> Option<Instant> {
-        let throttle = self.throttle.as_ref()?;
-        let used = self.fuel_mark.saturating_sub(fuel_left);
-        self.fuel_mark = fuel_left;
-        throttle.charge(used, Instant::now())
     }
 }
 
@@ -59,48 +57,63 @@ pub(crate) trait Metered: Send + 'static {
     fn metering(&mut self) -> &mut Metering;
 }
 
-/// Sets up what every store gets once: the memory limiter, and an epoch callback that
-/// charges the cpu throttle and yields to the scheduler at every tick, so a spinning
-/// guest can neither starve its worker thread, nor outlive its timeout, nor exceed its
-/// cpu limit.
+/// Sets up what every store gets once: the memory limiter, and an epoch callback that yields
+/// to tokio at every tick, so a guest that computes can neither keep its worker thread from
+/// the connections, timers and other tasks it serves, nor outlive its timeout, nor exceed its
+/// cpu quota, nor keep its slot from a service owed the CPU more (`crate::cpu`).
 pub(crate) fn prepare_store<T: Metered>(store: &mut Store<T>) -> crate::Result<()> {
-    if let Some(throttle) = &store.data_mut().metering().throttle {
-        let interval = throttle.fuel_yield_interval();
-        store
-            .fuel_async_yield_interval(Some(interval))
-            .map_err(|e| Error::Internal(e.into()))?;
-    }
     store.limiter(|state| &mut state.metering().limiter as &mut dyn wasmtime::ResourceLimiter);
     store.epoch_deadline_callback(|mut context| {
-        let fuel_left = context.get_fuel().unwrap_or(0);
-        if let Some(resume) = context.data_mut().metering().charge(fuel_left) {
+        let metering = context.data_mut().metering();
+        let cpu = &metering.cpu;
+        cpu.long.store(true, Ordering::Relaxed);
+        cpu.scheduler.note_tick();
+        if let Some(resume) = metering
+            .throttle
+            .as_ref()
+            .and_then(|throttle| throttle.paused_until(Instant::now()))
+        {
+            // Over quota: sleep, without a slot, until the period that pays the debt.
             let pause = tokio::time::sleep_until(resume.into());
             return Ok(UpdateDeadline::YieldCustom(1, Box::pin(pause)));
         }
-        Ok(UpdateDeadline::Yield(1))
+        // `yield_now` wakes the task only after the worker has run its other tasks and polled
+        // the I/O and timer driver; a guest waking itself would run again at once. The slot is
+        // kept through the yield, and handed on after it if another guest waits.
+        cpu.at_tick.store(true, Ordering::Relaxed);
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
     });
     Ok(())
+}
+
+/// Charges CPU time a guest of this store used to its replica's quota.
+pub(crate) fn quota_charger(
+    throttle: Option<Arc<CpuThrottle>>,
+) -> impl FnMut(std::time::Duration) + Unpin {
+    move |used| {
+        if let Some(throttle) = &throttle {
+            throttle.charge(used, Instant::now());
+        }
+    }
 }
 
 /// Resets the per-request budgets of a store, fresh or reused.
 pub(crate) fn begin_request<T: Metered>(
     store: &mut Store<T>,
     limits: &SandboxLimits,
+    cpu: Arc<GuestCpu>,
 ) -> crate::Result<()> {
     store
         .set_fuel(limits.fuel)
         .map_err(|e| Error::Internal(e.into()))?;
     store.set_epoch_deadline(1);
     let metering = store.data_mut().metering();
-    metering.fuel_mark = limits.fuel;
     metering.limiter.refused = None;
+    metering.cpu = cpu;
     Ok(())
-}
-
-/// Charges what the request burned since the last tick, so short requests count too.
-pub(crate) fn end_request<T: Metered>(store: &mut Store<T>) {
-    let fuel_left = store.get_fuel().unwrap_or(0);
-    let _ = store.data_mut().metering().charge(fuel_left);
 }
 
 /// Turns a wasmtime error from guest code into the outcome a caller sees.
