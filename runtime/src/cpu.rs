@@ -65,9 +65,8 @@ pub struct CpuScheduler {
     n_free: AtomicUsize,
     /// The most advanced virtual runtime, in weighted nanoseconds.
     frontier: AtomicU64,
-    /// CPU time of every guest, in nanoseconds.
-    used_ns: AtomicU64,
-    window: CpuWindow,
+    /// CPU time of every guest.
+    meter: CpuMeter,
     /// When a guest last ran through a tick with every slot taken: the ticker ticks fast
     /// while the CPU is contended.
     saturated_at: Mutex<Option<Instant>>,
@@ -104,8 +103,7 @@ pub struct CpuShare {
     /// Millicores; at least 1.
     weight: AtomicU64,
     vruntime: AtomicU64,
-    used_ns: AtomicU64,
-    window: CpuWindow,
+    meter: CpuMeter,
 }
 
 impl CpuShare {
@@ -115,8 +113,7 @@ impl CpuShare {
         Arc::new(CpuShare {
             weight: AtomicU64::new(weight_millis.max(1)),
             vruntime: AtomicU64::new(0),
-            used_ns: AtomicU64::new(0),
-            window: CpuWindow::default(),
+            meter: CpuMeter::default(),
         })
     }
 
@@ -132,22 +129,18 @@ impl CpuShare {
 
     /// The CPU time its guests have used.
     pub fn used(&self) -> Duration {
-        Duration::from_nanos(self.used_ns.load(Ordering::Relaxed))
+        self.meter.used()
     }
 
     /// Notes the CPU used so far, for the recent figures; the service's pool calls it at
     /// every autoscaler tick.
     pub fn sample(&self, now: Instant) {
-        self.window.sample(now, self.used());
+        self.meter.sample(now);
     }
 
     /// What the service has used, and recently.
     pub fn usage(&self, now: Instant) -> CpuUsage {
-        let used = self.used();
-        CpuUsage {
-            used,
-            cores: self.window.cores(now, used),
-        }
+        self.meter.usage(now)
     }
 
     fn vruntime(&self) -> u64 {
@@ -164,22 +157,32 @@ pub struct CpuUsage {
     pub cores: f64,
 }
 
-/// A running total of CPU time, sampled about once a second, for its rate over the last
+/// A running total of CPU time, sampled about once a second for its rate over the last
 /// [`CPU_WINDOW`].
 #[derive(Default)]
-struct CpuWindow {
+struct CpuMeter {
+    used_ns: AtomicU64,
     /// Oldest first: the last sample at or before the window's start, then those within it.
     samples: Mutex<VecDeque<(Instant, Duration)>>,
 }
 
-impl CpuWindow {
+impl CpuMeter {
+    fn add(&self, ns: u64) {
+        self.used_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    fn used(&self) -> Duration {
+        Duration::from_nanos(self.used_ns.load(Ordering::Relaxed))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Duration)>> {
         self.samples
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn sample(&self, now: Instant, used: Duration) {
+    fn sample(&self, now: Instant) {
+        let used = self.used();
         let mut samples = self.lock();
         if samples
             .back()
@@ -190,6 +193,14 @@ impl CpuWindow {
         samples.push_back((now, used));
         while samples.len() > 2 && now.saturating_duration_since(samples[1].0) >= CPU_WINDOW {
             samples.pop_front();
+        }
+    }
+
+    fn usage(&self, now: Instant) -> CpuUsage {
+        let used = self.used();
+        CpuUsage {
+            used,
+            cores: self.cores(now, used),
         }
     }
 
@@ -221,8 +232,7 @@ impl CpuScheduler {
             n_waiting: AtomicU64::new(0),
             n_free: AtomicUsize::new(slots),
             frontier: AtomicU64::new(0),
-            used_ns: AtomicU64::new(0),
-            window: CpuWindow::default(),
+            meter: CpuMeter::default(),
             saturated_at: Mutex::new(None),
         })
     }
@@ -234,22 +244,18 @@ impl CpuScheduler {
 
     /// The CPU time every guest has used.
     pub fn used(&self) -> Duration {
-        Duration::from_nanos(self.used_ns.load(Ordering::Relaxed))
+        self.meter.used()
     }
 
     /// Notes the CPU every guest has used so far, for the recent figures; the runtime's
     /// epoch ticker calls it.
     pub(crate) fn sample(&self, now: Instant) {
-        self.window.sample(now, self.used());
+        self.meter.sample(now);
     }
 
     /// What every guest has used, and recently.
     pub fn usage(&self, now: Instant) -> CpuUsage {
-        let used = self.used();
-        CpuUsage {
-            used,
-            cores: self.window.cores(now, used),
-        }
+        self.meter.usage(now)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -286,8 +292,8 @@ impl CpuScheduler {
     /// Charges `used` CPU time to `share`.
     pub(crate) fn charge(&self, share: &CpuShare, used: Duration) {
         let ns = u64::try_from(used.as_nanos()).unwrap_or(u64::MAX);
-        share.used_ns.fetch_add(ns, Ordering::Relaxed);
-        self.used_ns.fetch_add(ns, Ordering::Relaxed);
+        share.meter.add(ns);
+        self.meter.add(ns);
         let weighted = ns.saturating_mul(1000) / share.weight();
         let vruntime = share.vruntime.fetch_add(weighted, Ordering::Relaxed) + weighted;
         self.frontier.fetch_max(vruntime, Ordering::Relaxed);
@@ -705,7 +711,7 @@ mod tests {
         assert!((usage.cores - 1.0).abs() < 1e-9, "{usage:?}");
         // A sample taken too soon after the last is not kept.
         share.sample(now + Duration::from_millis(10));
-        assert_eq!(share.window.lock().len(), 11);
+        assert_eq!(share.meter.lock().len(), 11);
     }
 
     #[test]

@@ -25,15 +25,19 @@ all alike, medians reported:
   cores concurrent requests spinning the CPU in another service with the same weight:
   hello's p50, p99 and requests per second, per-request and reuse (and of the baseline build
   too, with BENCH_BASELINE);
+- the slice's cost: CPU per compute-bound request (20M rounds) with 1, cores and 4x cores
+  of them at a time: alone a guest runs in 10 ms slices, with every core busy in 1 ms ones,
+  and beyond that it hands its slot on at every slice (and the baseline build, if set);
 - before and after (with BENCH_BASELINE=<git revision>): CPU per request at fixed rates of
   shoal built from that revision and of this tree, side by side, per-request and reuse.
 
 Environment: BENCH_DURATION (wrk duration, default 5s), BENCH_ROUNDS (default 5),
 BENCH_ONLY (comma-separated sections: throughput, latency, fuel, cold, density, contention,
-baseline),
+slice, baseline),
 BENCH_BASELINE (a git revision to compare with; the baseline section runs only when set).
 """
 
+import concurrent.futures
 import http.client
 import json
 import os
@@ -377,6 +381,43 @@ def contention(shoals):
     return {key: tuple(med(run[i] for run in runs) for i in range(3)) for key, runs in results.items()}
 
 
+def slice_cost(shoals, paths):
+    """The server's CPU time per compute-bound request, in ms, at each concurrency, per build:
+    the same work, so what grows with the concurrency is the cost of slicing it."""
+    cores = os.cpu_count()
+    levels = [1, cores, 4 * cores]
+    for _, shoal in shoals:
+        with open(paths["busy"], "rb") as f:
+            digest = shoal.call("POST", "/v1/modules", f.read())["digest"]
+        shoal.call("PUT", "/v1/services/work",
+                   {"module": digest, "concurrency": 1000, "scale": {"min": 1, "max": 1, "queue_limit": 1000},
+                    "limits": {"fuel": 1_000_000_000_000, "timeout": "30s"}})
+        wait_http(f"{shoal.gateway}/work/?iterations=1", shoal.process)
+    results = {}
+    url_path = "/work/?iterations=20000000"
+    for round_idx in range(ROUNDS):
+        order = shoals if round_idx % 2 == 0 else shoals[::-1]
+        for label, shoal in order:
+            for level in levels:
+                log(f"  round {round_idx + 1}/{ROUNDS}: {label}, {level} at a time")
+                n_requests = 10 * level
+                before = cpu_seconds(shoal.process.pid)
+                with concurrent.futures.ThreadPoolExecutor(level) as pool:
+                    list(pool.map(lambda _: timed_get(shoal.gateway + url_path), range(n_requests)))
+                results.setdefault((label, level), []).append(
+                    (cpu_seconds(shoal.process.pid) - before) / n_requests * 1000)
+    lines = ["| CPU per 20M-round request | " + " | ".join(f"{level} at a time" for level in levels) + " |",
+             "|---|" + "---|" * len(levels)]
+    for label, _ in shoals:
+        lines.append(f"| {label} | " + " | ".join(f"{med(results[(label, level)]):.1f} ms" for level in levels) + " |")
+    lines.append("")
+    for label, _ in shoals:
+        alone = med(results[(label, 1)])
+        lines.append(f"- {label}: " + ", ".join(
+            f"{level} at a time {med(results[(label, level)]) / alone:.3f}x" for level in levels[1:]) + " of one at a time")
+    return lines + [""]
+
+
 def contention_report(figures, labels):
     cores = os.cpu_count()
     lines = ["| hello beside spinning requests | " + " | ".join(
@@ -632,18 +673,23 @@ def main():
     lines = [f"Machine: {machine()}. Saturated: wrk -t2 -c{CONNECTIONS} -d{DURATION}; fixed rate: oha -c{CONNECTIONS} "
              f"-z{DURATION} -q RATE --latency-correction; {ROUNDS} interleaved rounds, medians.", ""]
 
-    before_bin = build_baseline(BASELINE) if BASELINE and (section("baseline") or section("contention")) else None
-    if section("contention"):
-        log("contention")
-        builds = [("this tree", paths["shoal"])] + ([(BASELINE, before_bin)] if before_bin else [])
+    before_bin = (build_baseline(BASELINE)
+                  if BASELINE and any(section(name) for name in ["baseline", "contention", "slice"]) else None)
+    builds = [("this tree", paths["shoal"])] + ([(BASELINE, before_bin)] if before_bin else [])
+    if section("contention") or section("slice"):
         with tempfile.TemporaryDirectory() as dirs:
             shoals = []
             try:
                 for label, binary in builds:
-                    shoal = Shoal(binary, os.path.join(dirs, label))
-                    shoals.append((label, shoal))
-                    contention_services(paths, shoal)
-                lines += contention_report(contention(shoals), [label for label, _ in builds])
+                    shoals.append((label, Shoal(binary, os.path.join(dirs, label))))
+                if section("contention"):
+                    log("contention")
+                    for _, shoal in shoals:
+                        contention_services(paths, shoal)
+                    lines += contention_report(contention(shoals), [label for label, _ in builds])
+                if section("slice"):
+                    log("the slice's cost")
+                    lines += slice_cost(shoals, paths)
             finally:
                 for _, shoal in shoals:
                     shoal.stop()

@@ -122,6 +122,20 @@ impl Bench {
         })
     }
 
+    /// Deploys `spinner` and keeps four times as many requests as cores spinning in it, until
+    /// the task returned is aborted; returns once they have used a second of CPU.
+    async fn spin_every_core(&self) -> JoinHandle<Vec<u16>> {
+        let spinning_requests = 4 * cores();
+        self.deploy("spinner", one_replica(spinning_requests, "10s", json!({})))
+            .await;
+        let until = Instant::now() + Duration::from_secs(30);
+        let spinning = self.load("/spinner/", spinning_requests, until);
+        while self.cpu_used("spinner").await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        spinning
+    }
+
     async fn stop(self) {
         self.node.kill9().await;
     }
@@ -210,18 +224,12 @@ async fn services_get_cpu_in_proportion_to_their_requests() {
     let _serial = SERIAL.lock().await;
     let bench = Bench::start().await;
     let requests = 2 * cores();
-    bench
-        .deploy(
-            "one",
-            one_replica(requests, "2s", json!({ "requests": { "cpu": "250m" } })),
-        )
-        .await;
-    bench
-        .deploy(
-            "three",
-            one_replica(requests, "2s", json!({ "requests": { "cpu": "750m" } })),
-        )
-        .await;
+    for (name, cpu) in [("one", "250m"), ("three", "750m")] {
+        let resources = json!({ "requests": { "cpu": cpu } });
+        bench
+            .deploy(name, one_replica(requests, "2s", resources))
+            .await;
+    }
     let until = Instant::now() + Duration::from_secs(5);
     let loads = [
         bench.load("/one/", requests, until),
@@ -238,6 +246,13 @@ async fn services_get_cpu_in_proportion_to_their_requests() {
         used[0], used[1], status["cpu"]
     );
     assert_eq!(status["cpu"]["weight"], "750m");
+    // Work-conserving: between them they had the cores (the rest goes to HTTP and the client).
+    let cores_used = (used[0] + used[1]) / 3.0;
+    assert!(
+        cores_used > 0.5 * cores() as f64,
+        "the guests used {cores_used:.2} cores of {}",
+        cores()
+    );
     assert!(
         (2.0..=4.5).contains(&ratio),
         "750m got {ratio:.2}x what 250m got"
@@ -249,22 +264,10 @@ async fn services_get_cpu_in_proportion_to_their_requests() {
 async fn a_short_timeout_fires_on_time_while_every_core_spins() {
     let _serial = SERIAL.lock().await;
     let bench = Bench::start().await;
-    let spinning_requests = 4 * cores();
-    bench
-        .deploy("spinner", one_replica(spinning_requests, "10s", json!({})))
-        .await;
     bench
         .deploy("short", one_replica(4, "300ms", json!({})))
         .await;
-    let spinning = bench.load(
-        "/spinner/",
-        spinning_requests,
-        Instant::now() + Duration::from_secs(30),
-    );
-    // The cores are taken: wait until the spinner's guests have used a second of CPU.
-    while bench.cpu_used("spinner").await < 1.0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let spinning = bench.spin_every_core().await;
     for _ in 0..3 {
         let started = Instant::now();
         let reply = Reply::from(
@@ -292,10 +295,6 @@ async fn a_short_timeout_fires_on_time_while_every_core_spins() {
 async fn the_apis_and_the_gateway_answer_promptly_while_every_core_spins() {
     let _serial = SERIAL.lock().await;
     let bench = Bench::start().await;
-    let spinning_requests = 4 * cores();
-    bench
-        .deploy("spinner", one_replica(spinning_requests, "10s", json!({})))
-        .await;
     let upstream = Upstream::start("outside").await;
     let registration = json!({
         "Name": "outside",
@@ -310,14 +309,7 @@ async fn the_apis_and_the_gateway_answer_promptly_while_every_core_spins() {
         .await
         .unwrap();
     assert_eq!(registered.status(), 200);
-    let spinning = bench.load(
-        "/spinner/",
-        spinning_requests,
-        Instant::now() + Duration::from_secs(30),
-    );
-    while bench.cpu_used("spinner").await < 1.0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let spinning = bench.spin_every_core().await;
     let api = bench.node.api.clone();
     let gateway = bench.node.gateway.clone();
     let mut report = Vec::new();
