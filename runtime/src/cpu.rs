@@ -13,6 +13,10 @@
 //!   the lowest virtual runtime, and within a service to its waiting requests in arrival order.
 //! - A guest that reaches a tick while others wait gives its slot up (after its yield, so the
 //!   worker polls the driver first) and queues again behind them: the slice is one tick.
+//! - A service that starts waiting cuts the running slices short (the runtime advances the
+//!   epoch, at most every [`PREEMPT_GRANULARITY`]), as the kernel preempts the running task
+//!   for one that wakes with less virtual runtime: a light request arriving while every slot
+//!   computes waits for a slice to end, not for the next tick.
 //! - Nobody waiting, nobody yields a slot: a service alone on the node has every core
 //!   (work-conserving).
 //! - No service can bank CPU it did not use: a virtual runtime never trails the most advanced
@@ -28,13 +32,16 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// How far a service's virtual runtime may trail the most advanced one: the most CPU (at the
 /// weight of one core) a service can be owed after idling or running alone.
 pub(crate) const MAX_LAG: Duration = Duration::from_millis(20);
+
+/// The least time between two preemptions.
+pub(crate) const PREEMPT_GRANULARITY: Duration = Duration::from_micros(100);
 
 /// How far back the recent CPU figures ([`CpuUsage::cores`]) look.
 pub const CPU_WINDOW: Duration = Duration::from_secs(10);
@@ -70,6 +77,11 @@ pub struct CpuScheduler {
     /// When a guest last ran through a tick with every slot taken: the ticker ticks fast
     /// while the CPU is contended.
     saturated_at: Mutex<Option<Instant>>,
+    /// Cuts the running slices short (see [`CpuScheduler::preempt`]).
+    preempt: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    started: Instant,
+    /// When it last did, in nanoseconds since `started`.
+    last_preempt: AtomicU64,
 }
 
 struct State {
@@ -234,6 +246,9 @@ impl CpuScheduler {
             frontier: AtomicU64::new(0),
             meter: CpuMeter::default(),
             saturated_at: Mutex::new(None),
+            preempt: OnceLock::new(),
+            started: Instant::now(),
+            last_preempt: AtomicU64::new(0),
         })
     }
 
@@ -296,7 +311,10 @@ impl CpuScheduler {
         self.meter.add(ns);
         let weighted = ns.saturating_mul(1000) / share.weight();
         let vruntime = share.vruntime.fetch_add(weighted, Ordering::Relaxed) + weighted;
-        self.frontier.fetch_max(vruntime, Ordering::Relaxed);
+        // Read first: most charges do not move the frontier, and a read keeps the line shared.
+        if vruntime > self.frontier.load(Ordering::Relaxed) {
+            self.frontier.fetch_max(vruntime, Ordering::Relaxed);
+        }
     }
 
     /// Lifts `share` to within [`MAX_LAG`] of the most advanced service, so CPU it did not
@@ -320,7 +338,11 @@ impl CpuScheduler {
                 done: true,
             };
         }
-        let waiter = self.enqueue(&mut state, share);
+        let (waiter, newly_waiting) = self.enqueue(&mut state, share);
+        drop(state);
+        if newly_waiting {
+            self.preempt();
+        }
         Acquire {
             scheduler: self.clone(),
             waiter: Some(waiter),
@@ -328,26 +350,58 @@ impl CpuScheduler {
         }
     }
 
-    fn enqueue(&self, state: &mut State, share: &Arc<CpuShare>) -> Arc<Waiter> {
+    /// Sets how to cut the running guests' slices short: the runtime advances the epoch, so
+    /// each runs into its tick at once.
+    pub(crate) fn preempt_with(&self, preempt: impl Fn() + Send + Sync + 'static) {
+        let _ = self.preempt.set(Box::new(preempt));
+    }
+
+    /// Ends the running slices now, as the kernel preempts the running task when one with
+    /// less virtual runtime wakes: a service that starts waiting (a light request arriving
+    /// while every slot computes) need not wait for the next tick. At most once every
+    /// [`PREEMPT_GRANULARITY`], which bounds what it costs the running guests.
+    fn preempt(&self) {
+        let Some(preempt) = self.preempt.get() else {
+            return;
+        };
+        let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let last = self.last_preempt.load(Ordering::Relaxed);
+        let granularity = u64::try_from(PREEMPT_GRANULARITY.as_nanos()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) >= granularity
+            && self
+                .last_preempt
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            preempt();
+        }
+    }
+
+    /// Queues a waiter of `share`; `true` if its service was not waiting already.
+    fn enqueue(&self, state: &mut State, share: &Arc<CpuShare>) -> (Arc<Waiter>, bool) {
         let waiter = Arc::new(Waiter {
             granted: AtomicBool::new(false),
             waker: Mutex::new(None),
         });
-        match state
+        let newly_waiting = match state
             .waiting
             .iter_mut()
             .find(|(waiting, _)| Arc::ptr_eq(waiting, share))
         {
-            Some((_, queue)) => queue.push_back(waiter.clone()),
+            Some((_, queue)) => {
+                queue.push_back(waiter.clone());
+                false
+            }
             None => {
                 self.place(share);
                 state
                     .waiting
                     .push((share.clone(), VecDeque::from([waiter.clone()])));
+                true
             }
-        }
+        };
         self.n_waiting.fetch_add(1, Ordering::Relaxed);
-        waiter
+        (waiter, newly_waiting)
     }
 
     /// Gives a slot back: to the first waiter of the waiting service with the lowest virtual
@@ -382,7 +436,7 @@ impl CpuScheduler {
     /// the CPU more; if that is the guest itself, it keeps the slot.
     pub(crate) fn yield_slot(self: &Arc<Self>, share: &Arc<CpuShare>) -> Acquire {
         let mut state = self.lock();
-        let waiter = self.enqueue(&mut state, share);
+        let (waiter, _) = self.enqueue(&mut state, share);
         self.hand_over(&mut state);
         let done = waiter.granted.load(Ordering::Acquire);
         Acquire {
@@ -498,22 +552,25 @@ impl GuestCpu {
     }
 }
 
-/// Runs a guest's execution only while it holds a slot, and charges the CPU time of each of its
-/// polls to its service (and, with `on_charge`, to a quota).
-pub(crate) struct Scheduled<F, C> {
-    inner: Pin<Box<F>>,
-    cpu: Arc<GuestCpu>,
-    on_charge: C,
-    slot: Option<Slot>,
-    acquire: Option<Acquire>,
-    /// The last poll ended at a tick, holding the slot.
-    yielded: bool,
+pin_project_lite::pin_project! {
+    /// Runs a guest's execution only while it holds a slot, and charges the CPU time of each of
+    /// its polls to its service (and, with `on_charge`, to a quota).
+    pub(crate) struct Scheduled<F, C> {
+        #[pin]
+        inner: F,
+        cpu: Arc<GuestCpu>,
+        on_charge: C,
+        slot: Option<Slot>,
+        acquire: Option<Acquire>,
+        // The last poll ended at a tick, holding the slot.
+        yielded: bool,
+    }
 }
 
 impl<F: Future, C: FnMut(Duration)> Scheduled<F, C> {
     pub(crate) fn new(inner: F, cpu: Arc<GuestCpu>, on_charge: C) -> Scheduled<F, C> {
         Scheduled {
-            inner: Box::pin(inner),
+            inner,
             cpu,
             on_charge,
             slot: None,
@@ -523,57 +580,56 @@ impl<F: Future, C: FnMut(Duration)> Scheduled<F, C> {
     }
 }
 
-impl<F: Future, C: FnMut(Duration) + Unpin> Future for Scheduled<F, C> {
+impl<F: Future, C: FnMut(Duration)> Future for Scheduled<F, C> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        let scheduler = this.cpu.scheduler.clone();
+        let this = self.project();
+        let cpu: &GuestCpu = this.cpu;
+        let scheduler = &cpu.scheduler;
         // After a tick's yield (the worker has run its other tasks and polled the driver),
         // the slot goes to whoever is owed it more, if anyone waits.
-        if this.yielded {
-            this.yielded = false;
-            if scheduler.contended()
-                && let Some(slot) = this.slot.take()
-            {
-                std::mem::forget(slot);
-                this.acquire = Some(scheduler.yield_slot(&this.cpu.share));
-            }
+        if std::mem::take(this.yielded)
+            && scheduler.contended()
+            && let Some(slot) = this.slot.take()
+        {
+            std::mem::forget(slot);
+            *this.acquire = Some(scheduler.yield_slot(&cpu.share));
         }
         if this.slot.is_none() {
             let acquire = this
                 .acquire
-                .get_or_insert_with(|| scheduler.acquire(&this.cpu.share));
+                .get_or_insert_with(|| scheduler.acquire(&cpu.share));
             match Pin::new(acquire).poll(cx) {
                 Poll::Ready(slot) => {
-                    this.acquire = None;
-                    this.slot = Some(slot);
+                    *this.acquire = None;
+                    *this.slot = Some(slot);
                 }
                 Poll::Pending => return Poll::Pending,
             }
         }
-        let long = this.cpu.long.load(Ordering::Relaxed);
+        let long = cpu.long.load(Ordering::Relaxed);
         let wall_start = Instant::now();
         let cpu_start = long.then(thread_cpu_time);
-        this.cpu.at_tick.store(false, Ordering::Relaxed);
-        let result = this.inner.as_mut().poll(cx);
+        cpu.at_tick.store(false, Ordering::Relaxed);
+        let result = this.inner.poll(cx);
         let used = match cpu_start {
             Some(start) => thread_cpu_time().saturating_sub(start),
             None => wall_start.elapsed(),
         };
-        scheduler.charge(&this.cpu.share, used);
+        scheduler.charge(&cpu.share, used);
         (this.on_charge)(used);
         match result {
             Poll::Ready(output) => {
-                this.slot = None;
+                *this.slot = None;
                 Poll::Ready(output)
             }
             Poll::Pending => {
-                if this.cpu.at_tick.load(Ordering::Relaxed) {
-                    this.yielded = true;
+                if cpu.at_tick.load(Ordering::Relaxed) {
+                    *this.yielded = true;
                 } else {
                     // Waiting on the host (a timer, a body): the slot is of no use meanwhile.
-                    this.slot = None;
+                    *this.slot = None;
                 }
                 Poll::Pending
             }
