@@ -68,7 +68,7 @@ pub struct CpuScheduler {
     slots: usize,
     /// Guests waiting for a slot; a guest at a tick gives its slot up only when some do.
     n_waiting: AtomicU64,
-    /// `state.free`, readable without the lock.
+    /// Slots free. Taken without the lock while nobody waits.
     n_free: AtomicUsize,
     /// The most advanced virtual runtime, in weighted nanoseconds.
     frontier: AtomicU64,
@@ -85,7 +85,6 @@ pub struct CpuScheduler {
 }
 
 struct State {
-    free: usize,
     /// The services with guests waiting, each with its waiters in arrival order.
     waiting: Vec<(Arc<CpuShare>, VecDeque<Arc<Waiter>>)>,
 }
@@ -237,7 +236,6 @@ impl CpuScheduler {
         let slots = slots.max(1);
         Arc::new(CpuScheduler {
             state: Mutex::new(State {
-                free: slots,
                 waiting: Vec::new(),
             }),
             slots,
@@ -328,26 +326,36 @@ impl CpuScheduler {
     /// A slot for a guest of `share`: at once if one is free and nobody waits, else when its
     /// turn comes.
     pub(crate) fn acquire(self: &Arc<Self>, share: &Arc<CpuShare>) -> Acquire {
-        let mut state = self.lock();
-        if state.free > 0 && state.waiting.is_empty() {
-            state.free -= 1;
-            self.n_free.store(state.free, Ordering::Relaxed);
+        // Without a lock while nobody waits: a request that finds a free core takes it with
+        // one atomic operation.
+        if self.n_waiting.load(Ordering::SeqCst) == 0 && self.take_free() {
             return Acquire {
-                scheduler: self.clone(),
+                scheduler: Some(self.clone()),
                 waiter: None,
                 done: true,
             };
         }
+        let mut state = self.lock();
         let (waiter, newly_waiting) = self.enqueue(&mut state, share);
+        self.dispatch(&mut state);
         drop(state);
-        if newly_waiting {
+        if newly_waiting && !waiter.granted.load(Ordering::Acquire) {
             self.preempt();
         }
         Acquire {
-            scheduler: self.clone(),
+            scheduler: Some(self.clone()),
             waiter: Some(waiter),
             done: false,
         }
+    }
+
+    /// Takes a free slot, if there is one.
+    fn take_free(&self) -> bool {
+        self.n_free
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |free| {
+                free.checked_sub(1)
+            })
+            .is_ok()
     }
 
     /// Sets how to cut the running guests' slices short: the runtime advances the epoch, so
@@ -400,36 +408,41 @@ impl CpuScheduler {
                 true
             }
         };
-        self.n_waiting.fetch_add(1, Ordering::Relaxed);
+        self.n_waiting.fetch_add(1, Ordering::SeqCst);
         (waiter, newly_waiting)
     }
 
     /// Gives a slot back: to the first waiter of the waiting service with the lowest virtual
     /// runtime, or to the free slots.
     fn release(&self) {
-        let mut state = self.lock();
-        self.hand_over(&mut state);
+        // A waiter counts itself before it looks for a free slot, and a release frees its slot
+        // before it looks for waiters (both sequentially consistent): one of the two sees the
+        // other, so no waiter is left behind a free slot.
+        self.n_free.fetch_add(1, Ordering::SeqCst);
+        if self.n_waiting.load(Ordering::SeqCst) > 0 {
+            let mut state = self.lock();
+            self.dispatch(&mut state);
+        }
     }
 
-    fn hand_over(&self, state: &mut State) {
-        let next = state
-            .waiting
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, (share, _))| share.vruntime())
-            .map(|(idx, _)| idx);
-        let Some(idx) = next else {
-            state.free += 1;
-            self.n_free.store(state.free, Ordering::Relaxed);
-            return;
-        };
-        let (_, queue) = &mut state.waiting[idx];
-        let waiter = queue.pop_front().expect("a waiting service has a waiter");
-        if queue.is_empty() {
-            state.waiting.swap_remove(idx);
+    /// Hands free slots to waiters, the waiting service with the lowest virtual runtime first.
+    fn dispatch(&self, state: &mut State) {
+        while !state.waiting.is_empty() && self.take_free() {
+            let idx = state
+                .waiting
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (share, _))| share.vruntime())
+                .map(|(idx, _)| idx)
+                .expect("someone waits");
+            let (_, queue) = &mut state.waiting[idx];
+            let waiter = queue.pop_front().expect("a waiting service has a waiter");
+            if queue.is_empty() {
+                state.waiting.swap_remove(idx);
+            }
+            self.n_waiting.fetch_sub(1, Ordering::SeqCst);
+            waiter.grant();
         }
-        self.n_waiting.fetch_sub(1, Ordering::Relaxed);
-        waiter.grant();
     }
 
     /// Gives up a slot held by a guest of `share` and queues it again behind whoever is owed
@@ -437,10 +450,12 @@ impl CpuScheduler {
     pub(crate) fn yield_slot(self: &Arc<Self>, share: &Arc<CpuShare>) -> Acquire {
         let mut state = self.lock();
         let (waiter, _) = self.enqueue(&mut state, share);
-        self.hand_over(&mut state);
+        self.n_free.fetch_add(1, Ordering::SeqCst);
+        self.dispatch(&mut state);
+        drop(state);
         let done = waiter.granted.load(Ordering::Acquire);
         Acquire {
-            scheduler: self.clone(),
+            scheduler: Some(self.clone()),
             waiter: (!done).then_some(waiter),
             done,
         }
@@ -459,7 +474,7 @@ impl CpuScheduler {
                 if queue.is_empty() {
                     state.waiting.swap_remove(idx);
                 }
-                self.n_waiting.fetch_sub(1, Ordering::Relaxed);
+                self.n_waiting.fetch_sub(1, Ordering::SeqCst);
                 return true;
             }
         }
@@ -469,7 +484,8 @@ impl CpuScheduler {
 
 /// Waiting for a slot; resolves to the slot.
 pub(crate) struct Acquire {
-    scheduler: Arc<CpuScheduler>,
+    /// Moved into the slot once granted.
+    scheduler: Option<Arc<CpuScheduler>>,
     waiter: Option<Arc<Waiter>>,
     done: bool,
 }
@@ -497,9 +513,8 @@ impl Future for Acquire {
             self.waiter = None;
         }
         self.done = false;
-        Poll::Ready(Slot {
-            scheduler: self.scheduler.clone(),
-        })
+        let scheduler = self.scheduler.take().expect("an acquire resolves once");
+        Poll::Ready(Slot { scheduler })
     }
 }
 
@@ -507,12 +522,15 @@ impl Drop for Acquire {
     fn drop(&mut self) {
         // A waiter that goes away leaves the queue; a slot granted to it (or taken for it at
         // once) that it never took passes on.
+        let Some(scheduler) = &self.scheduler else {
+            return;
+        };
         if let Some(waiter) = self.waiter.take() {
-            if !self.scheduler.cancel(&waiter) {
-                self.scheduler.release();
+            if !scheduler.cancel(&waiter) {
+                scheduler.release();
             }
         } else if self.done {
-            self.scheduler.release();
+            scheduler.release();
         }
     }
 }
@@ -667,7 +685,7 @@ mod tests {
         let third = granted(&mut third).expect("the freed slot went to the waiter");
         assert!(!scheduler.contended());
         drop((second, third));
-        assert_eq!(scheduler.lock().free, 2);
+        assert_eq!(scheduler.n_free.load(Ordering::SeqCst), 2);
     }
 
     #[test]
@@ -745,7 +763,49 @@ mod tests {
         let never_polled = scheduler.acquire(&share);
         drop(running);
         drop(never_polled);
-        assert_eq!(scheduler.lock().free, 1);
+        assert_eq!(scheduler.n_free.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn slots_are_never_over_given_nor_lost_under_contention() {
+        let scheduler = CpuScheduler::new(2);
+        let held = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for task_idx in 0..8 {
+            let (scheduler, held) = (scheduler.clone(), held.clone());
+            // Two services, so hand-overs pick between them.
+            let share = CpuShare::new(if task_idx % 2 == 0 { 100 } else { 300 });
+            tasks.spawn(async move {
+                for round in 0..2000 {
+                    let slot = if round % 3 == 0 {
+                        // A yield at a tick: give the slot up and queue again.
+                        let slot = scheduler.acquire(&share).await;
+                        std::mem::forget(slot);
+                        scheduler.yield_slot(&share).await
+                    } else {
+                        scheduler.acquire(&share).await
+                    };
+                    assert!(
+                        held.fetch_add(1, Ordering::SeqCst) < 2,
+                        "more slots than cores"
+                    );
+                    scheduler.charge(&share, Duration::from_micros(10));
+                    tokio::task::yield_now().await;
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    drop(slot);
+                }
+            });
+        }
+        let all = async {
+            while let Some(task) = tasks.join_next().await {
+                task.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .expect("a waiter was left behind a free slot");
+        assert_eq!(scheduler.n_free.load(Ordering::SeqCst), 2);
+        assert!(!scheduler.contended());
     }
 
     #[test]

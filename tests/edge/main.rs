@@ -111,6 +111,6 @@ async fn an_edge_node_starts_on_an_empty_data_directory() {
     let edge = ChildNode::start_bin(&edge_bin(), dir.path()).await;
     let info = get(format!("{}/v1/node", edge.api)).await.json();
     assert_eq!(info["services"], 0, "{info}");
-    assert!(info["cpu"]["cores"].as_u64().unwrap() >= 1, "{info}");
+    assert!(info["cpu"]["slots"].as_u64().unwrap() >= 1, "{info}");
     edge.kill9().await;
 }
