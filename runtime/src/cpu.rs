@@ -79,6 +79,10 @@ pub struct CpuScheduler {
     saturated_at: Mutex<Option<Instant>>,
     /// Cuts the running slices short (see [`CpuScheduler::preempt`]).
     preempt: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// When a guest last finished within its first tick, in nanoseconds since `started` (0:
+    /// never): light requests are arriving, and if guests compute meanwhile the ticker ticks
+    /// faster still.
+    light_at: AtomicU64,
     started: Instant,
     /// When it last did, in nanoseconds since `started`.
     last_preempt: AtomicU64,
@@ -245,6 +249,7 @@ impl CpuScheduler {
             meter: CpuMeter::default(),
             saturated_at: Mutex::new(None),
             preempt: OnceLock::new(),
+            light_at: AtomicU64::new(0),
             started: Instant::now(),
             last_preempt: AtomicU64::new(0),
         })
@@ -282,9 +287,9 @@ impl CpuScheduler {
         self.n_waiting.load(Ordering::Relaxed) > 0
     }
 
-    /// Notes that a guest ran through a tick. If every slot is taken (every worker thread
-    /// may be running a guest) or guests wait, the ticker should tick fast: a tick is then
-    /// how long a waiting guest, or a worker's other tasks, wait.
+    /// Notes that a guest computing for longer than a tick ran through another. If every slot
+    /// is taken (every worker thread may be running a guest) or guests wait, the ticker should
+    /// tick fast: a tick is then how long a waiting guest, or a worker's other tasks, wait.
     pub(crate) fn note_tick(&self) {
         if self.n_free.load(Ordering::Relaxed) == 0 || self.contended() {
             *self
@@ -300,6 +305,23 @@ impl CpuScheduler {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .is_some_and(|at| at.elapsed() < recently)
+    }
+
+    fn nanos_since_start(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Notes that a guest finished within its first tick.
+    fn note_light_request(&self) {
+        self.light_at
+            .store(self.nanos_since_start().max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a guest finished within its first tick within `recently`.
+    pub(crate) fn light_within(&self, recently: Duration) -> bool {
+        let at = self.light_at.load(Ordering::Relaxed);
+        let recently = u64::try_from(recently.as_nanos()).unwrap_or(u64::MAX);
+        at != 0 && self.nanos_since_start().saturating_sub(at) < recently
     }
 
     /// Charges `used` CPU time to `share`.
@@ -372,7 +394,7 @@ impl CpuScheduler {
         let Some(preempt) = self.preempt.get() else {
             return;
         };
-        let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let now = self.nanos_since_start();
         let last = self.last_preempt.load(Ordering::Relaxed);
         let granularity = u64::try_from(PREEMPT_GRANULARITY.as_nanos()).unwrap_or(u64::MAX);
         if now.saturating_sub(last) >= granularity
@@ -640,6 +662,9 @@ impl<F: Future, C: FnMut(Duration)> Future for Scheduled<F, C> {
         match result {
             Poll::Ready(output) => {
                 *this.slot = None;
+                if !long {
+                    scheduler.note_light_request();
+                }
                 Poll::Ready(output)
             }
             Poll::Pending => {
@@ -847,5 +872,23 @@ mod tests {
         let mut spinning_next = scheduler.yield_slot(&spinning);
         assert!(granted(&mut spinning_next).is_none());
         assert!(granted(&mut light_next).is_some());
+    }
+
+    #[test]
+    fn only_a_guest_that_finishes_within_its_first_tick_counts_as_light() {
+        let scheduler = CpuScheduler::new(1);
+        let share = CpuShare::new(1000);
+        let waker = futures_noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let computing = GuestCpu::new(scheduler.clone(), share.clone());
+        computing.long.store(true, Ordering::Relaxed);
+        let mut run = std::pin::pin!(Scheduled::new(std::future::ready(()), computing, |_| {}));
+        assert!(run.as_mut().poll(&mut cx).is_ready());
+        assert!(!scheduler.light_within(Duration::from_secs(60)));
+        let light = GuestCpu::new(scheduler.clone(), share);
+        let mut run = std::pin::pin!(Scheduled::new(std::future::ready(()), light, |_| {}));
+        assert!(run.as_mut().poll(&mut cx).is_ready());
+        assert!(scheduler.light_within(Duration::from_secs(60)));
+        assert_eq!(scheduler.n_free.load(Ordering::SeqCst), 1);
     }
 }

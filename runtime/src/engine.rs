@@ -33,10 +33,15 @@ pub struct RuntimeConfig {
     /// every tick, so this bounds how late a timeout can fire against a guest spinning in a
     /// loop.
     pub epoch_tick: Duration,
-    /// How often it ticks while the CPU is contended (a guest ran through a tick with every
-    /// slot taken within the last [`SATURATED_WINDOW`]): a tick is then a guest's CPU slice,
-    /// and how long the connections and timers of its worker thread can wait.
+    /// How often it ticks while the CPU is contended (a guest that had already run through a
+    /// tick ran through another with every slot taken, within the last [`SATURATED_WINDOW`]):
+    /// a tick is then a computing guest's CPU slice.
     pub busy_epoch_tick: Duration,
+    /// How often it ticks while, besides, requests that compute little are served (one
+    /// finished within its first tick in the last [`SATURATED_WINDOW`]): with every worker
+    /// running a guest, a tick is how long a connection waits to be looked at, so the guests
+    /// that compute get short slices while light requests keep arriving, and only then.
+    pub wake_epoch_tick: Duration,
     /// Guests that may compute at once: the CPU scheduler's slots. Default: one per core,
     /// which is how many worker threads tokio starts.
     pub cpu_slots: usize,
@@ -54,7 +59,8 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             cache_dir: None,
             epoch_tick: Duration::from_millis(10),
-            busy_epoch_tick: Duration::from_micros(250),
+            busy_epoch_tick: Duration::from_millis(1),
+            wake_epoch_tick: Duration::from_micros(100),
             cpu_slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pooling: true,
             max_instances: 1000,
@@ -106,7 +112,7 @@ pub struct Runtime {
     allocator: AllocatorKind,
     config: RuntimeConfig,
     scheduler: Arc<CpuScheduler>,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 /// How recently a guest must have run through a tick with every slot taken for the ticker to
@@ -141,7 +147,7 @@ impl Runtime {
             allocator,
             config,
             scheduler,
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -158,6 +164,11 @@ impl Runtime {
     /// The node's CPU scheduler, which the guests of every service share.
     pub fn scheduler(&self) -> &Arc<CpuScheduler> {
         &self.scheduler
+    }
+
+    /// How the kernel runs the epoch ticker's thread.
+    pub fn ticker_priority(&self) -> TickerPriority {
+        self.ticker.priority
     }
 
     /// The configuration the runtime was built with.
@@ -229,40 +240,114 @@ fn pooling_config(runtime: &RuntimeConfig) -> PoolingAllocationConfig {
 ///
 /// It is a plain thread rather than a tokio task so that it keeps ticking when every
 /// worker thread is busy running guests, which is exactly when it is needed. It ticks fast
-/// only while the CPU is contended: a 0.25 ms tick costs four thousand wake-ups a second, and a
+/// only while the CPU is contended (1 ms), and faster (0.1 ms) only while light requests are
+/// served beside computing guests: a 0.1 ms tick costs ten thousand wake-ups a second, and a
 /// yield of every computing guest, which a node with a core to spare need not pay (a worker
 /// running a guest then has its other tasks stolen by an idle one).
+///
+/// While every core computes, the ticker is itself one more thread for the kernel to
+/// schedule, and a tick that waits for a core (up to a few ms of the kernel's slices) is a
+/// connection nobody looks at meanwhile: the thread asks to run first ([`ask_to_run_first`]).
+/// It does nothing but sleep and add one to a counter, so it cannot keep anyone else waiting.
 struct EpochTicker {
+    priority: TickerPriority,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
     fn start(engine: Engine, scheduler: Arc<CpuScheduler>, config: &RuntimeConfig) -> EpochTicker {
-        let (tick, busy_tick) = (config.epoch_tick, config.busy_epoch_tick);
+        let (tick, busy_tick, wake_tick) = (
+            config.epoch_tick,
+            config.busy_epoch_tick,
+            config.wake_epoch_tick,
+        );
         let stop = Arc::new(AtomicBool::new(false));
+        let (report, priority) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("shoal-epoch".into())
             .spawn({
                 let stop = stop.clone();
                 move || {
+                    let _ = report.send(ask_to_run_first());
                     while !stop.load(Ordering::Relaxed) {
-                        if scheduler.saturated_within(SATURATED_WINDOW) {
-                            std::thread::sleep(busy_tick);
+                        std::thread::sleep(if !scheduler.saturated_within(SATURATED_WINDOW) {
+                            tick
+                        } else if scheduler.light_within(SATURATED_WINDOW) {
+                            wake_tick
                         } else {
-                            std::thread::sleep(tick);
-                        }
+                            busy_tick
+                        });
                         engine.increment_epoch();
                         scheduler.sample(std::time::Instant::now());
                     }
                 }
             })
             .expect("spawning a thread only fails when the process is out of resources");
+        // The thread sets its class before anything else; a thread that died first would have
+        // panicked, which the join on drop reports.
+        let priority = priority.recv().unwrap_or(TickerPriority::Fair);
+        tracing::info!(?priority, "epoch ticker started");
         EpochTicker {
+            priority,
             stop,
             thread: Some(thread),
         }
     }
+}
+
+/// How the epoch ticker's thread got ahead of the guests it interrupts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickerPriority {
+    /// The kernel's real-time class (`SCHED_FIFO`): it runs as soon as it wakes.
+    RealTime,
+    /// A short slice in the fair class: honoured by Linux 6.12 and later (EEVDF), where it
+    /// preempts sooner; older kernels take the request and ignore it.
+    ShortSlice,
+    /// Neither was allowed.
+    Fair,
+}
+
+/// Asks the kernel to run the calling thread (the ticker) as soon as it wakes: a tick that
+/// waits behind the guests it is to interrupt comes late. `SCHED_FIFO` needs `CAP_SYS_NICE`;
+/// without it, a 100 µs slice (EEVDF's `sched_runtime` for fair tasks, allowed to anyone).
+#[allow(unsafe_code)]
+fn ask_to_run_first() -> TickerPriority {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: `param` is a valid `sched_param`; pid 0 is the calling thread.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+            return TickerPriority::RealTime;
+        }
+        #[repr(C)]
+        struct SchedAttr {
+            size: u32,
+            policy: u32,
+            flags: u64,
+            nice: i32,
+            priority: u32,
+            runtime: u64,
+            deadline: u64,
+            period: u64,
+        }
+        let attr = SchedAttr {
+            size: std::mem::size_of::<SchedAttr>() as u32,
+            policy: libc::SCHED_OTHER as u32,
+            flags: 0,
+            nice: 0,
+            priority: 0,
+            runtime: 100_000,
+            deadline: 0,
+            period: 0,
+        };
+        // SAFETY: `attr` is a valid `sched_attr` (version 0, 48 bytes); pid 0 is the calling
+        // thread.
+        if unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) } == 0 {
+            return TickerPriority::ShortSlice;
+        }
+    }
+    TickerPriority::Fair
 }
 
 impl Drop for EpochTicker {

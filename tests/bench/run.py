@@ -338,11 +338,13 @@ def hello_beside_spinning(shoal, isolation, spinning):
         spinner = subprocess.Popen(["wrk", "-t1", f"-c{spinning}", f"-d{duration_s}s", "--timeout", "5s",
                                     f"{shoal.gateway}/spin/"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Running: every spinning request is in flight.
+        # Running: every spinning request is in flight. A build without the scheduler may not
+        # even accept them all while the first ones spin: then measure beside those that did.
         deadline = time.monotonic() + 10
         while shoal.call("GET", "/v1/services/spin/status")["in_flight"] < spinning:
             if time.monotonic() > deadline:
-                sys.exit(f"{spinning} spinning requests did not start")
+                log(f"    only some of {spinning} spinning requests started within 10 s")
+                break
             time.sleep(0.05)
     out = subprocess.run(["wrk", "-t2", f"-c{HELLO_CLIENTS}", f"-d{DURATION}", "--latency",
                           f"{shoal.gateway}/{isolation}/"], check=True, capture_output=True, text=True).stdout

@@ -66,8 +66,11 @@ pub(crate) fn prepare_store<T: Metered>(store: &mut Store<T>) -> crate::Result<(
     store.epoch_deadline_callback(|mut context| {
         let metering = context.data_mut().metering();
         let cpu = &metering.cpu;
-        cpu.long.store(true, Ordering::Relaxed);
-        cpu.scheduler.note_tick();
+        // A guest that straddles one tick is not computing for long; one that reaches a second
+        // is, and a busy node then ticks fast.
+        if cpu.long.swap(true, Ordering::Relaxed) {
+            cpu.scheduler.note_tick();
+        }
         if let Some(resume) = metering
             .throttle
             .as_ref()

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use shoal_runtime::{
     Error, GuestKind, RequestContext, Runtime, RuntimeConfig, Service, ServiceConfig,
+    TickerPriority,
 };
 
 fn runtime() -> Runtime {
@@ -36,6 +37,45 @@ fn every_guest_is_classified_by_its_name() {
         runtime.compile_stats().compiled,
         guest_artifacts::ALL.len() as u64 - 1
     );
+}
+
+/// A tick must not wait for a core behind the guests it interrupts: where the process may use
+/// the kernel's real-time class (`CAP_SYS_NICE`, as root), the ticker's thread is in it.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_epoch_ticker_runs_in_the_real_time_class_when_allowed() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap();
+    const CAP_SYS_NICE: u32 = 23;
+    let runtime = runtime();
+    if effective & (1 << CAP_SYS_NICE) == 0 {
+        assert_ne!(runtime.ticker_priority(), TickerPriority::RealTime);
+        return;
+    }
+    assert_eq!(runtime.ticker_priority(), TickerPriority::RealTime);
+    // And the kernel says so: some ticker thread of this process (other tests run
+    // runtimes too) is SCHED_FIFO (policy 1 in /proc/<tid>/sched).
+    let fifo_tickers = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let sched = std::fs::read_to_string(path.join("sched")).ok()?;
+            let policy = sched
+                .lines()
+                .find(|line| line.starts_with("policy"))?
+                .rsplit(':')
+                .next()?
+                .trim()
+                .to_owned();
+            (name.trim() == "shoal-epoch" && policy == "1").then_some(())
+        })
+        .count();
+    assert!(fifo_tickers >= 1, "no ticker thread is SCHED_FIFO");
 }
 
 #[test]
