@@ -24,7 +24,9 @@ all alike, medians reported:
 - contention: the hello service (4 keep-alive clients) alone, then beside 1x, 2x, 4x and 8x
   cores concurrent requests spinning the CPU in another service with the same weight:
   hello's p50, p99 and requests per second, per-request and reuse (and of the baseline build
-  too, with BENCH_BASELINE);
+  too, with BENCH_BASELINE). With BENCH_CLIENT_RT=1, hello's client (wrk) runs in the
+  kernel's real-time class (`chrt -f 1`, as root): on a box whose cores the guests keep busy,
+  the client itself otherwise waits for a core, and its p99 is partly the kernel's;
 - the slice's cost: CPU per compute-bound request (20M rounds) with 1, cores and 4x cores
   of them at a time: alone a guest runs in 10 ms slices, with every core busy in 1 ms ones,
   and beyond that it hands its slot on at every slice (and the baseline build, if set);
@@ -34,7 +36,8 @@ all alike, medians reported:
 Environment: BENCH_DURATION (wrk duration, default 5s), BENCH_ROUNDS (default 5),
 BENCH_ONLY (comma-separated sections: throughput, latency, fuel, cold, density, contention,
 slice, baseline),
-BENCH_BASELINE (a git revision to compare with; the baseline section runs only when set).
+BENCH_BASELINE (a git revision to compare with; the baseline section runs only when set),
+BENCH_CLIENT_RT (contention: hello's client in the real-time class).
 """
 
 import concurrent.futures
@@ -65,6 +68,7 @@ OHA_VERSION = "1.16.0"
 N_DENSITY = 1000
 N_MODULES = 100
 BASELINE = os.environ.get("BENCH_BASELINE")
+CLIENT_RT = ["chrt", "-f", "1"] if os.environ.get("BENCH_CLIENT_RT") == "1" else []
 
 
 # Servers run as in production: without RUST_BACKTRACE, which makes every error capture a
@@ -346,7 +350,7 @@ def hello_beside_spinning(shoal, isolation, spinning):
                 log(f"    only some of {spinning} spinning requests started within 10 s")
                 break
             time.sleep(0.05)
-    out = subprocess.run(["wrk", "-t2", f"-c{HELLO_CLIENTS}", f"-d{DURATION}", "--latency",
+    out = subprocess.run([*CLIENT_RT, "wrk", "-t2", f"-c{HELLO_CLIENTS}", f"-d{DURATION}", "--latency",
                           f"{shoal.gateway}/{isolation}/"], check=True, capture_output=True, text=True).stdout
     if spinner:
         spinner.kill()
