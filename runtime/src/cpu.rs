@@ -13,6 +13,10 @@
 //!   the lowest virtual runtime, and within a service to its waiting requests in arrival order.
 //! - A guest that reaches a tick while others wait gives its slot up (after its yield, so the
 //!   worker polls the driver first) and queues again behind them: the slice is one tick.
+//! - A computing guest (one past its first tick) handed a slot lets its worker run its other
+//!   tasks and poll the driver before it computes; if that brought a request of another
+//!   service owed the CPU as much, the slot passes on. Light requests are then served in
+//!   batches, as they arrive, rather than one per slice.
 //! - A service that starts waiting cuts the running slices short (the runtime advances the
 //!   epoch, at most every [`PREEMPT_GRANULARITY`]), as the kernel preempts the running task
 //!   for one that wakes with less virtual runtime: a light request arriving while every slot
@@ -22,6 +26,10 @@
 //! - No service can bank CPU it did not use: a virtual runtime never trails the most advanced
 //!   one by more than [`MAX_LAG`], so a service that idled, or ran alone, enters the
 //!   competition level with the others.
+//!
+//! While a worker thread runs a computing guest it asks the kernel for a short slice
+//! ([`crate::kernel::computing`]), so the box's other threads and processes, a client among
+//! them, wait at most that long for a core behind it.
 //!
 //! CPU time is the thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) around each poll of a guest's
 //! execution, host calls included. A guest's first slice is timed with the wall clock, which is
@@ -312,9 +320,17 @@ impl CpuScheduler {
     }
 
     /// Notes that a guest finished within its first tick.
-    fn note_light_request(&self) {
-        self.light_at
-            .store(self.nanos_since_start().max(1), Ordering::Relaxed);
+    fn note_light_request(&self, now: Instant) {
+        let now = u64::try_from(now.saturating_duration_since(self.started).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        // Read first: at thousands of requests a second most notes change nothing that a
+        // 50 ms window can tell, and a read keeps the line shared between the workers.
+        const RESOLUTION_NS: u64 = 1_000_000;
+        let last = self.light_at.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) >= RESOLUTION_NS {
+            self.light_at.store(now, Ordering::Relaxed);
+        }
     }
 
     /// Whether a guest finished within its first tick within `recently`.
@@ -483,6 +499,18 @@ impl CpuScheduler {
         }
     }
 
+    /// Whether another service waits with no more virtual runtime than `share`.
+    fn owed_to_another(&self, share: &Arc<CpuShare>) -> bool {
+        if !self.contended() {
+            return false;
+        }
+        let own = share.vruntime();
+        self.lock()
+            .waiting
+            .iter()
+            .any(|(other, _)| !Arc::ptr_eq(other, share) && other.vruntime() <= own)
+    }
+
     /// Takes a waiter out of the queue it is in; `false` if it was granted meanwhile.
     fn cancel(&self, waiter: &Arc<Waiter>) -> bool {
         let mut state = self.lock();
@@ -604,6 +632,8 @@ pin_project_lite::pin_project! {
         acquire: Option<Acquire>,
         // The last poll ended at a tick, holding the slot.
         yielded: bool,
+        // A computing guest handed a slot lets the worker run its other tasks first.
+        settle: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     }
 }
 
@@ -616,6 +646,7 @@ impl<F: Future, C: FnMut(Duration)> Scheduled<F, C> {
             slot: None,
             acquire: None,
             yielded: false,
+            settle: None,
         }
     }
 }
@@ -627,35 +658,61 @@ impl<F: Future, C: FnMut(Duration)> Future for Scheduled<F, C> {
         let this = self.project();
         let cpu: &GuestCpu = this.cpu;
         let scheduler = &cpu.scheduler;
-        // After a tick's yield (the worker has run its other tasks and polled the driver),
-        // the slot goes to whoever is owed it more, if anyone waits.
-        if std::mem::take(this.yielded)
-            && scheduler.contended()
-            && let Some(slot) = this.slot.take()
-        {
-            std::mem::forget(slot);
-            *this.acquire = Some(scheduler.yield_slot(&cpu.share));
-        }
-        if this.slot.is_none() {
-            let acquire = this
-                .acquire
-                .get_or_insert_with(|| scheduler.acquire(&cpu.share));
-            match Pin::new(acquire).poll(cx) {
-                Poll::Ready(slot) => {
-                    *this.acquire = None;
-                    *this.slot = Some(slot);
+        loop {
+            // tokio runs a task woken by the running one next, on the same worker: a computing
+            // guest handed a slot by a light request that just finished would compute a whole
+            // slice before the worker looked at its connections again (one light request per
+            // slice per worker). So it first lets the worker run its other tasks and poll the
+            // driver, and if that brought a request of another service owed the CPU as much,
+            // the slot passes on.
+            if let Some(settle) = this.settle.as_mut() {
+                std::task::ready!(settle.as_mut().poll(cx));
+                *this.settle = None;
+                if scheduler.owed_to_another(&cpu.share)
+                    && let Some(slot) = this.slot.take()
+                {
+                    std::mem::forget(slot);
+                    *this.acquire = Some(scheduler.yield_slot(&cpu.share));
                 }
-                Poll::Pending => return Poll::Pending,
             }
+            // After a tick's yield (the worker has run its other tasks and polled the driver),
+            // the slot goes to whoever is owed it more, if anyone waits.
+            if std::mem::take(this.yielded)
+                && scheduler.contended()
+                && let Some(slot) = this.slot.take()
+            {
+                std::mem::forget(slot);
+                *this.acquire = Some(scheduler.yield_slot(&cpu.share));
+            }
+            if this.slot.is_none() {
+                let acquire = this
+                    .acquire
+                    .get_or_insert_with(|| scheduler.acquire(&cpu.share));
+                let waited = acquire.waiter.is_some();
+                match Pin::new(acquire).poll(cx) {
+                    Poll::Ready(slot) => {
+                        *this.acquire = None;
+                        *this.slot = Some(slot);
+                        if waited && cpu.long.load(Ordering::Relaxed) {
+                            *this.settle = Some(Box::pin(tokio::task::yield_now()));
+                            continue;
+                        }
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            break;
         }
         let long = cpu.long.load(Ordering::Relaxed);
+        crate::kernel::computing(long);
         let wall_start = Instant::now();
         let cpu_start = long.then(thread_cpu_time);
         cpu.at_tick.store(false, Ordering::Relaxed);
         let result = this.inner.poll(cx);
+        let wall_end = Instant::now();
         let used = match cpu_start {
             Some(start) => thread_cpu_time().saturating_sub(start),
-            None => wall_start.elapsed(),
+            None => wall_end.saturating_duration_since(wall_start),
         };
         scheduler.charge(&cpu.share, used);
         (this.on_charge)(used);
@@ -663,7 +720,7 @@ impl<F: Future, C: FnMut(Duration)> Future for Scheduled<F, C> {
             Poll::Ready(output) => {
                 *this.slot = None;
                 if !long {
-                    scheduler.note_light_request();
+                    scheduler.note_light_request(wall_end);
                 }
                 Poll::Ready(output)
             }
@@ -872,6 +929,33 @@ mod tests {
         let mut spinning_next = scheduler.yield_slot(&spinning);
         assert!(granted(&mut spinning_next).is_none());
         assert!(granted(&mut light_next).is_some());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_computing_guest_handed_a_slot_lets_a_light_request_that_arrived_go_first() {
+        let scheduler = CpuScheduler::new(1);
+        let (spinning, light) = (CpuShare::new(1000), CpuShare::new(1000));
+        scheduler.charge(&spinning, Duration::from_millis(5));
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let guest = |share: &Arc<CpuShare>, long: bool, name: &'static str| {
+            let cpu = GuestCpu::new(scheduler.clone(), share.clone());
+            cpu.long.store(long, Ordering::Relaxed);
+            let ran = ran.clone();
+            Scheduled::new(async move { ran.lock().unwrap().push(name) }, cpu, |_| {})
+        };
+        // A light request runs; a computing guest waits for its slot.
+        let running = scheduler.acquire(&light).await;
+        let computing = tokio::spawn(guest(&spinning, true, "computing"));
+        tokio::task::yield_now().await;
+        assert!(scheduler.contended());
+        // The light request finishes, handing the slot over, and another arrives before the
+        // computing guest's task has run.
+        drop(running);
+        let next_light = tokio::spawn(guest(&light, false, "light"));
+        computing.await.unwrap();
+        next_light.await.unwrap();
+        assert_eq!(*ran.lock().unwrap(), ["light", "computing"]);
+        assert_eq!(scheduler.n_free.load(Ordering::SeqCst), 1);
     }
 
     #[test]

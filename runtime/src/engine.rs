@@ -22,6 +22,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use crate::artifact::{ArtifactCache, Compiled};
 use crate::cpu::CpuScheduler;
 use crate::exec::{cgi, http};
+use crate::kernel::{self, TickerPriority};
 
 /// How the runtime is set up. Plain data with sensible defaults; the binary maps its
 /// flags onto it.
@@ -247,7 +248,8 @@ fn pooling_config(runtime: &RuntimeConfig) -> PoolingAllocationConfig {
 ///
 /// While every core computes, the ticker is itself one more thread for the kernel to
 /// schedule, and a tick that waits for a core (up to a few ms of the kernel's slices) is a
-/// connection nobody looks at meanwhile: the thread asks to run first ([`ask_to_run_first`]).
+/// connection nobody looks at meanwhile: the thread asks to run first
+/// ([`kernel::ask_to_run_first`]).
 /// It does nothing but sleep and add one to a counter, so it cannot keep anyone else waiting.
 struct EpochTicker {
     priority: TickerPriority,
@@ -269,7 +271,7 @@ impl EpochTicker {
             .spawn({
                 let stop = stop.clone();
                 move || {
-                    let _ = report.send(ask_to_run_first());
+                    let _ = report.send(kernel::ask_to_run_first());
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(if !scheduler.saturated_within(SATURATED_WINDOW) {
                             tick
@@ -294,60 +296,6 @@ impl EpochTicker {
             thread: Some(thread),
         }
     }
-}
-
-/// How the epoch ticker's thread got ahead of the guests it interrupts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TickerPriority {
-    /// The kernel's real-time class (`SCHED_FIFO`): it runs as soon as it wakes.
-    RealTime,
-    /// A short slice in the fair class: honoured by Linux 6.12 and later (EEVDF), where it
-    /// preempts sooner; older kernels take the request and ignore it.
-    ShortSlice,
-    /// Neither was allowed.
-    Fair,
-}
-
-/// Asks the kernel to run the calling thread (the ticker) as soon as it wakes: a tick that
-/// waits behind the guests it is to interrupt comes late. `SCHED_FIFO` needs `CAP_SYS_NICE`;
-/// without it, a 100 µs slice (EEVDF's `sched_runtime` for fair tasks, allowed to anyone).
-#[allow(unsafe_code)]
-fn ask_to_run_first() -> TickerPriority {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 1 };
-        // SAFETY: `param` is a valid `sched_param`; pid 0 is the calling thread.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
-            return TickerPriority::RealTime;
-        }
-        #[repr(C)]
-        struct SchedAttr {
-            size: u32,
-            policy: u32,
-            flags: u64,
-            nice: i32,
-            priority: u32,
-            runtime: u64,
-            deadline: u64,
-            period: u64,
-        }
-        let attr = SchedAttr {
-            size: std::mem::size_of::<SchedAttr>() as u32,
-            policy: libc::SCHED_OTHER as u32,
-            flags: 0,
-            nice: 0,
-            priority: 0,
-            runtime: 100_000,
-            deadline: 0,
-            period: 0,
-        };
-        // SAFETY: `attr` is a valid `sched_attr` (version 0, 48 bytes); pid 0 is the calling
-        // thread.
-        if unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) } == 0 {
-            return TickerPriority::ShortSlice;
-        }
-    }
-    TickerPriority::Fair
 }
 
 impl Drop for EpochTicker {

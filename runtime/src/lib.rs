@@ -39,16 +39,16 @@ mod compile;
 mod cpu;
 mod engine;
 mod exec;
+mod kernel;
 mod replica;
 mod sandbox;
 mod service;
 
 pub use self::artifact::{Compiled, GuestKind};
 pub use self::cpu::{CPU_WINDOW, CpuScheduler, CpuShare, CpuUsage, DEFAULT_WEIGHT_MILLIS};
-pub use self::engine::{
-    AllocatorKind, CompileStats, Runtime, RuntimeConfig, SATURATED_WINDOW, TickerPriority,
-};
+pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig, SATURATED_WINDOW};
 pub use self::exec::{RequestContext, ServiceConfig};
+pub use self::kernel::TickerPriority;
 pub use self::replica::{
     Capacity, Decision, EventSink, PoolStatus, ReplicaPool, ReplicaResources, ReplicaSpec,
     Reservation, ScaleEvent, ScaleReason, ScaleSettings, Served, Shortfall,
