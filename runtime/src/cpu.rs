@@ -48,6 +48,10 @@ use std::time::{Duration, Instant};
 /// weight of one core) a service can be owed after idling or running alone.
 pub(crate) const MAX_LAG: Duration = Duration::from_millis(20);
 
+/// How recently a guest must have run through a tick with every slot taken for the CPU to
+/// count as contended: the ticker ticks fast, and a guest that starts waiting preempts.
+pub const SATURATED_WINDOW: Duration = Duration::from_millis(50);
+
 /// The least time between two preemptions.
 pub(crate) const PREEMPT_GRANULARITY: Duration = Duration::from_micros(100);
 
@@ -82,9 +86,10 @@ pub struct CpuScheduler {
     frontier: AtomicU64,
     /// CPU time of every guest.
     meter: CpuMeter,
-    /// When a guest last ran through a tick with every slot taken: the ticker ticks fast
-    /// while the CPU is contended.
-    saturated_at: Mutex<Option<Instant>>,
+    /// When a guest last ran through a tick with every slot taken, in nanoseconds since
+    /// `started` (0: never): the ticker ticks fast, and waiters preempt, while the CPU is
+    /// contended.
+    saturated_at: AtomicU64,
     /// Cuts the running slices short (see [`CpuScheduler::preempt`]).
     preempt: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// When a guest last finished within its first tick, in nanoseconds since `started` (0:
@@ -255,7 +260,7 @@ impl CpuScheduler {
             n_free: AtomicUsize::new(slots),
             frontier: AtomicU64::new(0),
             meter: CpuMeter::default(),
-            saturated_at: Mutex::new(None),
+            saturated_at: AtomicU64::new(0),
             preempt: OnceLock::new(),
             light_at: AtomicU64::new(0),
             started: Instant::now(),
@@ -300,19 +305,16 @@ impl CpuScheduler {
     /// tick fast: a tick is then how long a waiting guest, or a worker's other tasks, wait.
     pub(crate) fn note_tick(&self) {
         if self.n_free.load(Ordering::Relaxed) == 0 || self.contended() {
-            *self
-                .saturated_at
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+            self.saturated_at
+                .store(self.nanos_since_start().max(1), Ordering::Relaxed);
         }
     }
 
     /// Whether a guest ran through a tick with every slot taken within `recently`.
     pub(crate) fn saturated_within(&self, recently: Duration) -> bool {
-        self.saturated_at
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .is_some_and(|at| at.elapsed() < recently)
+        let at = self.saturated_at.load(Ordering::Relaxed);
+        let recently = u64::try_from(recently.as_nanos()).unwrap_or(u64::MAX);
+        at != 0 && self.nanos_since_start().saturating_sub(at) < recently
     }
 
     fn nanos_since_start(&self) -> u64 {
@@ -405,11 +407,17 @@ impl CpuScheduler {
     /// Ends the running slices now, as the kernel preempts the running task when one with
     /// less virtual runtime wakes: a service that starts waiting (a light request arriving
     /// while every slot computes) need not wait for the next tick. At most once every
-    /// [`PREEMPT_GRANULARITY`], which bounds what it costs the running guests.
+    /// [`PREEMPT_GRANULARITY`], which bounds what it costs the running guests, and only while
+    /// guests compute through ticks ([`SATURATED_WINDOW`]): slots held by light requests come
+    /// back within microseconds, and a preemption would only make each of them run into a
+    /// tick (and be taken for a computing guest).
     fn preempt(&self) {
         let Some(preempt) = self.preempt.get() else {
             return;
         };
+        if !self.saturated_within(SATURATED_WINDOW) {
+            return;
+        }
         let now = self.nanos_since_start();
         let last = self.last_preempt.load(Ordering::Relaxed);
         let granularity = u64::try_from(PREEMPT_GRANULARITY.as_nanos()).unwrap_or(u64::MAX);
@@ -787,6 +795,33 @@ mod tests {
         assert!(granted(&mut heavy_next).is_some());
     }
 
+    #[test]
+    fn a_waiter_preempts_only_guests_that_compute_through_ticks() {
+        let scheduler = CpuScheduler::new(1);
+        let preempted = Arc::new(AtomicU64::new(0));
+        scheduler.preempt_with({
+            let preempted = preempted.clone();
+            move || {
+                preempted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // Preemptions are rate-limited from the scheduler's start.
+        std::thread::sleep(PREEMPT_GRANULARITY);
+        let (busy, other) = (CpuShare::new(1000), CpuShare::new(1000));
+        let running = granted(&mut scheduler.acquire(&busy)).unwrap();
+        // A slot held by a light request comes back within microseconds: no preemption, which
+        // would make the running guest take a tick.
+        let light_waiter = scheduler.acquire(&other);
+        assert_eq!(preempted.load(Ordering::Relaxed), 0);
+        drop(light_waiter);
+        // The running guest computes through a tick with every slot taken: now a guest that
+        // starts waiting cuts its slice short.
+        scheduler.note_tick();
+        assert!(scheduler.saturated_within(SATURATED_WINDOW));
+        let _waiter = scheduler.acquire(&other);
+        assert_eq!(preempted.load(Ordering::Relaxed), 1);
+        drop(running);
+    }
     #[test]
     fn weights_set_how_fast_virtual_runtime_grows() {
         let scheduler = CpuScheduler::new(1);

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::artifact::{ArtifactCache, Compiled};
-use crate::cpu::CpuScheduler;
+use crate::cpu::{CpuScheduler, SATURATED_WINDOW};
 use crate::exec::{cgi, http};
 use crate::kernel::{self, TickerPriority};
 
@@ -115,10 +115,6 @@ pub struct Runtime {
     scheduler: Arc<CpuScheduler>,
     ticker: EpochTicker,
 }
-
-/// How recently a guest must have run through a tick with every slot taken for the ticker to
-/// tick fast.
-pub const SATURATED_WINDOW: Duration = Duration::from_millis(50);
 
 impl Runtime {
     /// Builds the engine (probing for the pooling allocator), the linkers and the

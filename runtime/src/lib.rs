@@ -45,8 +45,10 @@ mod sandbox;
 mod service;
 
 pub use self::artifact::{Compiled, GuestKind};
-pub use self::cpu::{CPU_WINDOW, CpuScheduler, CpuShare, CpuUsage, DEFAULT_WEIGHT_MILLIS};
-pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig, SATURATED_WINDOW};
+pub use self::cpu::{
+    CPU_WINDOW, CpuScheduler, CpuShare, CpuUsage, DEFAULT_WEIGHT_MILLIS, SATURATED_WINDOW,
+};
+pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig};
 pub use self::exec::{RequestContext, ServiceConfig};
 pub use self::kernel::TickerPriority;
 pub use self::replica::{
