@@ -227,6 +227,42 @@ pub struct CatalogSnapshot {
     pub indexes: Indexes,
 }
 
+impl CheckRecord {
+    /// The record `definition` becomes when registered at `change_index`: a check of the same
+    /// ID (`existing`) keeps its state and create index unless the definition sets a status; a
+    /// new check without one starts critical, as Consul's do.
+    pub fn from_definition(
+        definition: CheckDefinition,
+        existing: Option<&CheckRecord>,
+        service: Option<&Registration>,
+        change_index: u64,
+    ) -> CheckRecord {
+        let (status, output, create_index) = match (existing, definition.status) {
+            (_, Some(status)) => (
+                status,
+                String::new(),
+                existing.map_or(change_index, |e| e.create_index),
+            ),
+            (Some(existing), None) => (
+                existing.status,
+                existing.output.clone(),
+                existing.create_index,
+            ),
+            (None, None) => (CheckStatus::Critical, String::new(), change_index),
+        };
+        CheckRecord {
+            version: SCHEMA_VERSION,
+            service_name: service.map(|s| s.name.clone()).unwrap_or_default(),
+            service_tags: service.map(|s| s.tags.clone()).unwrap_or_default(),
+            definition,
+            status,
+            output,
+            create_index,
+            modify_index: change_index,
+        }
+    }
+}
+
 impl Registration {
     /// A registration with `name` and defaults for everything else, for callers to fill in.
     pub fn new(name: impl Into<String>) -> Registration {

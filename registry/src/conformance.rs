@@ -492,7 +492,8 @@ pub async fn delete_service_removes_its_revisions_only(fx: Fixture) {
     let index = change_index(store).await;
     let deleted = store.delete_service(&name("a"), Expect::Any).await.unwrap();
     assert_eq!(deleted.value.revision, 2);
-    assert_eq!(deleted.index, index + 1);
+    assert!(deleted.index > index);
+    assert_eq!(change_index(store).await, deleted.index);
     assert_eq!(store.service(&name("a")).await.unwrap(), None);
     assert!(matches!(
         store.revisions(&name("a")).await,
@@ -725,14 +726,17 @@ pub async fn recording_events_changes_the_health_area_only(fx: Fixture) {
     let web = name("web");
     let (record, _) = put(store, "web", ServiceSpec::new(module)).await;
     let before = store.indexes().await.unwrap();
+    let mut last = before.change;
     for n_replicas in 1..=3 {
-        store
+        let recorded = store
             .record_event(&web, n_replicas - 1, n_replicas, "load".into())
             .await
             .unwrap();
+        assert!(recorded.index > last);
+        last = recorded.index;
     }
     let after = store.indexes().await.unwrap();
-    assert_eq!(after.change, before.change + 3);
+    assert_eq!(after.change, last);
     assert_eq!(after.health, after.change);
     assert_eq!((after.catalog, after.kv), (before.catalog, before.kv));
     assert_eq!(store.service(&web).await.unwrap(), Some(record));
@@ -958,10 +962,11 @@ pub async fn a_name_has_one_owner(fx: Fixture) {
             .await,
         Err(Error::NameTaken { .. })
     ));
-    store
+    let registered = store
         .register_service(Registration::new("web"), vec![], false)
         .await
         .unwrap();
+    assert!(registered.index > before.change);
     let taken = store
         .put_service(&name("web"), ServiceSpec::new(digest), Expect::Any)
         .await
@@ -970,7 +975,8 @@ pub async fn a_name_has_one_owner(fx: Fixture) {
         taken.to_string(),
         "service name \"web\" is taken by service instances registered through the Consul API"
     );
-    assert_eq!(store.indexes().await.unwrap().change, before.change + 1);
+    // The registration was the one change: the refusals wrote nothing.
+    assert_eq!(store.indexes().await.unwrap().change, registered.index);
     assert!(store.service(&name("web")).await.unwrap().is_none());
 }
 
@@ -1093,18 +1099,19 @@ pub async fn kv_bad_input_writes_nothing(fx: Fixture) {
         store.kv_put("k", too_big.clone(), 0, None).await,
         Err(Error::Invalid(e)) if e.field == "value"
     ));
-    assert!(
-        store
-            .kv_put("k", too_big.slice(1..), 0, None)
-            .await
-            .unwrap()
-            .value
-    );
+    let written = store
+        .kv_put("k", too_big.slice(1..), 0, None)
+        .await
+        .unwrap();
+    assert!(written.value);
     assert!(matches!(
         store.kv_delete("", false, None).await,
         Err(Error::Invalid(e)) if e.field == "key"
     ));
-    assert_eq!(store.indexes().await.unwrap().kv, start.kv + 1);
+    // The one write that was accepted is the one change.
+    assert!(written.index > start.kv);
+    assert_eq!(store.indexes().await.unwrap().kv, written.index);
+    assert_eq!(store.indexes().await.unwrap().change, written.index);
 }
 
 // The change feed.
@@ -1151,7 +1158,9 @@ pub async fn a_watch_sees_every_change_in_order_with_its_subject(fx: Fixture) {
             .expect("the watch goes on")
             .expect("the change");
         assert_eq!(change.subject, subject);
-        assert_eq!(change.index(), index + 1);
+        // Indexes grow with every change; by how much is the backend's (etcd counts the
+        // revisions of the whole cluster).
+        assert!(change.index() > index, "{} after {index}", change.index());
         index = change.index();
     }
     let last = store.indexes().await.unwrap();
@@ -1179,6 +1188,7 @@ pub async fn a_watch_sees_writes_made_while_it_waits(fx: Fixture) {
             }
         }
     });
+    let mut index = start;
     for n in 0..20_u32 {
         let change = tokio::time::timeout(Duration::from_secs(10), watch.next())
             .await
@@ -1186,7 +1196,8 @@ pub async fn a_watch_sees_writes_made_while_it_waits(fx: Fixture) {
             .unwrap()
             .unwrap();
         assert_eq!(change.subject, Subject::Kv(format!("key/{n}")));
-        assert_eq!(change.index(), start + 1 + u64::from(n));
+        assert!(change.index() > index);
+        index = change.index();
     }
     writer.await.unwrap();
 }
@@ -1247,7 +1258,7 @@ pub async fn data_survives_reopening(mut fx: Fixture) {
 
     let (third, _) = put(store, "web", spec_with_env(&module, "three")).await;
     assert_eq!(third.revision, 3);
-    assert_eq!(third.change_index, index + 1);
+    assert!(third.change_index > index);
     assert_eq!(change_index(store).await, third.change_index);
 }
 
@@ -1309,9 +1320,10 @@ pub async fn kv_entries_survive_reopening(mut fx: Fixture) {
     let store = &*fx.store;
     assert_eq!(store.kv_get("k").await.unwrap().0, entry);
     assert_eq!(store.indexes().await.unwrap(), indexes);
-    store
+    let again = store
         .kv_put("k", Bytes::from_static(b"again"), 3, None)
         .await
         .unwrap();
-    assert_eq!(store.indexes().await.unwrap().kv, indexes.change + 1);
+    assert!(again.index > indexes.change);
+    assert_eq!(store.indexes().await.unwrap().kv, again.index);
 }

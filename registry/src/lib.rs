@@ -14,8 +14,9 @@
 //!   watched area ([`Indexes`]).
 //!
 //! **The contract every backend keeps** (and [`conformance`] checks):
-//! - every change is atomic and durable once acknowledged, and bumps the change index by one;
-//!   a request that changes nothing commits nothing and bumps nothing;
+//! - every change is atomic and durable once acknowledged, and moves the change index forward
+//!   (by one in redb; to the cluster's next revision in etcd); a request that changes nothing
+//!   commits nothing and moves nothing;
 //! - [`Store::watch`] yields every committed change after an index, in order, whoever wrote it
 //!   (this node, another node, a tool writing to the backend), or [`Error::Compacted`] when the
 //!   store no longer has them, after which the caller lists everything again;
@@ -34,6 +35,7 @@
 //! - `kv.rs`: key/value entries.
 //! - `changes.rs`: [`Change`] and [`ChangeLog`], the change feed a backend without its own
 //!   watch (redb) keeps in memory.
+//! - `codec.rs`: how every backend stores a record (versioned JSON).
 //! - `conformance.rs` (feature `conformance`): the tests every backend runs.
 
 #![warn(missing_docs)]
@@ -42,6 +44,7 @@
 
 mod catalog;
 mod changes;
+pub mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod kv;
@@ -167,6 +170,33 @@ pub enum Expect {
     Absent,
     /// The service at this revision.
     Revision(u64),
+}
+
+impl Expect {
+    /// Fails with [`Error::Conflict`] unless `current`, the service `name` as the store holds
+    /// it, is what this expects.
+    pub fn check(self, name: &ServiceName, current: Option<&ServiceRecord>) -> Result<()> {
+        let holds = match (self, current) {
+            (Expect::Any, _) | (Expect::Absent, None) => true,
+            (Expect::Revision(revision), Some(current)) => current.revision == revision,
+            _ => false,
+        };
+        if holds {
+            return Ok(());
+        }
+        let describe = |revision: Option<u64>| {
+            revision.map_or_else(|| "no service".to_owned(), |r| format!("revision {r}"))
+        };
+        let expected = match self {
+            Expect::Revision(revision) => describe(Some(revision)),
+            _ => describe(None),
+        };
+        Err(Error::Conflict {
+            name: name.to_string(),
+            expected,
+            found: describe(current.map(|c| c.revision)),
+        })
+    }
 }
 
 /// The change index, and the change index of the last change to each watched area.

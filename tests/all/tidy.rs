@@ -137,6 +137,7 @@ fn the_layering_holds_as_cargo_facts() {
         "shoal-runtime",
         "shoal-registry",
         "shoal-registry-redb",
+        "shoal-registry-etcd",
         "shoal-gateway",
         "shoal-node",
         "shoal-api",
@@ -153,6 +154,11 @@ fn the_layering_holds_as_cargo_facts() {
         direct_users("redb"),
         ["shoal-registry-redb"],
         "only the redb backend knows redb"
+    );
+    assert_eq!(
+        direct_users("etcd-client"),
+        ["shoal-registry-etcd"],
+        "only the etcd backend knows etcd"
     );
     for engine in ["wasmtime", "wasmtime-wasi", "wasmtime-wasi-http"] {
         assert_eq!(
@@ -175,10 +181,23 @@ fn the_layering_holds_as_cargo_facts() {
         );
     }
     let registry = closure(&graph, "shoal-registry");
-    for forbidden in ["redb", "wasmtime", "hyper"] {
+    for forbidden in ["redb", "wasmtime", "hyper", "etcd-client"] {
         assert!(
             !registry.iter().any(|dep| dep == forbidden),
             "the store trait depends on {forbidden}"
+        );
+    }
+    let etcd = closure(&graph, "shoal-registry-etcd");
+    for forbidden in [
+        "redb",
+        "wasmtime",
+        "shoal-node",
+        "shoal-runtime",
+        "shoal-gateway",
+    ] {
+        assert!(
+            !etcd.iter().any(|dep| dep == forbidden),
+            "the etcd backend depends on {forbidden}"
         );
     }
     let gateway = closure(&graph, "shoal-gateway");

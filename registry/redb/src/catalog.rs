@@ -82,7 +82,13 @@ impl Db {
             }
             for mut definition in checks {
                 definition.service_id = Some(registration.id.clone());
-                let record = check_record(&table, definition, Some(&registration), change_index)?;
+                let existing = existing_check(&table, &definition.id)?;
+                let record = CheckRecord::from_definition(
+                    definition,
+                    existing.as_ref(),
+                    Some(&registration),
+                    change_index,
+                );
                 table.insert(record.definition.id.as_str(), encode(&record).as_slice())?;
             }
             Ok(Write::Commit(registration.clone()))
@@ -130,7 +136,13 @@ impl Db {
             };
             let change_index = bump_change_index(txn, &[Area::Health])?;
             let mut table = txn.open_table(CHECKS)?;
-            let record = check_record(&table, definition, registration.as_ref(), change_index)?;
+            let existing = existing_check(&table, &definition.id)?;
+            let record = CheckRecord::from_definition(
+                definition,
+                existing.as_ref(),
+                registration.as_ref(),
+                change_index,
+            );
             table.insert(record.definition.id.as_str(), encode(&record).as_slice())?;
             Ok(Write::Commit(record))
         })
@@ -198,41 +210,15 @@ impl Db {
     }
 }
 
-/// The record a definition becomes, keeping the state and create index of a check with the
-/// same ID.
-fn check_record(
+/// The check stored under `id`, if any.
+fn existing_check(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
-    definition: CheckDefinition,
-    service: Option<&Registration>,
-    change_index: u64,
-) -> DbResult<CheckRecord> {
-    let existing = table
-        .get(definition.id.as_str())?
-        .map(|value| decode::<CheckRecord>(value.value(), &definition.id))
-        .transpose()?;
-    let (status, output, create_index) = match (&existing, definition.status) {
-        (_, Some(status)) => (
-            status,
-            String::new(),
-            existing.as_ref().map_or(change_index, |e| e.create_index),
-        ),
-        (Some(existing), None) => (
-            existing.status,
-            existing.output.clone(),
-            existing.create_index,
-        ),
-        (None, None) => (CheckStatus::Critical, String::new(), change_index),
-    };
-    Ok(CheckRecord {
-        version: SCHEMA_VERSION,
-        service_name: service.map(|s| s.name.clone()).unwrap_or_default(),
-        service_tags: service.map(|s| s.tags.clone()).unwrap_or_default(),
-        definition,
-        status,
-        output,
-        create_index,
-        modify_index: change_index,
-    })
+    id: &str,
+) -> DbResult<Option<CheckRecord>> {
+    table
+        .get(id)?
+        .map(|value| decode::<CheckRecord>(value.value(), id))
+        .transpose()
 }
 
 /// Whether a name is held by registered instances; used to keep wasm services off it.

@@ -19,9 +19,7 @@
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
-use serde::Deserialize;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use shoal_registry::codec::StoredRecord;
 use shoal_registry::{
     Change, ChangeLog, Clock, Committed, Error, EventRecord, Expect, Indexes,
     MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceRecord, Subject,
@@ -235,7 +233,7 @@ impl Db {
                 .get(name.as_str())?
                 .map(|value| decode::<ServiceRecord>(value.value(), name.as_str()))
                 .transpose()?;
-            check_expected(name, expect, current.as_ref())?;
+            expect.check(name, current.as_ref())?;
             if let Some(current) = current.as_ref().filter(|current| current.spec == spec) {
                 return Ok(Write::Abort((current.clone(), false)));
             }
@@ -342,7 +340,7 @@ impl Db {
                 .get(name.as_str())?
                 .map(|value| decode(value.value(), name.as_str()))
                 .transpose()?;
-            check_expected(name, expect, current.as_ref())?;
+            expect.check(name, current.as_ref())?;
             let Some(record) = current else {
                 return Err(service_not_found(name).into());
             };
@@ -524,35 +522,6 @@ storage_error_from!(
     redb::CommitError,
 );
 
-/// Fails with [`Error::Conflict`] unless `current` is what `expect` says.
-fn check_expected(
-    name: &ServiceName,
-    expect: Expect,
-    current: Option<&ServiceRecord>,
-) -> DbResult<()> {
-    let holds = match (expect, current) {
-        (Expect::Any, _) | (Expect::Absent, None) => true,
-        (Expect::Revision(revision), Some(current)) => current.revision == revision,
-        _ => false,
-    };
-    if holds {
-        return Ok(());
-    }
-    let describe = |revision: Option<u64>| {
-        revision.map_or_else(|| "no service".to_owned(), |r| format!("revision {r}"))
-    };
-    let expected = match expect {
-        Expect::Revision(revision) => describe(Some(revision)),
-        _ => describe(None),
-    };
-    Err(Error::Conflict {
-        name: name.to_string(),
-        expected,
-        found: describe(current.map(|c| c.revision)),
-    }
-    .into())
-}
-
 /// The parts of the store that Consul-style blocking queries watch apart, so that a watcher of
 /// one is not woken by changes to another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -619,62 +588,9 @@ fn service_not_found(name: &ServiceName) -> Error {
     }
 }
 
-/// A record type stored as JSON, named in corruption errors.
-pub(crate) trait StoredRecord: Serialize + DeserializeOwned {
-    /// What the record describes, e.g. `"module"`.
-    const KIND: &'static str;
-}
+pub(crate) use shoal_registry::codec::encode;
 
-impl StoredRecord for ModuleRecord {
-    const KIND: &'static str = "module";
-}
-
-impl StoredRecord for ServiceRecord {
-    const KIND: &'static str = "service";
-}
-
-impl StoredRecord for EventRecord {
-    const KIND: &'static str = "event";
-}
-
-impl StoredRecord for RevisionRecord {
-    const KIND: &'static str = "revision";
-}
-
-impl StoredRecord for shoal_registry::Registration {
-    const KIND: &'static str = "registration";
-}
-
-impl StoredRecord for shoal_registry::CheckRecord {
-    const KIND: &'static str = "check";
-}
-
-pub(crate) fn encode<R: StoredRecord>(record: &R) -> Vec<u8> {
-    serde_json::to_vec(record)
-        .expect("records always serialize: every map has string keys and no serializer fails")
-}
-
-/// Decodes the record stored under `key`, refusing schema versions this build does not know.
+/// Decodes the record stored under `key`; see [`shoal_registry::codec::decode`].
 pub(crate) fn decode<R: StoredRecord>(bytes: &[u8], key: &str) -> DbResult<R> {
-    /// Just the version, read first so that a record from a newer shoal is reported as such
-    /// rather than as whichever field no longer fits.
-    #[derive(Deserialize)]
-    struct Versioned {
-        version: u32,
-    }
-
-    let corrupt = |problem: String| {
-        DbError(Error::Corrupt(format!(
-            "{} record {key:?} {problem}",
-            R::KIND
-        )))
-    };
-    let Versioned { version } =
-        serde_json::from_slice(bytes).map_err(|err| corrupt(format!("does not decode: {err}")))?;
-    if version != SCHEMA_VERSION {
-        return Err(corrupt(format!(
-            "has schema version {version}, but this shoal reads version {SCHEMA_VERSION}"
-        )));
-    }
-    serde_json::from_slice(bytes).map_err(|err| corrupt(format!("does not decode: {err}")))
+    Ok(shoal_registry::codec::decode(bytes, key)?)
 }

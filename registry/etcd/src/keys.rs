@@ -1,0 +1,219 @@
+//! Where each record lives in etcd, under one prefix (`/shoal/v1/` by default), and the change
+//! subject each transaction writes for the watch.
+//!
+//! | key | value |
+//! |---|---|
+//! | `modules/<digest>` | the [`ModuleRecord`](shoal_registry::ModuleRecord); no bytes |
+//! | `services/<name>` | the current [`ServiceRecord`](shoal_registry::ServiceRecord) |
+//! | `revisions/<name>/<revision:020>` | each [`RevisionRecord`](shoal_registry::RevisionRecord) |
+//! | `events/<name>/<seq:020>` | each kept [`EventRecord`](shoal_registry::EventRecord) |
+//! | `catalog/reg/<id>`, `catalog/check/<id>` | registrations and checks |
+//! | `catalog/guard` | rewritten by every write that adds or removes registrations or checks |
+//! | `kv/<key>` | 8 bytes of flags (big-endian), then the value |
+//! | `index/change` | rewritten by every transaction: its nonce, and the change's [`Subject`] |
+//! | `index/catalog`, `index/health`, `index/kv` | rewritten by the transactions that change that area |
+//!
+//! Every index is the `mod_revision` of an `index/` key: an etcd revision, so it never goes
+//! back and is the same on every node. A record's own indexes are its key's revisions
+//! (`create_revision` for create indexes, `mod_revision` for modify indexes), filled in when
+//! it is read: a transaction cannot know its revision before it commits.
+
+use shoal_registry::Subject;
+use shoal_spec::{Digest, ServiceName};
+
+/// The keys of one store, under its prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    root: String,
+}
+
+/// The areas whose index a blocking query waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Area {
+    Change,
+    Catalog,
+    Health,
+    Kv,
+}
+
+impl Area {
+    fn name(self) -> &'static str {
+        match self {
+            Area::Change => "change",
+            Area::Catalog => "catalog",
+            Area::Health => "health",
+            Area::Kv => "kv",
+        }
+    }
+
+    pub(crate) fn from_name(name: &str) -> Option<Area> {
+        [Area::Change, Area::Catalog, Area::Health, Area::Kv]
+            .into_iter()
+            .find(|area| area.name() == name)
+    }
+}
+
+impl Keys {
+    /// Keys under `prefix`, which gets a trailing `/` if it lacks one.
+    pub(crate) fn new(prefix: &str) -> Keys {
+        let mut root = prefix.to_owned();
+        if !root.ends_with('/') {
+            root.push('/');
+        }
+        Keys { root }
+    }
+
+    pub(crate) fn module(&self, digest: &Digest) -> String {
+        format!("{}modules/{digest}", self.root)
+    }
+
+    pub(crate) fn modules(&self) -> String {
+        format!("{}modules/", self.root)
+    }
+
+    pub(crate) fn service(&self, name: &ServiceName) -> String {
+        format!("{}services/{name}", self.root)
+    }
+
+    pub(crate) fn services(&self) -> String {
+        format!("{}services/", self.root)
+    }
+
+    pub(crate) fn revision(&self, name: &ServiceName, revision: u64) -> String {
+        format!("{}revisions/{name}/{revision:020}", self.root)
+    }
+
+    pub(crate) fn revisions(&self, name: &ServiceName) -> String {
+        format!("{}revisions/{name}/", self.root)
+    }
+
+    pub(crate) fn event(&self, name: &ServiceName, seq: u64) -> String {
+        format!("{}events/{name}/{seq:020}", self.root)
+    }
+
+    pub(crate) fn events(&self, name: &ServiceName) -> String {
+        format!("{}events/{name}/", self.root)
+    }
+
+    pub(crate) fn catalog(&self) -> String {
+        format!("{}catalog/", self.root)
+    }
+
+    pub(crate) fn registration(&self, id: &str) -> String {
+        format!("{}catalog/reg/{id}", self.root)
+    }
+
+    pub(crate) fn check(&self, id: &str) -> String {
+        format!("{}catalog/check/{id}", self.root)
+    }
+
+    pub(crate) fn catalog_guard(&self) -> String {
+        format!("{}catalog/guard", self.root)
+    }
+
+    /// What a key under [`Keys::catalog`] holds.
+    pub(crate) fn catalog_entry<'k>(&self, key: &'k str) -> Option<CatalogEntry<'k>> {
+        let rest = key.strip_prefix(&self.root)?.strip_prefix("catalog/")?;
+        match rest.strip_prefix("reg/") {
+            Some(id) => Some(CatalogEntry::Registration(id)),
+            None => rest.strip_prefix("check/").map(CatalogEntry::Check),
+        }
+    }
+
+    pub(crate) fn kv(&self, key: &str) -> String {
+        format!("{}kv/{key}", self.root)
+    }
+
+    /// The user's key of a key under `kv/`.
+    pub(crate) fn kv_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.root)?.strip_prefix("kv/")
+    }
+
+    pub(crate) fn index(&self, area: Area) -> String {
+        format!("{}index/{}", self.root, area.name())
+    }
+
+    pub(crate) fn indexes(&self) -> String {
+        format!("{}index/", self.root)
+    }
+
+    /// The area of a key under [`Keys::indexes`].
+    pub(crate) fn index_area(&self, key: &str) -> Option<Area> {
+        Area::from_name(key.strip_prefix(&self.root)?.strip_prefix("index/")?)
+    }
+}
+
+/// A key of the catalog.
+pub(crate) enum CatalogEntry<'k> {
+    Registration(&'k str),
+    Check(&'k str),
+}
+
+/// The value of `index/change`: what the change touched, and the nonce of its transaction.
+pub(crate) fn encode_change(subject: &Subject, nonce: &str) -> String {
+    let subject = match subject {
+        Subject::Module(digest) => format!("module:{digest}"),
+        Subject::Service(name) => format!("service:{name}"),
+        Subject::Events(name) => format!("events:{name}"),
+        Subject::Catalog => "catalog".to_owned(),
+        Subject::Kv(key) => format!("kv:{key}"),
+    };
+    format!("{nonce}\n{subject}")
+}
+
+/// The nonce of the transaction that wrote this value of `index/change`.
+pub(crate) fn change_nonce(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?;
+    value.split_once('\n').map(|(nonce, _)| nonce)
+}
+
+/// The subject `index/change` names; `None` for a value this shoal does not know.
+pub(crate) fn decode_subject(value: &[u8]) -> Option<Subject> {
+    let (_, value) = std::str::from_utf8(value).ok()?.split_once('\n')?;
+    if value == "catalog" {
+        return Some(Subject::Catalog);
+    }
+    let (kind, rest) = value.split_once(':')?;
+    match kind {
+        "module" => rest.parse().ok().map(Subject::Module),
+        "service" => rest.parse().ok().map(Subject::Service),
+        "events" => rest.parse().ok().map(Subject::Events),
+        "kv" => Some(Subject::Kv(rest.to_owned())),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_round_trip() {
+        let name: ServiceName = "web".parse().unwrap();
+        let digest = Digest::of(b"module");
+        for subject in [
+            Subject::Module(digest),
+            Subject::Service(name.clone()),
+            Subject::Events(name),
+            Subject::Catalog,
+            Subject::Kv("a/b:c".into()),
+            Subject::Kv(String::new()),
+        ] {
+            let value = encode_change(&subject, "n0nce");
+            assert_eq!(decode_subject(value.as_bytes()), Some(subject));
+            assert_eq!(change_nonce(value.as_bytes()), Some("n0nce"));
+        }
+        assert_eq!(decode_subject(b"n\nfuture:thing"), None);
+    }
+
+    #[test]
+    fn keys_of_one_service_do_not_cover_another() {
+        let keys = Keys::new("/shoal/v1");
+        let web: ServiceName = "web".parse().unwrap();
+        let web2: ServiceName = "web2".parse().unwrap();
+        assert!(!keys.revision(&web2, 1).starts_with(&keys.revisions(&web)));
+        assert!(keys.revision(&web, 1) < keys.revision(&web, 10));
+        assert_eq!(keys.index_area(&keys.index(Area::Kv)), Some(Area::Kv));
+        assert_eq!(keys.kv_key(&keys.kv("a/b")), Some("a/b"));
+    }
+}
