@@ -58,10 +58,10 @@ pub use self::catalog::{
     Weights,
 };
 pub use self::changes::{Change, ChangeLog, ChangeStream, Subject};
-pub use self::kv::{KvEntry, MAX_KV_VALUE_SIZE};
+pub use self::kv::{KvEntry, MAX_KV_VALUE_SIZE, check_delete, check_put};
 pub use self::record::{
     EventRecord, MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, SCHEMA_VERSION,
-    ServiceRecord,
+    ServiceRecord, check_digest, check_unused,
 };
 
 /// The errors of every store operation.

@@ -9,6 +9,39 @@
 use serde::{Deserialize, Serialize};
 use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
 
+/// Refuses bytes that `digest` is not the digest of: a content address that does not match
+/// the content would make every later lookup lie, so the cost of hashing again is worth paying.
+pub fn check_digest(digest: &Digest, bytes: &[u8]) -> crate::Result<()> {
+    let actual = Digest::of(bytes);
+    if actual != *digest {
+        return Err(crate::Error::Invalid(shoal_spec::FieldError::new(
+            "digest",
+            format!("{digest} does not match the module bytes, which hash to {actual}"),
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to delete the module `digest` while any of `services` (every service's current
+/// record) names it.
+pub fn check_unused(
+    digest: &Digest,
+    services: impl IntoIterator<Item = ServiceRecord>,
+) -> crate::Result<()> {
+    let users: Vec<String> = services
+        .into_iter()
+        .filter(|service| service.spec.module == *digest)
+        .map(|service| service.name.to_string())
+        .collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(crate::Error::ModuleInUse {
+        digest: digest.clone(),
+        services: users,
+    })
+}
+
 /// The schema version written into every stored record.
 pub const SCHEMA_VERSION: u32 = 1;
 

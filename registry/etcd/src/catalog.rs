@@ -12,7 +12,7 @@ use etcd_client::{Compare, CompareOp, DeleteOptions, KeyValue, TxnOp};
 use shoal_registry::codec::encode;
 use shoal_registry::{
     CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, Committed, Error, KvEntry,
-    MAX_KV_VALUE_SIZE, Registration, Result, SCHEMA_VERSION, Subject,
+    Registration, Result, SCHEMA_VERSION, Subject,
 };
 use shoal_spec::FieldError;
 
@@ -394,18 +394,7 @@ impl EtcdStore {
         flags: u64,
         cas: Option<u64>,
     ) -> Result<Committed<bool>> {
-        if key.is_empty() {
-            return Err(Error::Invalid(FieldError::new("key", "missing key name")));
-        }
-        if value.len() > MAX_KV_VALUE_SIZE {
-            return Err(Error::Invalid(FieldError::new(
-                "value",
-                format!(
-                    "{} bytes exceeds the limit of {MAX_KV_VALUE_SIZE} bytes",
-                    value.len()
-                ),
-            )));
-        }
+        shoal_registry::check_put(key, value.len())?;
         let stored_key = self.keys().kv(key);
         let mut stored = Vec::with_capacity(8 + value.len());
         stored.extend_from_slice(&flags.to_be_bytes());
@@ -439,9 +428,7 @@ impl EtcdStore {
         recurse: bool,
         cas: Option<u64>,
     ) -> Result<Committed<bool>> {
-        if key.is_empty() && !recurse {
-            return Err(Error::Invalid(FieldError::new("key", "missing key name")));
-        }
+        shoal_registry::check_delete(key, recurse)?;
         let stored_key = self.keys().kv(key);
         let (compares, delete) = if recurse {
             // Over a range, a compare holds if it holds for every key, and for an empty range

@@ -7,7 +7,7 @@ use shoal_registry::{
     Committed, Error, EventRecord, Expect, MAX_EVENTS_PER_SERVICE, ModuleRecord, Registration,
     Result, RevisionRecord, SCHEMA_VERSION, ServiceRecord, Subject,
 };
-use shoal_spec::{Digest, FieldError, ModuleKind, ServiceName, ServiceSpec};
+use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
 
 use crate::keys::Area;
 use crate::{EtcdStore, Get, Write, record, revision};
@@ -19,13 +19,7 @@ impl EtcdStore {
         kind: ModuleKind,
         bytes: Bytes,
     ) -> Result<Committed<(ModuleRecord, bool)>> {
-        let actual = Digest::of(&bytes);
-        if actual != *digest {
-            return Err(Error::Invalid(FieldError::new(
-                "digest",
-                format!("{digest} does not match the module bytes, which hash to {actual}"),
-            )));
-        }
+        shoal_registry::check_digest(digest, &bytes)?;
         let size = bytes.len() as u64;
         // The bytes are durable on this node before the record says the module exists.
         self.shared.blobs.put_module(digest, kind, bytes).await?;
@@ -97,19 +91,11 @@ impl EtcdStore {
                     });
                 };
                 let module = module_from(found)?;
-                let mut users = Vec::new();
-                for kv in &snapshot.ranges[1] {
-                    let service: ServiceRecord = record(kv)?;
-                    if service.spec.module == *digest {
-                        users.push(service.name.to_string());
-                    }
-                }
-                if !users.is_empty() {
-                    return Err(Error::ModuleInUse {
-                        digest: digest.clone(),
-                        services: users,
-                    });
-                }
+                let current = snapshot.ranges[1]
+                    .iter()
+                    .map(record::<ServiceRecord>)
+                    .collect::<Result<Vec<_>>>()?;
+                shoal_registry::check_unused(digest, current)?;
                 let write = Write {
                     subject: Subject::Module(digest.clone()),
                     areas: &[],

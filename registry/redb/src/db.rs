@@ -24,7 +24,7 @@ use shoal_registry::{
     Change, ChangeLog, Clock, Committed, Error, EventRecord, Expect, Indexes,
     MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceRecord, Subject,
 };
-use shoal_spec::{Digest, FieldError, ModuleKind, ServiceName, ServiceSpec};
+use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
 
 use crate::tables::{
     CHANGE_INDEX_KEY, CHECKS, EVENTS, INDEX_CATALOG_KEY, INDEX_HEALTH_KEY, INDEX_KV_KEY, KV, META,
@@ -96,16 +96,7 @@ impl Db {
         kind: ModuleKind,
         bytes: &[u8],
     ) -> DbResult<Committed<(ModuleRecord, bool)>> {
-        // A content address that does not match the content would make every later lookup lie,
-        // so the cost of hashing again is worth paying.
-        let actual_digest = Digest::of(bytes);
-        if actual_digest != *digest {
-            return Err(Error::Invalid(FieldError::new(
-                "digest",
-                format!("{digest} does not match the module bytes, which hash to {actual_digest}"),
-            ))
-            .into());
-        }
+        shoal_registry::check_digest(digest, bytes)?;
         let committed = self.write(Subject::Module(digest.clone()), |txn| {
             let mut modules = txn.open_table(MODULES)?;
             let existing = modules
@@ -179,21 +170,12 @@ impl Db {
                 }
             };
             let services = txn.open_table(SERVICES)?;
-            let mut users = Vec::new();
+            let mut current = Vec::new();
             for entry in services.iter()? {
                 let (key, value) = entry?;
-                let service: ServiceRecord = decode(value.value(), key.value())?;
-                if service.spec.module == *digest {
-                    users.push(service.name.to_string());
-                }
+                current.push(decode::<ServiceRecord>(value.value(), key.value())?);
             }
-            if !users.is_empty() {
-                return Err(Error::ModuleInUse {
-                    digest: digest.clone(),
-                    services: users,
-                }
-                .into());
-            }
+            shoal_registry::check_unused(digest, current)?;
             modules.remove(digest.as_str())?;
             txn.open_table(MODULE_BYTES)?.remove(digest.as_str())?;
             bump_change_index(txn, &[])?;

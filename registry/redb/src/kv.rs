@@ -3,8 +3,7 @@
 //! and blocking queries work from.
 
 use redb::{ReadableDatabase, ReadableTable};
-use shoal_registry::{Committed, Error, KvEntry, MAX_KV_VALUE_SIZE, Subject};
-use shoal_spec::FieldError;
+use shoal_registry::{Committed, KvEntry, Subject};
 
 use crate::db::{Area, Db, DbResult, Write, bump_change_index, read_indexes};
 use crate::tables::{KV, META};
@@ -53,19 +52,7 @@ impl Db {
         flags: u64,
         cas: Option<u64>,
     ) -> DbResult<Committed<bool>> {
-        if key.is_empty() {
-            return Err(Error::Invalid(FieldError::new("key", "missing key name")).into());
-        }
-        if value.len() > MAX_KV_VALUE_SIZE {
-            return Err(Error::Invalid(FieldError::new(
-                "value",
-                format!(
-                    "{} bytes exceeds the limit of {MAX_KV_VALUE_SIZE} bytes",
-                    value.len()
-                ),
-            ))
-            .into());
-        }
+        shoal_registry::check_put(key, value.len())?;
         self.write(Subject::Kv(key.to_owned()), |txn| {
             let existing = txn
                 .open_table(KV)?
@@ -98,9 +85,7 @@ impl Db {
         recurse: bool,
         cas: Option<u64>,
     ) -> DbResult<Committed<bool>> {
-        if key.is_empty() && !recurse {
-            return Err(Error::Invalid(FieldError::new("key", "missing key name")).into());
-        }
+        shoal_registry::check_delete(key, recurse)?;
         self.write(Subject::Kv(key.to_owned()), |txn| {
             let mut table = txn.open_table(KV)?;
             let n_deleted = if recurse {
