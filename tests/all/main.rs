@@ -6,6 +6,7 @@ mod consul;
 mod consul_gateway;
 mod consul_health;
 mod consul_kv;
+mod etcd_store;
 mod guests;
 mod management;
 mod process;
