@@ -35,6 +35,7 @@
 //! - `kv.rs`: key/value entries.
 //! - `changes.rs`: [`Change`] and [`ChangeLog`], the change feed a backend without its own
 //!   watch (redb) keeps in memory.
+//! - `cluster.rs`: the nodes sharing a store: membership and what each node reports.
 //! - `codec.rs`: how every backend stores a record (versioned JSON).
 //! - `conformance.rs` (feature `conformance`): the tests every backend runs.
 
@@ -44,6 +45,7 @@
 
 mod catalog;
 mod changes;
+pub mod cluster;
 pub mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -125,6 +127,16 @@ pub enum Error {
         requested: u64,
         /// The watch could start after this index, or later.
         oldest: u64,
+    },
+    /// A node's name is held by another live node of the cluster.
+    #[error(
+        "node name \"{name}\" is held by a live node (at {api}); give this node another name, or stop that one"
+    )]
+    NodeNameTaken {
+        /// The name.
+        name: String,
+        /// Where the node holding it says its management API is.
+        api: String,
     },
     /// The store was closed ([`Store::close`]); nothing more can be read or written.
     #[error("the store is closed")]

@@ -94,10 +94,20 @@ impl Connection {
         F: Fn(KvClient) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
+        self.call(retry, |client| call(client.kv_client())).await
+    }
+
+    /// Runs `call` on the client of the member in use, moving on to the next member when the
+    /// error allows a retry, once around the cluster.
+    pub(crate) async fn call<T, F, Fut>(&self, retry: Retry, call: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let mut last = None;
         for _ in 0..self.clients.len() {
             let member = self.current.load(Ordering::Relaxed);
-            match call(self.clients[member].kv_client()).await {
+            match call(self.clients[member].clone()).await {
                 Ok(value) => return Ok(value),
                 Err(error) if may_retry(&error, retry) => {
                     tracing::debug!(endpoint = %self.endpoints[member], %error, "etcd member unreachable, trying the next");
@@ -116,6 +126,13 @@ impl Connection {
         }
         let (member, error) = last.expect("at least one member was tried");
         Err(unavailable(&self.endpoints[member], &error))
+    }
+
+    /// The client of the member in use, and which member that is: for streams, which the
+    /// caller resumes elsewhere itself.
+    pub(crate) fn client(&self) -> (usize, Client) {
+        let member = self.current.load(Ordering::Relaxed);
+        (member, self.clients[member].clone())
     }
 
     /// A watch client of the member in use, and which member that is.

@@ -10,6 +10,9 @@
 //! | `catalog/reg/<id>`, `catalog/check/<id>` | registrations and checks |
 //! | `catalog/guard` | rewritten by every write that adds or removes registrations or checks |
 //! | `kv/<key>` | 8 bytes of flags (big-endian), then the value |
+//! | `nodes/<name>/info` | the node's [`NodeInfo`](shoal_registry::cluster::NodeInfo), kept after it is gone |
+//! | `nodes/<name>/alive` | under the node's lease: its claim on the name (the value: its API address) |
+//! | `nodes/<name>/report` | under the node's lease: its [`NodeReport`](shoal_registry::cluster::NodeReport) |
 //! | `index/change` | rewritten by every transaction: its nonce, and the change's [`Subject`] |
 //! | `index/catalog`, `index/health`, `index/kv` | rewritten by the transactions that change that area |
 //!
@@ -129,6 +132,24 @@ impl Keys {
         key.strip_prefix(&self.root)?.strip_prefix("kv/")
     }
 
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}nodes/", self.root)
+    }
+
+    pub(crate) fn node(&self, name: &str, part: NodePart) -> String {
+        format!("{}nodes/{name}/{}", self.root, part.name())
+    }
+
+    /// The node and the part a key under [`Keys::nodes`] holds.
+    pub(crate) fn node_part<'k>(&self, key: &'k str) -> Option<(&'k str, NodePart)> {
+        let rest = key.strip_prefix(&self.root)?.strip_prefix("nodes/")?;
+        let (name, part) = rest.rsplit_once('/')?;
+        let part = [NodePart::Info, NodePart::Alive, NodePart::Report]
+            .into_iter()
+            .find(|known| known.name() == part)?;
+        Some((name, part))
+    }
+
     pub(crate) fn index(&self, area: Area) -> String {
         format!("{}index/{}", self.root, area.name())
     }
@@ -140,6 +161,24 @@ impl Keys {
     /// The area of a key under [`Keys::indexes`].
     pub(crate) fn index_area(&self, key: &str) -> Option<Area> {
         Area::from_name(key.strip_prefix(&self.root)?.strip_prefix("index/")?)
+    }
+}
+
+/// The keys of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NodePart {
+    Info,
+    Alive,
+    Report,
+}
+
+impl NodePart {
+    fn name(self) -> &'static str {
+        match self {
+            NodePart::Info => "info",
+            NodePart::Alive => "alive",
+            NodePart::Report => "report",
+        }
     }
 }
 
@@ -215,5 +254,8 @@ mod tests {
         assert!(keys.revision(&web, 1) < keys.revision(&web, 10));
         assert_eq!(keys.index_area(&keys.index(Area::Kv)), Some(Area::Kv));
         assert_eq!(keys.kv_key(&keys.kv("a/b")), Some("a/b"));
+        let alive = keys.node("n1", NodePart::Alive);
+        assert_eq!(keys.node_part(&alive), Some(("n1", NodePart::Alive)));
+        assert_eq!(keys.node_part(&keys.nodes()), None);
     }
 }

@@ -27,6 +27,7 @@
 mod catalog;
 mod conn;
 mod keys;
+mod members;
 mod services;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -46,7 +47,9 @@ use shoal_registry::{
 use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
 
 use crate::conn::{Connection, Retry};
+
 use crate::keys::{Area, Keys};
+pub use crate::members::{DEFAULT_NODE_TTL, EtcdNodes};
 
 /// The prefix every key of a cluster's state is under, by default.
 pub const DEFAULT_PREFIX: &str = "/shoal/v1/";

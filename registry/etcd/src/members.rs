@@ -1,0 +1,483 @@
+//! [`Cluster`] on etcd: each node's claim on its name is a key under an etcd lease.
+//!
+//! Joining grants a lease and creates `nodes/<name>/alive` under it, only if no such key
+//! exists: a live node's name cannot be taken. The node renews the lease every third of its
+//! time to live; if the node dies, is paused or is cut off from etcd, the lease lapses, etcd
+//! deletes the key (and the node's report with it), and every node following the members sees
+//! it dead. `nodes/<name>/info` stays, as a Consul catalog keeps a node that failed.
+//!
+//! A node that restarts before its old lease lapsed would be refused its own name; it passes
+//! the old lease's id (its [`Incarnation`], kept on its disk) and the old claim is revoked.
+//! A node whose lease lapsed while it lived (a pause, a partition) claims its name again with a
+//! new lease, unless another node took it meanwhile.
+//!
+//! The members are followed by a list of `nodes/` and a watch from the listing's revision,
+//! listed again whenever the watch fails.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use shoal_registry::cluster::{
+    Cluster, Incarnation, Member, Members, Membership, NodeInfo, NodeReport,
+};
+use shoal_registry::{Error, Result};
+
+use crate::conn::{self, Retry};
+use crate::keys::NodePart;
+use crate::{EtcdStore, Get};
+
+/// How long a node's claim lasts without renewal, by default: about the time the others take
+/// to count a dead node dead.
+pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(6);
+
+/// How long to wait before following the members again after a failure.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// The nodes sharing an [`EtcdStore`]. Cheap to clone.
+#[derive(Clone)]
+pub struct EtcdNodes {
+    store: EtcdStore,
+    /// The lease's time to live, in whole seconds as etcd keeps it.
+    ttl_seconds: i64,
+    members: tokio::sync::watch::Receiver<Arc<Members>>,
+}
+
+impl EtcdStore {
+    /// The nodes sharing this store, whose claims lapse `ttl` after their node stops renewing
+    /// them (rounded up to whole seconds, at least 2: etcd's shortest lease). Starts following
+    /// the members, until every receiver of [`Cluster::members`] is gone or the store closes.
+    pub fn nodes(&self, ttl: Duration) -> EtcdNodes {
+        let ttl_seconds = i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0))
+            .unwrap_or(i64::MAX)
+            .max(2);
+        let (sender, members) = tokio::sync::watch::channel(Arc::new(Members::default()));
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut closed = store.shared.closed.subscribe();
+            tokio::select! {
+                () = follow(&store, &sender) => {}
+                () = sender.closed() => {}
+                _ = closed.wait_for(|closed| *closed) => {}
+            }
+        });
+        EtcdNodes {
+            store: self.clone(),
+            ttl_seconds,
+            members,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Cluster for EtcdNodes {
+    async fn join(
+        &self,
+        info: NodeInfo,
+        previous: Option<Incarnation>,
+    ) -> Result<Arc<dyn Membership>> {
+        let lease = self.grant().await?;
+        if let Err(error) = self.claim(lease, &info, previous).await {
+            self.revoke(lease).await;
+            return Err(error);
+        }
+        let claim = Arc::new(Claim {
+            nodes: self.clone(),
+            info,
+            lease: AtomicI64::new(lease),
+            renewed: Mutex::new(Some(Instant::now())),
+            report: Mutex::new(None),
+            left: AtomicBool::new(false),
+        });
+        tokio::spawn(keep(Arc::downgrade(&claim), self.renew_every()));
+        Ok(claim)
+    }
+
+    fn members(&self) -> tokio::sync::watch::Receiver<Arc<Members>> {
+        self.members.clone()
+    }
+}
+
+impl EtcdNodes {
+    fn renew_every(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.ttl_seconds).unwrap_or(2) * 1000 / 3)
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(u64::try_from(self.ttl_seconds).unwrap_or(2))
+    }
+
+    async fn grant(&self) -> Result<i64> {
+        let ttl = self.ttl_seconds;
+        let granted = self
+            .store
+            .shared
+            .conn
+            .call(Retry::Write, |client| async move {
+                client.lease_client().grant(ttl, None).await
+            })
+            .await?;
+        Ok(granted.id())
+    }
+
+    /// Gives a lease up, deleting the keys under it; a failure only leaves it to lapse.
+    async fn revoke(&self, lease: i64) {
+        let revoked = self
+            .store
+            .shared
+            .conn
+            .call(Retry::Read, |client| async move {
+                client.lease_client().revoke(lease).await
+            })
+            .await;
+        if let Err(error) = revoked {
+            tracing::debug!(%error, lease, "revoking a lease failed; it will lapse");
+        }
+    }
+
+    /// Creates `nodes/<name>/alive` under `lease` and writes `info`, unless a live node holds
+    /// the name. A claim of `previous` is revoked and claimed again.
+    async fn claim(
+        &self,
+        lease: i64,
+        info: &NodeInfo,
+        previous: Option<Incarnation>,
+    ) -> Result<()> {
+        let keys = self.store.keys();
+        let alive = keys.node(&info.name, NodePart::Alive);
+        let info_value =
+            serde_json::to_vec(info).map_err(|error| Error::Storage(Box::new(error)))?;
+        // A write whose answer was lost is sent again: it finds its own claim and is done.
+        for _ in 0..4 {
+            let txn = Txn::new()
+                .when([Compare::create_revision(alive.clone(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(
+                        alive.clone(),
+                        info.api.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
+                    TxnOp::put(
+                        keys.node(&info.name, NodePart::Info),
+                        info_value.clone(),
+                        None,
+                    ),
+                ])
+                .or_else([TxnOp::get(alive.clone(), None)]);
+            let response = match self
+                .store
+                .shared
+                .conn
+                .kv(Retry::Write, |mut kv| {
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await
+            {
+                Ok(response) => response,
+                Err(Error::Unavailable(reason)) => {
+                    tracing::debug!(%reason, "claiming the node name: no answer; trying again");
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            if response.succeeded() {
+                return Ok(());
+            }
+            let holder = response.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+                _ => None,
+            });
+            let Some(holder) = holder else { continue };
+            if holder.lease() == lease {
+                return Ok(());
+            }
+            if previous.is_some_and(|previous| i64::try_from(previous.0) == Ok(holder.lease())) {
+                tracing::info!(
+                    name = info.name,
+                    "taking over this node's claim from before its restart"
+                );
+                self.revoke(holder.lease()).await;
+                continue;
+            }
+            return Err(Error::NodeNameTaken {
+                name: info.name.clone(),
+                api: String::from_utf8_lossy(holder.value()).into_owned(),
+            });
+        }
+        Err(Error::Unavailable(format!(
+            "could not claim the node name \"{}\": etcd did not answer",
+            info.name
+        )))
+    }
+}
+
+/// A node's claim on its name.
+struct Claim {
+    nodes: EtcdNodes,
+    info: NodeInfo,
+    /// The lease the claim is under; replaced when the node claims its name again.
+    lease: AtomicI64,
+    /// When the lease was last renewed; `None` while the claim is lost.
+    renewed: Mutex<Option<Instant>>,
+    /// The newest report, published again under a new lease.
+    report: Mutex<Option<NodeReport>>,
+    left: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Membership for Claim {
+    fn incarnation(&self) -> Incarnation {
+        Incarnation(u64::try_from(self.lease.load(Ordering::SeqCst)).unwrap_or(0))
+    }
+
+    async fn report(&self, report: NodeReport) -> Result<()> {
+        *lock(&self.report) = Some(report.clone());
+        self.publish(&report).await
+    }
+
+    fn holds(&self) -> bool {
+        !self.left.load(Ordering::SeqCst)
+            && lock(&self.renewed).is_some_and(|at| at.elapsed() < self.nodes.ttl())
+    }
+
+    async fn leave(&self) {
+        if self.left.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let lease = self.lease.load(Ordering::SeqCst);
+        let _ = tokio::time::timeout(conn::REQUEST_TIMEOUT, self.nodes.revoke(lease)).await;
+    }
+}
+
+impl Claim {
+    async fn publish(&self, report: &NodeReport) -> Result<()> {
+        let key = self
+            .nodes
+            .store
+            .keys()
+            .node(&self.info.name, NodePart::Report);
+        let value = serde_json::to_vec(report).map_err(|error| Error::Storage(Box::new(error)))?;
+        let lease = self.lease.load(Ordering::SeqCst);
+        self.nodes
+            .store
+            .shared
+            .conn
+            .kv(Retry::Write, |mut kv| {
+                let (key, value) = (key.clone(), value.clone());
+                async move {
+                    kv.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                        .await
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Renews the lease once: `Ok(false)` when etcd no longer has it.
+    async fn renew(&self) -> Result<bool> {
+        let lease = self.lease.load(Ordering::SeqCst);
+        let (member, client) = self.nodes.store.shared.conn.client();
+        let renewed = tokio::time::timeout(conn::REQUEST_TIMEOUT, async move {
+            client.lease_client().keep_alive(lease).await
+        })
+        .await;
+        match renewed {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(false),
+            Ok(Err(error)) => {
+                self.nodes.store.shared.conn.move_on_from(member);
+                Err(conn::unavailable(
+                    self.nodes.store.shared.conn.endpoint(member),
+                    &error,
+                ))
+            }
+            Err(_) => {
+                self.nodes.store.shared.conn.move_on_from(member);
+                Err(Error::Unavailable(
+                    "renewing the node's lease timed out".into(),
+                ))
+            }
+        }
+    }
+
+    /// Claims the name again under a new lease, after the old one lapsed.
+    async fn rejoin(&self) -> Result<()> {
+        let lease = self.nodes.grant().await?;
+        if let Err(error) = self.nodes.claim(lease, &self.info, None).await {
+            self.nodes.revoke(lease).await;
+            return Err(error);
+        }
+        self.lease.store(lease, Ordering::SeqCst);
+        *lock(&self.renewed) = Some(Instant::now());
+        let report = lock(&self.report).clone();
+        if let Some(report) = report {
+            self.publish(&report).await?;
+        }
+        tracing::info!(
+            name = self.info.name,
+            "claimed the node name again under a new lease"
+        );
+        Ok(())
+    }
+}
+
+/// Renews the claim every `every` until it is dropped or given up.
+async fn keep(claim: Weak<Claim>, every: Duration) {
+    let mut lapsed_logged = false;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(claim) = claim.upgrade() else { return };
+        if claim.left.load(Ordering::SeqCst) || *claim.nodes.store.shared.closed.borrow() {
+            return;
+        }
+        match claim.renew().await {
+            Ok(true) => {
+                *lock(&claim.renewed) = Some(Instant::now());
+                lapsed_logged = false;
+            }
+            Ok(false) => {
+                *lock(&claim.renewed) = None;
+                if let Err(error) = claim.rejoin().await
+                    && !std::mem::replace(&mut lapsed_logged, true)
+                {
+                    tracing::warn!(%error, "this node's lease lapsed and its name cannot be claimed again yet");
+                }
+            }
+            Err(error) => tracing::debug!(%error, "renewing the node's lease failed"),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What is known of one node from its keys.
+#[derive(Default)]
+struct Parts {
+    info: Option<NodeInfo>,
+    alive: bool,
+    report: Option<NodeReport>,
+}
+
+/// Keeps `sender` up to date with the members, until nobody listens.
+async fn follow(store: &EtcdStore, sender: &tokio::sync::watch::Sender<Arc<Members>>) {
+    let prefix = store.keys().nodes();
+    loop {
+        let listed = match store.read(vec![Get::prefix(prefix.clone())]).await {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::debug!(%error, "listing the nodes");
+                tokio::time::sleep(RETRY_AFTER).await;
+                continue;
+            }
+        };
+        let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
+        for kv in &listed.ranges[0] {
+            apply(store, &mut parts, kv, true);
+        }
+        publish(sender, &parts);
+        let (member, mut client) = store.shared.conn.watch_client();
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(listed.revision + 1);
+        let mut stream = match client.watch(prefix.clone(), Some(options)).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(endpoint = store.shared.conn.endpoint(member), %error, "watching the nodes");
+                store.shared.conn.move_on_from(member);
+                tokio::time::sleep(RETRY_AFTER).await;
+                continue;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(response)) if !response.canceled() => {
+                    for event in response.events() {
+                        if let Some(kv) = event.kv() {
+                            apply(store, &mut parts, kv, event.event_type() == EventType::Put);
+                        }
+                    }
+                    publish(sender, &parts);
+                }
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::debug!(endpoint = store.shared.conn.endpoint(member), %error, "the watch of the nodes ended");
+                    store.shared.conn.move_on_from(member);
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(RETRY_AFTER).await;
+    }
+}
+
+/// Applies a key's new value (`put`) or its deletion to `parts`.
+fn apply(
+    store: &EtcdStore,
+    parts: &mut BTreeMap<String, Parts>,
+    kv: &etcd_client::KeyValue,
+    put: bool,
+) {
+    let Some((name, part)) = kv
+        .key_str()
+        .ok()
+        .and_then(|key| store.keys().node_part(key))
+    else {
+        return;
+    };
+    let node = parts.entry(name.to_owned()).or_default();
+    match part {
+        NodePart::Info => {
+            node.info = if put {
+                serde_json::from_slice(kv.value())
+                    .inspect_err(|error| tracing::warn!(node = name, %error, "a node's info does not decode"))
+                    .ok()
+            } else {
+                None
+            };
+        }
+        NodePart::Alive => node.alive = put,
+        NodePart::Report => {
+            node.report = if put {
+                serde_json::from_slice(kv.value()).ok()
+            } else {
+                None
+            };
+        }
+    }
+}
+
+/// Sends the members `parts` describe, if they changed.
+fn publish(sender: &tokio::sync::watch::Sender<Arc<Members>>, parts: &BTreeMap<String, Parts>) {
+    let members = Members {
+        nodes: parts
+            .iter()
+            .filter_map(|(name, parts)| {
+                let info = parts.info.clone()?;
+                Some((
+                    name.clone(),
+                    Member {
+                        info,
+                        alive: parts.alive,
+                        report: parts.report.clone().filter(|_| parts.alive),
+                    },
+                ))
+            })
+            .collect(),
+    };
+    sender.send_if_modified(|current| {
+        let changed = **current != members;
+        if changed {
+            *current = Arc::new(members);
+        }
+        changed
+    });
+}
