@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Limited};
 use serde::Serialize;
-use shoal_node::{Node, NodeStatus, ServiceStatus};
+use shoal_node::{Node, NodeStatus, NodeView, ServiceStatus};
 use shoal_registry::{EventRecord, ModuleRecord, RevisionRecord, ServiceRecord};
 use shoal_spec::{Digest, ServiceName, ServiceSpec};
 
@@ -24,6 +24,7 @@ use crate::error::{ApiError, ApiResult};
 /// Every management route, as `METHOD path`: checked against the router by a test.
 pub const ROUTES: &[&str] = &[
     "GET /v1/node",
+    "GET /v1/nodes",
     "POST /v1/modules",
     "GET /v1/modules",
     "GET /v1/modules/{digest}",
@@ -42,6 +43,7 @@ pub const ROUTES: &[&str] = &[
 pub fn app(node: Node) -> Router {
     Router::new()
         .route("/v1/node", get(node_info))
+        .route("/v1/nodes", get(list_nodes))
         .route("/v1/modules", post(upload_module).get(list_modules))
         .route(
             "/v1/modules/{digest}",
@@ -183,6 +185,11 @@ fn service_view(node: &Node, record: ServiceRecord) -> ServiceView {
 
 async fn node_info(State(node): State<Node>) -> ApiResult<Json<NodeStatus>> {
     Ok(Json(node.status().await?))
+}
+
+/// Every node of the cluster, this one first; this node alone when it has no cluster.
+async fn list_nodes(State(node): State<Node>) -> Json<Vec<NodeView>> {
+    Json(node.nodes())
 }
 
 #[derive(Serialize)]

@@ -80,6 +80,9 @@ pub enum Command {
         /// The service's name.
         name: String,
     },
+    /// List the nodes of the cluster (or the node alone): addresses, capacity, reserved,
+    /// free, resource allocation, replicas, alive or not.
+    Nodes,
 }
 
 /// Flags of `shoal up`.
@@ -125,9 +128,52 @@ pub struct UpArgs {
     /// The shortest DeregisterCriticalServiceAfter honoured, as in Consul (for tests).
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration, hide = true)]
     pub min_deregister_critical_after: Duration,
+    /// Join the cluster whose state lives in this etcd: its members' client addresses,
+    /// comma-separated (host:port or URLs). Without it the node keeps its state in its own
+    /// redb file.
+    #[arg(long, value_delimiter = ',', value_name = "ENDPOINTS")]
+    pub etcd: Vec<String>,
+    /// The prefix of every key the cluster keeps in etcd.
+    #[arg(long, default_value = "/shoal/v1/", requires = "etcd")]
+    pub etcd_prefix: String,
+    /// The host (name or IP) other nodes and clients reach this node's API and gateway at;
+    /// default: the listen address, which must then not be unspecified (0.0.0.0).
+    #[arg(long, requires = "etcd")]
+    pub advertise: Option<String>,
+    /// How long after this node stops renewing its membership the others count it dead.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration, requires = "etcd")]
+    pub node_ttl: Duration,
 }
 
 impl UpArgs {
+    /// The cluster to join, if `--etcd` was given, with this node's advertised addresses
+    /// for the listeners `api` and `gateway`.
+    pub fn cluster(
+        &self,
+        api: SocketAddr,
+        gateway: SocketAddr,
+    ) -> anyhow::Result<Option<crate::ClusterConfig>> {
+        if self.etcd.is_empty() {
+            return Ok(None);
+        }
+        let advertise = |listen: SocketAddr, flag: &str| -> anyhow::Result<String> {
+            match &self.advertise {
+                Some(host) => Ok(shoal_gateway::authority(host, listen.port())),
+                None if listen.ip().is_unspecified() => anyhow::bail!(
+                    "{flag} {listen} is not an address other nodes can reach: pass --advertise with this machine's address"
+                ),
+                None => Ok(listen.to_string()),
+            }
+        };
+        Ok(Some(crate::ClusterConfig {
+            endpoints: self.etcd.clone(),
+            prefix: self.etcd_prefix.clone(),
+            node_ttl: self.node_ttl,
+            api: advertise(api, "--api-listen")?,
+            gateway: advertise(gateway, "--gateway-listen")?,
+        }))
+    }
+
     /// The node configuration these flags describe.
     pub fn node_config(&self, token: Option<String>) -> NodeConfig {
         let mut config = NodeConfig::new(&self.data_dir);
@@ -484,6 +530,47 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
                     "{name}: min {} max {} (revision {})",
                     scale["min"], scale["max"], updated["revision"]
                 );
+            }
+        }
+        Command::Nodes => {
+            let nodes = client.get("/v1/nodes").await?;
+            if json {
+                print_json(&nodes);
+            } else {
+                let mut table = table([
+                    "NAME", "ALIVE", "API", "GATEWAY", "CPU", "MEMORY", "CPU-RES%", "MEM-RES%",
+                    "REPLICAS",
+                ]);
+                for n in nodes.as_array().into_iter().flatten() {
+                    let pct = |v: &Value| {
+                        v.as_f64()
+                            .map_or("-".to_owned(), |r| format!("{:.1}", r * 100.0))
+                    };
+                    let used = |what: &str| {
+                        format!(
+                            "{}/{}",
+                            text(&n["reserved"][what]),
+                            text(&n["capacity"][what])
+                        )
+                    };
+                    let name = text(&n["name"]);
+                    table.add_row([
+                        if n["local"] == true {
+                            format!("{name} (this)")
+                        } else {
+                            name
+                        },
+                        text(&n["alive"]),
+                        text(&n["api"]),
+                        text(&n["gateway"]),
+                        used("cpu"),
+                        used("memory"),
+                        pct(&n["resource_allocation"]["cpu"]),
+                        pct(&n["resource_allocation"]["memory"]),
+                        text(&n["replicas"]),
+                    ]);
+                }
+                println!("{table}");
             }
         }
         Command::Events { name } => {

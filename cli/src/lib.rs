@@ -9,11 +9,14 @@
 //! - `compiler` (default): Cranelift, to compile uploads and measure the fuel rate. Without
 //!   it, `cargo build -p shoal --no-default-features` builds an edge node that serves modules
 //!   whose machine code is already in its artifact cache.
+//! - `cluster` (default): [`open_cluster_node`], a node whose state lives in etcd, shared with
+//!   the other nodes of its cluster. The edge build leaves it out.
 
 pub mod commands;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
@@ -36,6 +39,104 @@ pub async fn open_node(config: NodeConfig) -> anyhow::Result<Node> {
     Node::open(config, Arc::new(store)).await
 }
 
+/// A cluster to join: where its etcd is, and where this node is reached.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The etcd members' client addresses.
+    pub endpoints: Vec<String>,
+    /// The prefix of every key the cluster keeps.
+    pub prefix: String,
+    /// How long after this node stops renewing its membership the others count it dead.
+    pub node_ttl: Duration,
+    /// Where this node's management API is reached, `host:port`.
+    pub api: String,
+    /// Where its gateway is reached, `host:port`.
+    pub gateway: String,
+}
+
+/// Opens a node as a member of a cluster: its state in etcd, module bytes and compiled code
+/// in its data directory. Claims the node's name among the live nodes first, and fails
+/// (having started nothing) when a live node holds it.
+#[cfg(feature = "cluster")]
+pub async fn open_cluster_node(
+    mut config: NodeConfig,
+    cluster: ClusterConfig,
+) -> anyhow::Result<Node> {
+    use shoal_registry::cluster::{Amounts, Cluster as _, Incarnation, NodeInfo};
+    use shoal_registry_etcd::{EtcdStore, Options};
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let path = config.data_dir.join("shoal.redb");
+    let blobs =
+        shoal_registry_redb::RedbStore::open(&path, shoal_registry_redb::Options::default())
+            .await
+            .with_context(|| format!("opening the store {}", path.display()))?;
+    let options = Options {
+        prefix: cluster.prefix.clone(),
+        ..Options::new(cluster.endpoints.clone(), Arc::new(blobs))
+    };
+    let store = EtcdStore::connect(options)
+        .await
+        .context("connecting to etcd")?;
+    let capacity = *config
+        .capacity
+        .get_or_insert_with(|| shoal_runtime::Capacity::detect(0.75));
+    let info = NodeInfo {
+        version: shoal_registry::SCHEMA_VERSION,
+        name: config.node_name.clone(),
+        api: cluster.api,
+        gateway: cluster.gateway,
+        capacity: Amounts {
+            memory: capacity.memory,
+            cpu_millis: capacity.cpu_millis,
+        },
+        arch: std::env::consts::ARCH.to_owned(),
+        joined_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64),
+    };
+    // The claim this node held before a restart, which it may take over at once.
+    let incarnation_path = config.data_dir.join("cluster-incarnation");
+    let previous = std::fs::read_to_string(&incarnation_path)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .map(Incarnation);
+    let nodes = store.nodes(cluster.node_ttl);
+    let membership = nodes.join(info.clone(), previous).await.with_context(|| {
+        format!(
+            "joining the cluster at {} as \"{}\"",
+            cluster.endpoints.join(","),
+            info.name
+        )
+    })?;
+    std::fs::write(&incarnation_path, membership.incarnation().0.to_string())
+        .with_context(|| format!("writing {}", incarnation_path.display()))?;
+    tracing::info!(
+        name = info.name,
+        api = info.api,
+        gateway = info.gateway,
+        "joined the cluster"
+    );
+    let joined = shoal_node::Joined {
+        cluster: Arc::new(nodes),
+        membership,
+        info,
+    };
+    Node::open_in_cluster(config, Arc::new(store), joined).await
+}
+
+/// Without the `cluster` feature: refuses, saying why.
+#[cfg(not(feature = "cluster"))]
+pub async fn open_cluster_node(
+    _config: NodeConfig,
+    _cluster: ClusterConfig,
+) -> anyhow::Result<Node> {
+    anyhow::bail!(
+        "this shoal was built without the `cluster` feature: it cannot join an etcd cluster"
+    )
+}
+
 /// Serves the management API on `api` and the gateway on `gateway` until `shutdown`
 /// resolves, then lets in-flight requests finish for up to the node's shutdown timeout,
 /// and shuts the node down.
@@ -56,6 +157,7 @@ pub async fn serve(
         .local_addr()
         .context("reading the gateway listener's address")?;
     node.set_gateway_addr(gateway_addr);
+    node.set_api_addr(api_addr);
     tracing::info!(api = %api_addr, gateway = %gateway_addr, "shoal is serving");
 
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -34,13 +34,18 @@ fn main() {
 async fn up(args: &shoal::commands::UpArgs, token: Option<String>) -> anyhow::Result<()> {
     // Check every flag before binding or opening anything.
     shoal::check_exposure(args.api_listen, token.is_some())?;
-    let node = shoal::open_node(args.node_config(token)).await?;
     let api = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("binding the management API to {}", args.api_listen))?;
     let gateway = tokio::net::TcpListener::bind(args.gateway_listen)
         .await
         .with_context(|| format!("binding the gateway to {}", args.gateway_listen))?;
+    // A node joining a cluster advertises the ports it got (port 0 picks one).
+    let config = args.node_config(token);
+    let node = match args.cluster(api.local_addr()?, gateway.local_addr()?)? {
+        Some(cluster) => shoal::open_cluster_node(config, cluster).await?,
+        None => shoal::open_node(config).await?,
+    };
     // One line on stdout for people and scripts: where to find this node.
     println!(
         "shoal is up: api http://{} gateway http://{}",
@@ -76,7 +81,7 @@ async fn shutdown_signal() {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         "shoal=info,shoal_api=info,shoal_node=info,shoal_gateway=info,shoal_runtime=info,\
-         shoal_registry=info,shoal_registry_redb=info,tower_http=warn"
+         shoal_registry=info,shoal_registry_redb=info,shoal_registry_etcd=info,tower_http=warn"
             .into()
     });
     tracing_subscriber::fmt()

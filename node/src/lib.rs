@@ -21,6 +21,8 @@
 //! - `discovery.rs`: registered services and checks, the key/value store, and the catalog
 //!   view blocking queries read.
 //! - `checks.rs`: the health-check runner.
+//! - `cluster.rs`: this node among the others sharing its store: its reports, and the view
+//!   of every node.
 //! - `events.rs`: the writer of scale events.
 //! - `status.rs`: the typed views of the node and its services.
 //! - `convert.rs`: the spec into the engine's settings, and numbers back into words.
@@ -28,6 +30,7 @@
 #![warn(missing_docs)]
 
 mod checks;
+mod cluster;
 mod convert;
 mod deploy;
 mod discovery;
@@ -52,6 +55,7 @@ use shoal_runtime::{
 };
 use shoal_spec::ServiceName;
 
+pub use self::cluster::{Joined, NodeView, REPORT_EVERY};
 pub use self::discovery::CatalogView;
 pub use self::error::{Conflict, Error, Result};
 pub use self::status::{
@@ -154,6 +158,9 @@ struct Inner {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutting_down: AtomicBool,
     gateway_addr: OnceLock<SocketAddr>,
+    api_addr: OnceLock<SocketAddr>,
+    /// The cluster this node joined, if it shares its store with others.
+    cluster: Option<Joined>,
     /// For health checks: no redirects followed, no proxy from the environment.
     http: reqwest::Client,
 }
@@ -171,7 +178,26 @@ impl WeakNode {
 impl Node {
     /// Starts a node on `store`: sets up the runtime and the node's capacity, loads every
     /// service (from the artifact cache where it can), and starts following the store.
-    pub async fn open(mut config: NodeConfig, store: Arc<dyn Store>) -> anyhow::Result<Node> {
+    pub async fn open(config: NodeConfig, store: Arc<dyn Store>) -> anyhow::Result<Node> {
+        Node::start(config, store, None).await
+    }
+
+    /// Starts a node on `store` as a member of the cluster it joined (its name is already its
+    /// own among the live nodes): as [`Node::open`], and it reports its replicas to the
+    /// others, and leaves the cluster when it shuts down.
+    pub async fn open_in_cluster(
+        config: NodeConfig,
+        store: Arc<dyn Store>,
+        joined: Joined,
+    ) -> anyhow::Result<Node> {
+        Node::start(config, store, Some(joined)).await
+    }
+
+    async fn start(
+        mut config: NodeConfig,
+        store: Arc<dyn Store>,
+        cluster: Option<Joined>,
+    ) -> anyhow::Result<Node> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
@@ -211,6 +237,8 @@ impl Node {
                 tasks: Mutex::new(Vec::new()),
                 shutting_down: AtomicBool::new(false),
                 gateway_addr: OnceLock::new(),
+                api_addr: OnceLock::new(),
+                cluster,
                 http,
             }),
         };
@@ -218,6 +246,10 @@ impl Node {
         let reconciler = tokio::spawn(reconcile::run(node.downgrade(), synced));
         let recorder = tokio::spawn(events::record(node.downgrade(), receiver));
         node.tasks().extend([reconciler, recorder]);
+        if node.inner.cluster.is_some() {
+            let reporter = tokio::spawn(cluster::report(node.downgrade()));
+            node.tasks().push(reporter);
+        }
         Ok(node)
     }
 
@@ -251,6 +283,21 @@ impl Node {
         let _ = self.inner.gateway_addr.set(addr);
     }
 
+    /// Records where the management API listens, once it does.
+    pub fn set_api_addr(&self, addr: SocketAddr) {
+        let _ = self.inner.api_addr.set(addr);
+    }
+
+    /// Where the management API listens, once it does.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.inner.api_addr.get().copied()
+    }
+
+    /// The cluster this node is a member of, if any.
+    pub fn cluster(&self) -> Option<&Joined> {
+        self.inner.cluster.as_ref()
+    }
+
     /// Where the gateway listens, once it does.
     pub fn gateway_addr(&self) -> Option<SocketAddr> {
         self.inner.gateway_addr.get().copied()
@@ -280,6 +327,9 @@ impl Node {
             let _ = task.await;
         }
         self.inner.checks.shutdown().await;
+        if let Some(joined) = &self.inner.cluster {
+            joined.membership.leave().await;
+        }
         self.inner.store.close().await;
     }
 

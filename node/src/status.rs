@@ -260,13 +260,13 @@ pub struct WasmService {
     pub replicas: u32,
 }
 
-fn amounts(resources: ReplicaResources) -> ResourceAmounts {
+pub(crate) fn amounts(resources: ReplicaResources) -> ResourceAmounts {
     let (memory, cpu) = convert::quantities(resources);
     ResourceAmounts { memory, cpu }
 }
 
 /// `need / capacity`, per resource.
-fn allocation(need: ReplicaResources, capacity: ReplicaResources) -> Allocation {
+pub(crate) fn allocation(need: ReplicaResources, capacity: ReplicaResources) -> Allocation {
     let ratio = |need: u64, capacity: u64| {
         if capacity == 0 {
             0.0

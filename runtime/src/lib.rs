@@ -52,8 +52,8 @@ pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig};
 pub use self::exec::{RequestContext, ServiceConfig};
 pub use self::kernel::TickerPriority;
 pub use self::replica::{
-    Capacity, Decision, EventSink, PoolStatus, ReplicaPool, ReplicaResources, ReplicaSpec,
-    Reservation, ScaleEvent, ScaleReason, ScaleSettings, Served, Shortfall,
+    Capacity, Decision, EventSink, Occupancy, PoolStatus, ReplicaPool, ReplicaResources,
+    ReplicaSpec, Reservation, ScaleEvent, ScaleReason, ScaleSettings, Served, Shortfall,
 };
 pub use self::sandbox::{BoxError, ResponseBody, SandboxLimits};
 pub use self::service::Service;

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cache;
+mod cluster;
 mod consul;
 mod consul_gateway;
 mod consul_health;

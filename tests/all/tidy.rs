@@ -208,7 +208,13 @@ fn the_layering_holds_as_cargo_facts() {
         );
     }
     let node = closure(&graph, "shoal-node");
-    for forbidden in ["shoal-registry-redb", "redb", "axum"] {
+    for forbidden in [
+        "shoal-registry-redb",
+        "shoal-registry-etcd",
+        "redb",
+        "etcd-client",
+        "axum",
+    ] {
         assert!(
             !node.iter().any(|dep| dep == forbidden),
             "the node core depends on {forbidden}"
@@ -220,6 +226,51 @@ fn the_layering_holds_as_cargo_facts() {
         assert!(
             binary.iter().any(|dep| dep == layer),
             "shoal does not reach {layer}"
+        );
+    }
+}
+
+/// The edge build (`-p shoal --no-default-features`) has neither a compiler nor an etcd
+/// client: no Cranelift, no gRPC stack, and nothing whose build needs `protoc`.
+#[test]
+fn the_edge_build_has_no_compiler_and_no_etcd_client() {
+    let output = std::process::Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "-p",
+            "shoal",
+            "--no-default-features",
+            "-e",
+            "normal",
+        ])
+        .args(["--prefix", "none", "--locked", "--offline"])
+        .current_dir(repo())
+        .output()
+        .expect("running cargo tree");
+    assert!(
+        output.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let crates: std::collections::BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert!(
+        crates.contains("wasmtime"),
+        "the tree is not the binary's: {tree}"
+    );
+    for forbidden in [
+        "cranelift-codegen",
+        "etcd-client",
+        "tonic",
+        "prost",
+        "shoal-registry-etcd",
+    ] {
+        assert!(
+            !crates.contains(forbidden),
+            "the edge build has {forbidden}"
         );
     }
 }

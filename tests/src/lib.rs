@@ -295,6 +295,11 @@ impl ChildNode {
 
     /// Starts `shoal up` from the binary at `bin` (an edge build, say); as [`ChildNode::start`].
     pub async fn start_bin(bin: &Path, data_dir: &Path) -> ChildNode {
+        ChildNode::start_with(bin, data_dir, &[]).await
+    }
+
+    /// Starts `shoal up` from `bin` with more flags (`--etcd ...`); as [`ChildNode::start`].
+    pub async fn start_with(bin: &Path, data_dir: &Path, flags: &[String]) -> ChildNode {
         let mut child = tokio::process::Command::new(bin)
             .args([
                 "up",
@@ -305,6 +310,7 @@ impl ChildNode {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(flags)
             .env_remove("SHOAL_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -12,5 +12,5 @@ mod pool;
 pub use self::autoscale::{Decision, ScaleSettings};
 pub use self::capacity::{Capacity, ReplicaResources, Reservation, Shortfall};
 pub use self::pool::{
-    EventSink, PoolStatus, ReplicaPool, ReplicaSpec, ScaleEvent, ScaleReason, Served,
+    EventSink, Occupancy, PoolStatus, ReplicaPool, ReplicaSpec, ScaleEvent, ScaleReason, Served,
 };

@@ -83,6 +83,17 @@ pub enum ScaleReason {
 /// Where a pool reports its scale events.
 pub type EventSink = Arc<dyn Fn(ScaleEvent) + Send + Sync>;
 
+/// How full a pool is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Replicas serving or ready to serve.
+    pub replicas: u32,
+    /// Requests being served.
+    pub in_flight: u32,
+    /// Requests waiting for a replica.
+    pub queued: u32,
+}
+
 /// The numbers a pool acts on, for the status API.
 #[derive(Debug, Clone)]
 pub struct PoolStatus {
@@ -318,6 +329,17 @@ impl ReplicaPool {
     /// Replicas running, without the rest of [`ReplicaPool::status`].
     pub fn replicas(&self) -> u32 {
         self.lock().replicas.len() as u32
+    }
+
+    /// Replicas, requests in flight and requests waiting, without the rest of
+    /// [`ReplicaPool::status`]: what a node reports to the others of a cluster every second.
+    pub fn occupancy(&self) -> Occupancy {
+        let state = self.lock();
+        Occupancy {
+            replicas: state.replicas.len() as u32,
+            in_flight: state.in_flight(),
+            queued: state.queue.len() as u32,
+        }
     }
 
     /// What the replicas hold of the node's capacity.

@@ -1,0 +1,199 @@
+//! This node among the others sharing its store: what it tells them about itself, and the
+//! typed view of every node ([`NodeView`]) that `GET /v1/nodes` serves.
+//!
+//! A node on its own (the redb default) has no cluster, and the view lists it alone. In a
+//! cluster, the node joined before it opened (its name is its own among the live nodes), and
+//! a task here republishes its [`NodeReport`] whenever its replicas change, checking every
+//! [`REPORT_EVERY`]; the others read it from the members they follow, with no request to this
+//! node.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use shoal_registry::cluster::{
+    Amounts, Cluster, Members, Membership, NodeInfo, NodeReport, ServiceReport,
+};
+use shoal_runtime::ReplicaResources;
+
+use crate::status::{Allocation, ResourceAmounts, allocation, amounts};
+use crate::{Node, WeakNode};
+
+/// How often a node checks whether its report changed.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// A node's place in its cluster.
+pub struct Joined {
+    /// The nodes sharing the store.
+    pub cluster: Arc<dyn Cluster>,
+    /// This node's claim on its name.
+    pub membership: Arc<dyn Membership>,
+    /// What this node published when it joined.
+    pub info: NodeInfo,
+}
+
+/// A node of the cluster (or the node alone), as `GET /v1/nodes` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    /// Its name, unique among live nodes.
+    pub name: String,
+    /// Whether it holds its claim (a node alone always does).
+    pub alive: bool,
+    /// Whether it is the node answering.
+    pub local: bool,
+    /// Where its management API is reached.
+    pub api: Option<String>,
+    /// Where its gateway is reached.
+    pub gateway: Option<String>,
+    /// Its CPU architecture.
+    pub arch: String,
+    /// What replicas may reserve on it.
+    pub capacity: ResourceAmounts,
+    /// What its replicas reserve.
+    pub reserved: ResourceAmounts,
+    /// What is left.
+    pub free: ResourceAmounts,
+    /// `resource_allocation = performance_need / resource_limit`: reserved against capacity.
+    pub resource_allocation: Allocation,
+    /// Its replicas of every service.
+    pub replicas: u32,
+    /// Its replicas of each service that has any here, by name.
+    pub services: BTreeMap<String, u32>,
+}
+
+impl NodeView {
+    fn new(
+        name: String,
+        capacity: ReplicaResources,
+        reserved: ReplicaResources,
+        services: BTreeMap<String, u32>,
+    ) -> NodeView {
+        NodeView {
+            name,
+            alive: true,
+            local: false,
+            api: None,
+            gateway: None,
+            arch: std::env::consts::ARCH.to_owned(),
+            capacity: amounts(capacity),
+            reserved: amounts(reserved),
+            free: amounts(ReplicaResources {
+                memory: capacity.memory.saturating_sub(reserved.memory),
+                cpu_millis: capacity.cpu_millis.saturating_sub(reserved.cpu_millis),
+            }),
+            resource_allocation: allocation(reserved, capacity),
+            replicas: services.values().sum(),
+            services,
+        }
+    }
+}
+
+fn resources(amounts: Amounts) -> ReplicaResources {
+    ReplicaResources {
+        memory: amounts.memory,
+        cpu_millis: amounts.cpu_millis,
+    }
+}
+
+impl Node {
+    /// Every node of the cluster, this one first, then by name; this node alone when it has
+    /// no cluster. This node's numbers are its own, current; the others' are their newest
+    /// reports.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let report = self.report();
+        let mut this = NodeView::new(
+            self.inner.config.node_name.clone(),
+            self.inner.capacity.total(),
+            resources(report.reserved),
+            report
+                .services
+                .iter()
+                .filter(|(_, service)| service.replicas > 0)
+                .map(|(name, service)| (name.clone(), service.replicas))
+                .collect(),
+        );
+        this.local = true;
+        let Some(joined) = &self.inner.cluster else {
+            this.gateway = self.gateway_addr().map(|addr| addr.to_string());
+            this.api = self.api_addr().map(|addr| addr.to_string());
+            return vec![this];
+        };
+        this.api = Some(joined.info.api.clone());
+        this.gateway = Some(joined.info.gateway.clone());
+        this.alive = joined.membership.holds();
+        let members: Arc<Members> = joined.cluster.members().borrow().clone();
+        let mut views = vec![this];
+        for (name, member) in &members.nodes {
+            if *name == self.inner.config.node_name {
+                continue;
+            }
+            let report = member.report.clone().unwrap_or_default();
+            let mut view = NodeView::new(
+                name.clone(),
+                resources(member.info.capacity),
+                resources(report.reserved),
+                report
+                    .services
+                    .iter()
+                    .filter(|(_, service)| service.replicas > 0)
+                    .map(|(name, service)| (name.clone(), service.replicas))
+                    .collect(),
+            );
+            view.alive = member.alive;
+            view.api = Some(member.info.api.clone());
+            view.gateway = Some(member.info.gateway.clone());
+            view.arch = member.info.arch.clone();
+            views.push(view);
+        }
+        views
+    }
+
+    /// This node's replicas and what they reserve, as it reports them to the others.
+    fn report(&self) -> NodeReport {
+        let reserved = self.inner.capacity.reserved();
+        let services = self
+            .inner
+            .deployed
+            .load()
+            .iter()
+            .filter_map(|(name, deployed)| {
+                let occupancy = deployed.pool.occupancy();
+                let report = ServiceReport {
+                    replicas: occupancy.replicas,
+                    in_flight: occupancy.in_flight,
+                    queued: occupancy.queued,
+                };
+                (report != ServiceReport::default()).then(|| (name.to_string(), report))
+            })
+            .collect();
+        NodeReport {
+            reserved: Amounts {
+                memory: reserved.memory,
+                cpu_millis: reserved.cpu_millis,
+            },
+            services,
+        }
+    }
+}
+
+/// Publishes this node's report whenever it changed, checking every [`REPORT_EVERY`], until
+/// the node is gone.
+pub(crate) async fn report(node: WeakNode) {
+    let mut published: Option<NodeReport> = None;
+    loop {
+        let Some(node) = node.upgrade() else { return };
+        let Some(joined) = &node.inner.cluster else {
+            return;
+        };
+        let report = node.report();
+        if published.as_ref() != Some(&report) {
+            match joined.membership.report(report.clone()).await {
+                Ok(()) => published = Some(report),
+                Err(error) => tracing::debug!(%error, "cannot publish this node's report yet"),
+            }
+        }
+        drop(node);
+        tokio::time::sleep(REPORT_EVERY).await;
+    }
+}
