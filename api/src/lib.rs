@@ -5,11 +5,13 @@
 //! on its own listener): each surface turns requests into calls of the node's domain API
 //! ([`shoal_node::Node`]) and maps [`shoal_node::Error`] to its own wire format, once
 //! (`error.rs` for the management API's JSON, `consul/mod.rs` for Consul's plain text).
-//! `auth.rs` holds both token rules.
+//! `auth.rs` holds both token rules; the peer routes ([`peer`]), which nodes of a cluster
+//! call on each other, take the cluster's secret instead.
 
 pub mod consul;
 pub mod error;
 pub mod mgmt;
+pub mod peer;
 
 mod auth;
 

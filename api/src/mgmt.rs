@@ -66,6 +66,7 @@ pub fn app(node: Node) -> Router {
             crate::auth::require_bearer,
         ))
         .merge(crate::consul::routes(node.clone()))
+        .merge(crate::peer::routes(node.clone()))
         .fallback(|uri: axum::http::Uri| async move {
             if crate::consul::PREFIXES
                 .iter()
@@ -244,7 +245,7 @@ async fn service_events(
 }
 
 /// Reads a whole body, refusing it with 413 past `limit` bytes.
-async fn read_module(body: Body, limit: u64) -> ApiResult<Bytes> {
+pub(crate) async fn read_module(body: Body, limit: u64) -> ApiResult<Bytes> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -23,7 +23,7 @@ use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
-pub use shoal_api::{check_exposure, consul, mgmt};
+pub use shoal_api::{check_exposure, consul, mgmt, peer};
 pub use shoal_node::{Node, NodeConfig};
 pub use shoal_runtime::ReplicaResources;
 
@@ -72,9 +72,10 @@ pub async fn open_cluster_node(
         shoal_registry_redb::RedbStore::open(&path, shoal_registry_redb::Options::default())
             .await
             .with_context(|| format!("opening the store {}", path.display()))?;
+    let local: Arc<dyn shoal_registry::Store> = Arc::new(blobs);
     let options = Options {
         prefix: cluster.prefix.clone(),
-        ..Options::new(cluster.endpoints.clone(), Arc::new(blobs))
+        ..Options::new(cluster.endpoints.clone(), local.clone())
     };
     let store = EtcdStore::connect(options)
         .await
@@ -122,6 +123,7 @@ pub async fn open_cluster_node(
         cluster: Arc::new(nodes),
         membership,
         info,
+        local,
     };
     Node::open_in_cluster(config, Arc::new(store), joined).await
 }

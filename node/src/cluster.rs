@@ -12,16 +12,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use shoal_registry::Store;
 use shoal_registry::cluster::{
     Amounts, Cluster, Members, Membership, NodeInfo, NodeReport, ServiceReport,
 };
 use shoal_runtime::ReplicaResources;
+use shoal_spec::{Digest, ModuleKind};
+use subtle::ConstantTimeEq as _;
 
 use crate::status::{Allocation, ResourceAmounts, allocation, amounts};
-use crate::{Node, WeakNode};
+use crate::{Error, Node, Result, WeakNode};
 
 /// How often a node checks whether its report changed.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long copying one module to or from a peer may take.
+const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A node's place in its cluster.
 pub struct Joined {
@@ -31,6 +37,9 @@ pub struct Joined {
     pub membership: Arc<dyn Membership>,
     /// What this node published when it joined.
     pub info: NodeInfo,
+    /// The store on this node's disk, which keeps the bytes of modules (the shared store keeps
+    /// their records): where bytes copied from or to peers go.
+    pub local: Arc<dyn Store>,
 }
 
 /// A node of the cluster (or the node alone), as `GET /v1/nodes` shows it.
@@ -147,6 +156,151 @@ impl Node {
             views.push(view);
         }
         views
+    }
+
+    /// Whether `token` is the cluster's secret, which peers present; always `false` on a node
+    /// alone. Compared in constant time.
+    pub fn is_peer_token(&self, token: &str) -> bool {
+        self.inner.cluster.as_ref().is_some_and(|joined| {
+            token
+                .as_bytes()
+                .ct_eq(joined.membership.secret().as_bytes())
+                .into()
+        })
+    }
+
+    /// The bytes of a module kept on this node's disk, for a peer that asks.
+    pub async fn local_module_bytes(&self, digest: &Digest) -> Result<Option<bytes::Bytes>> {
+        self.check_running()?;
+        let Some(joined) = &self.inner.cluster else {
+            return Ok(None);
+        };
+        Ok(joined.local.module_bytes(digest).await?)
+    }
+
+    /// Keeps a module's bytes on this node's disk, for a peer that is uploading it: the upload
+    /// is acknowledged once they are on two nodes. [`Error::Invalid`] when they are not the
+    /// bytes of `digest`.
+    pub async fn keep_module_bytes(
+        &self,
+        digest: &Digest,
+        kind: ModuleKind,
+        bytes: bytes::Bytes,
+    ) -> Result<()> {
+        self.check_running()?;
+        let Some(joined) = &self.inner.cluster else {
+            return Err(Error::NotFound {
+                what: "cluster",
+                key: self.inner.config.node_name.clone(),
+            });
+        };
+        shoal_registry::check_digest(digest, &bytes)?;
+        joined.local.put_module(digest, kind, bytes).await?;
+        Ok(())
+    }
+
+    /// The live nodes other than this one, in an order that spreads the work: where modules
+    /// are copied to and fetched from.
+    fn peers(&self) -> Vec<(String, String)> {
+        let Some(joined) = &self.inner.cluster else {
+            return Vec::new();
+        };
+        let members = joined.cluster.members().borrow().clone();
+        let mut peers: Vec<(String, String)> = members
+            .nodes
+            .values()
+            .filter(|member| member.alive && member.info.name != self.inner.config.node_name)
+            .map(|member| (member.info.name.clone(), member.info.api.clone()))
+            .collect();
+        fastrand::shuffle(&mut peers);
+        peers
+    }
+
+    /// Copies a module being uploaded to one other live node, so that the upload, once
+    /// acknowledged, survives the loss of either disk. Nothing to do on a node alone or the
+    /// only live node; [`Error::Unavailable`] when live peers exist and none took the bytes.
+    pub(crate) async fn replicate_module(
+        &self,
+        digest: &Digest,
+        kind: ModuleKind,
+        bytes: &bytes::Bytes,
+    ) -> Result<()> {
+        let Some(joined) = &self.inner.cluster else {
+            return Ok(());
+        };
+        let peers = self.peers();
+        if peers.is_empty() {
+            return Ok(());
+        }
+        let mut failures = Vec::new();
+        for (name, api) in peers {
+            let sent = self
+                .inner
+                .http
+                .put(format!("http://{api}/v1/peer/modules/{digest}?kind={kind}"))
+                .bearer_auth(joined.membership.secret())
+                .timeout(PEER_TIMEOUT)
+                .body(bytes.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status().is_success() => {
+                    tracing::debug!(%digest, peer = name, "module copied to a peer");
+                    return Ok(());
+                }
+                Ok(response) => failures.push(format!("{name}: {}", response.status())),
+                Err(error) => failures.push(format!("{name}: {error}")),
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "the module could not be copied to a second node ({})",
+            failures.join("; ")
+        )))
+    }
+
+    /// Fetches a module's bytes from a live peer that has them, checks them against
+    /// `digest`, and keeps them on this node's disk. `None` when no peer has them.
+    pub(crate) async fn fetch_module(&self, digest: &Digest) -> Result<Option<bytes::Bytes>> {
+        let Some(joined) = &self.inner.cluster else {
+            return Ok(None);
+        };
+        let kind = match self.inner.store.module(digest).await? {
+            Some(record) => record.kind,
+            None => return Ok(None),
+        };
+        for (name, api) in self.peers() {
+            let fetched = self
+                .inner
+                .http
+                .get(format!("http://{api}/v1/peer/modules/{digest}"))
+                .bearer_auth(joined.membership.secret())
+                .timeout(PEER_TIMEOUT)
+                .send()
+                .await;
+            let response = match fetched {
+                Ok(response) if response.status().is_success() => response,
+                Ok(response) => {
+                    tracing::debug!(%digest, peer = name, status = %response.status(), "a peer has no copy of the module");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(%digest, peer = name, %error, "fetching a module from a peer failed");
+                    continue;
+                }
+            };
+            let Ok(bytes) = response.bytes().await else {
+                continue;
+            };
+            // A peer is trusted to be a peer, not to be right: the bytes are checked.
+            if let Err(error) = shoal_registry::check_digest(digest, &bytes) {
+                tracing::warn!(%digest, peer = name, %error, "a peer sent other bytes than the module's");
+                continue;
+            }
+            joined.local.put_module(digest, kind, bytes.clone()).await?;
+            tracing::info!(%digest, peer = name, size = bytes.len(), "module fetched from a peer");
+            return Ok(Some(bytes));
+        }
+        Ok(None)
     }
 
     /// This node's replicas and what they reserve, as it reports them to the others.

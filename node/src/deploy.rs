@@ -38,6 +38,8 @@ impl Node {
                 .await
                 .map_err(|error| Error::Internal(error.to_string()))??;
         let kind = convert::module_kind(compiled.kind());
+        // In a cluster, on a second node's disk before the record says the module exists.
+        self.replicate_module(&digest, kind, &bytes).await?;
         let committed = self.inner.store.put_module(&digest, kind, bytes).await?;
         self.wait_applied(committed.index).await?;
         Ok(committed.value)

@@ -246,12 +246,14 @@ impl Node {
         if let Some(compiled) = cached {
             return Ok(compiled);
         }
-        let bytes = self
-            .inner
-            .store
-            .module_bytes(digest)
-            .await?
-            .ok_or_else(|| Error::ModuleNotFound(digest.clone()))?;
+        let bytes = match self.inner.store.module_bytes(digest).await? {
+            Some(bytes) => bytes,
+            // In a cluster, the bytes are on the nodes that took the upload.
+            None => self
+                .fetch_module(digest)
+                .await?
+                .ok_or_else(|| Error::ModuleNotFound(digest.clone()))?,
+        };
         let runtime = self.inner.runtime.clone();
         let key = digest.to_string();
         let compiled = tokio::task::spawn_blocking(move || runtime.compile(&key, &bytes))

@@ -118,6 +118,10 @@ pub trait Membership: Send + Sync + 'static {
     /// it claims its name anew after losing it).
     async fn report(&self, report: NodeReport) -> Result<()>;
 
+    /// The cluster's secret, the same on every node: what nodes present to each other's peer
+    /// routes. Made by the first node that joined, and known to whoever can read the store.
+    fn secret(&self) -> &str;
+
     /// Whether the claim is held now: `false` while the backend could not renew it in time,
     /// and the others may already count this node dead.
     fn holds(&self) -> bool;

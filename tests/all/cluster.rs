@@ -189,3 +189,88 @@ async fn nodes_join_see_each_other_refuse_a_live_name_and_see_a_dead_node() {
     assert_eq!(by_name(&seen, "n2").unwrap()["replicas"], 0);
     assert_eq!(seen[0]["alive"], true);
 }
+
+async fn upload(node: &ChildNode, bytes: Vec<u8>) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/modules", node.api))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json().await.unwrap()
+}
+
+async fn put_service(node: &ChildNode, name: &str, spec: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .put(format!("{}/v1/services/{name}", node.api))
+        .json(spec)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Calls `service` through `node`'s gateway until it answers 200 (up to 20 s): the service
+/// becomes routable there through the store's watch, after its module reached that node.
+async fn until_served(node: &ChildNode, service: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = reqwest::get(format!("{}/{service}/", node.gateway))
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        if status == 200 {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service} never answered on {}: {status} {body}",
+            node.gateway
+        );
+        // Polled: the change is applied by another process.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acknowledged_upload_survives_its_node_and_modules_reach_every_node() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let prefix = prefix_for(dirs[0].path());
+    let bin = shoal_bin();
+    let n1 = ChildNode::start_with(&bin, dirs[0].path(), &cluster_flags(&prefix, "n1")).await;
+    let n2 = ChildNode::start_with(&bin, dirs[1].path(), &cluster_flags(&prefix, "n2")).await;
+    until_nodes(&n1, "n1 sees n2", |nodes| nodes.len() == 2).await;
+
+    // Peer routes take the cluster's secret, not nothing and not a guess.
+    let module = upload(&n1, guest_artifacts::bytes(guest_artifacts::HELLO_HTTP)).await;
+    let digest = module["digest"].as_str().unwrap().to_owned();
+    let peer_url = format!("{}/v1/peer/modules/{digest}", n2.api);
+    let anonymous = reqwest::get(&peer_url).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let guessed = reqwest::Client::new()
+        .get(&peer_url)
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(guessed.status(), 401);
+
+    // The upload was acknowledged by n1: n1 dies at once, and the module is still
+    // deployable and runnable from n2, whose disk has it.
+    n1.kill9().await;
+    let spec = serde_json::json!({"module": digest, "scale": {"min": 1}});
+    let deployed = put_service(&n2, "hello", &spec).await;
+    assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
+    assert_eq!(until_served(&n2, "hello").await, "hello from wasm\n");
+
+    // A node that joins later runs it too: it fetches the bytes from n2 and checks them.
+    let n3 = ChildNode::start_with(&bin, dirs[2].path(), &cluster_flags(&prefix, "n3")).await;
+    assert_eq!(until_served(&n3, "hello").await, "hello from wasm\n");
+    // A module uploaded to n3 reaches n2.
+    let echo = upload(&n3, guest_artifacts::bytes(guest_artifacts::ECHO_HTTP)).await;
+    let spec = serde_json::json!({"module": echo["digest"]});
+    let deployed = put_service(&n3, "echo", &spec).await;
+    assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
+    until_served(&n2, "echo").await;
+}

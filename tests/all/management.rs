@@ -200,7 +200,11 @@ async fn graceful_shutdown_lets_requests_finish() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_listed_route_exists() {
     let node = TestNode::start().await;
-    for route in shoal::mgmt::ROUTES.iter().chain(shoal::consul::ROUTES) {
+    for route in shoal::mgmt::ROUTES
+        .iter()
+        .chain(shoal::consul::ROUTES)
+        .chain(shoal::peer::ROUTES)
+    {
         let (method, path) = route.split_once(' ').unwrap();
         let path = path
             .replace(
@@ -242,7 +246,11 @@ async fn every_listed_route_exists() {
 fn routes_are_documented() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    for route in shoal::mgmt::ROUTES.iter().chain(shoal::consul::ROUTES) {
+    for route in shoal::mgmt::ROUTES
+        .iter()
+        .chain(shoal::consul::ROUTES)
+        .chain(shoal::peer::ROUTES)
+    {
         assert!(
             readme.contains(&format!("`{route}`")),
             "README.md does not document `{route}`"

@@ -13,6 +13,7 @@
 //! | `nodes/<name>/info` | the node's [`NodeInfo`](shoal_registry::cluster::NodeInfo), kept after it is gone |
 //! | `nodes/<name>/alive` | under the node's lease: its claim on the name (the value: its API address) |
 //! | `nodes/<name>/report` | under the node's lease: its [`NodeReport`](shoal_registry::cluster::NodeReport) |
+//! | `secret` | the cluster's secret: peer routes take it as a bearer token |
 //! | `index/change` | rewritten by every transaction: its nonce, and the change's [`Subject`] |
 //! | `index/catalog`, `index/health`, `index/kv` | rewritten by the transactions that change that area |
 //!
@@ -130,6 +131,10 @@ impl Keys {
     /// The user's key of a key under `kv/`.
     pub(crate) fn kv_key<'k>(&self, key: &'k str) -> Option<&'k str> {
         key.strip_prefix(&self.root)?.strip_prefix("kv/")
+    }
+
+    pub(crate) fn secret(&self) -> String {
+        format!("{}secret", self.root)
     }
 
     pub(crate) fn nodes(&self) -> String {

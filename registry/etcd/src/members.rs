@@ -80,6 +80,7 @@ impl Cluster for EtcdNodes {
         info: NodeInfo,
         previous: Option<Incarnation>,
     ) -> Result<Arc<dyn Membership>> {
+        let secret = self.secret().await?;
         let lease = self.grant().await?;
         if let Err(error) = self.claim(lease, &info, previous).await {
             self.revoke(lease).await;
@@ -88,6 +89,7 @@ impl Cluster for EtcdNodes {
         let claim = Arc::new(Claim {
             nodes: self.clone(),
             info,
+            secret,
             lease: AtomicI64::new(lease),
             renewed: Mutex::new(Some(Instant::now())),
             report: Mutex::new(None),
@@ -109,6 +111,42 @@ impl EtcdNodes {
 
     fn ttl(&self) -> Duration {
         Duration::from_secs(u64::try_from(self.ttl_seconds).unwrap_or(2))
+    }
+
+    /// The cluster's secret: the one stored, or a new one if this is the first node.
+    async fn secret(&self) -> Result<String> {
+        let key = self.store.keys().secret();
+        let mut fresh = [0_u8; 32];
+        getrandom::fill(&mut fresh).map_err(|error| {
+            Error::Storage(format!("no randomness for the cluster's secret: {error}").into())
+        })?;
+        let fresh: String = fresh.iter().map(|byte| format!("{byte:02x}")).collect();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), fresh.clone(), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        // Sent again if its answer is lost: the second finds whichever secret won.
+        let response = self
+            .store
+            .shared
+            .conn
+            .kv(Retry::Read, |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
+        if response.succeeded() {
+            return Ok(fresh);
+        }
+        response
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+                _ => None,
+            })
+            .and_then(|kv| kv.value_str().ok().map(str::to_owned))
+            .ok_or_else(|| Error::Corrupt("the cluster's secret is missing or not text".into()))
     }
 
     async fn grant(&self) -> Result<i64> {
@@ -220,6 +258,7 @@ impl EtcdNodes {
 struct Claim {
     nodes: EtcdNodes,
     info: NodeInfo,
+    secret: String,
     /// The lease the claim is under; replaced when the node claims its name again.
     lease: AtomicI64,
     /// When the lease was last renewed; `None` while the claim is lost.
@@ -238,6 +277,10 @@ impl Membership for Claim {
     async fn report(&self, report: NodeReport) -> Result<()> {
         *lock(&self.report) = Some(report.clone());
         self.publish(&report).await
+    }
+
+    fn secret(&self) -> &str {
+        &self.secret
     }
 
     fn holds(&self) -> bool {

@@ -82,6 +82,9 @@ async fn a_live_name_is_refused_and_a_dead_node_is_seen_dead() {
     );
 
     let n2 = second.join(info("n2", 9200), None).await.unwrap();
+    // One secret for the whole cluster, made by the first to join.
+    assert_eq!(n1.secret(), n2.secret());
+    assert_eq!(n1.secret().len(), 64);
     let report = NodeReport {
         reserved: Amounts {
             memory: 64 << 20,
