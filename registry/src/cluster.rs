@@ -84,6 +84,35 @@ pub struct Members {
     pub nodes: BTreeMap<String, Member>,
 }
 
+/// How many replicas of each service run on each node: the leader's decisions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Placements {
+    /// Replicas by node name, by service name; a node with none is left out.
+    pub services: BTreeMap<String, BTreeMap<String, u32>>,
+}
+
+impl Placements {
+    /// The replicas of `service` placed on `node`.
+    pub fn on(&self, service: &str, node: &str) -> u32 {
+        self.services
+            .get(service)
+            .and_then(|nodes| nodes.get(node))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Proof of having been elected, presented with every write only the leader may make: a
+/// write under a leadership that has since been lost (the leader paused past its lease, and
+/// another was elected) is refused by the store, not merely discouraged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    /// The fencing token: for etcd, the election key's create revision.
+    pub fence: u64,
+    /// The backend's handle on the election key.
+    pub key: Vec<u8>,
+}
+
 /// Which incarnation of a node holds its name: kept by the node across restarts, so a node
 /// that restarts before its old claim lapsed takes its own name back instead of waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +135,18 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// The members as they change (the newest at once).
     fn members(&self) -> tokio::sync::watch::Receiver<Arc<Members>>;
+
+    /// The placements as they change (the newest at once).
+    fn placements(&self) -> tokio::sync::watch::Receiver<Arc<Placements>>;
+
+    /// Replaces the placements of the services in `changes` (an empty map removes a
+    /// service's), in one write, if `leadership` is still the leader's: `Ok(false)` when it is
+    /// not, and nothing was written.
+    async fn place(
+        &self,
+        leadership: &Leadership,
+        changes: BTreeMap<String, BTreeMap<String, u32>>,
+    ) -> Result<bool>;
 }
 
 /// This node's claim on its name, kept alive until [`Membership::leave`] or the process ends.
@@ -128,4 +169,12 @@ pub trait Membership: Send + Sync + 'static {
 
     /// Gives the claim up at once, so the others need not wait for it to lapse.
     async fn leave(&self);
+
+    /// Waits until this node is elected leader, and returns the proof. At most one node
+    /// holds a leadership the store accepts at any time; a leadership ends when its node's
+    /// claim lapses or it [resigns](Membership::resign).
+    async fn campaign(&self) -> Result<Leadership>;
+
+    /// Gives a leadership up, so another node is elected at once.
+    async fn resign(&self, leadership: &Leadership);
 }

@@ -13,6 +13,8 @@
 //! | `nodes/<name>/info` | the node's [`NodeInfo`](shoal_registry::cluster::NodeInfo), kept after it is gone |
 //! | `nodes/<name>/alive` | under the node's lease: its claim on the name (the value: its API address) |
 //! | `nodes/<name>/report` | under the node's lease: its [`NodeReport`](shoal_registry::cluster::NodeReport) |
+//! | `assign/<service>` | the leader's placements of a service: replicas by node (JSON) |
+//! | `election/leader/<lease>` | a candidate for leader (etcd's election API): the oldest is the leader |
 //! | `secret` | the cluster's secret: peer routes take it as a bearer token |
 //! | `index/change` | rewritten by every transaction: its nonce, and the change's [`Subject`] |
 //! | `index/catalog`, `index/health`, `index/kv` | rewritten by the transactions that change that area |
@@ -131,6 +133,23 @@ impl Keys {
     /// The user's key of a key under `kv/`.
     pub(crate) fn kv_key<'k>(&self, key: &'k str) -> Option<&'k str> {
         key.strip_prefix(&self.root)?.strip_prefix("kv/")
+    }
+
+    pub(crate) fn assignments(&self) -> String {
+        format!("{}assign/", self.root)
+    }
+
+    pub(crate) fn assignment(&self, service: &str) -> String {
+        format!("{}assign/{service}", self.root)
+    }
+
+    /// The service whose placements a key under [`Keys::assignments`] holds.
+    pub(crate) fn assigned_service<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.root)?.strip_prefix("assign/")
+    }
+
+    pub(crate) fn election(&self) -> String {
+        format!("{}election/leader", self.root)
     }
 
     pub(crate) fn secret(&self) -> String {

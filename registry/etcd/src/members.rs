@@ -23,7 +23,7 @@ use etcd_client::{
     Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use shoal_registry::cluster::{
-    Cluster, Incarnation, Member, Members, Membership, NodeInfo, NodeReport,
+    Cluster, Incarnation, Leadership, Member, Members, Membership, NodeInfo, NodeReport, Placements,
 };
 use shoal_registry::{Error, Result};
 
@@ -45,6 +45,7 @@ pub struct EtcdNodes {
     /// The lease's time to live, in whole seconds as etcd keeps it.
     ttl_seconds: i64,
     members: tokio::sync::watch::Receiver<Arc<Members>>,
+    placements: tokio::sync::watch::Receiver<Arc<Placements>>,
 }
 
 impl EtcdStore {
@@ -56,20 +57,42 @@ impl EtcdStore {
             .unwrap_or(i64::MAX)
             .max(2);
         let (sender, members) = tokio::sync::watch::channel(Arc::new(Members::default()));
-        let store = self.clone();
-        tokio::spawn(async move {
-            let mut closed = store.shared.closed.subscribe();
-            tokio::select! {
-                () = follow(&store, &sender) => {}
-                () = sender.closed() => {}
-                _ = closed.wait_for(|closed| *closed) => {}
-            }
-        });
+        self.spawn_follower(
+            self.keys().nodes(),
+            MembersFollower {
+                parts: BTreeMap::new(),
+                sender,
+            },
+        );
+        let (sender, placements) = tokio::sync::watch::channel(Arc::new(Placements::default()));
+        self.spawn_follower(
+            self.keys().assignments(),
+            PlacementsFollower {
+                placements: Placements::default(),
+                sender,
+            },
+        );
         EtcdNodes {
             store: self.clone(),
             ttl_seconds,
             members,
+            placements,
         }
+    }
+
+    /// Follows the keys under `prefix` into `follower`, until nobody listens to it or the
+    /// store closes.
+    fn spawn_follower(&self, prefix: String, mut follower: impl Follower) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut closed = store.shared.closed.subscribe();
+            let unheard = follower.unheard();
+            tokio::select! {
+                () = follow(&store, &prefix, &mut follower) => {}
+                () = unheard => {}
+                _ = closed.wait_for(|closed| *closed) => {}
+            }
+        });
     }
 }
 
@@ -101,6 +124,59 @@ impl Cluster for EtcdNodes {
 
     fn members(&self) -> tokio::sync::watch::Receiver<Arc<Members>> {
         self.members.clone()
+    }
+
+    fn placements(&self) -> tokio::sync::watch::Receiver<Arc<Placements>> {
+        self.placements.clone()
+    }
+
+    async fn place(
+        &self,
+        leadership: &Leadership,
+        changes: BTreeMap<String, BTreeMap<String, u32>>,
+    ) -> Result<bool> {
+        let keys = self.store.keys();
+        let fence = Compare::create_revision(
+            leadership.key.clone(),
+            CompareOp::Equal,
+            i64::try_from(leadership.fence).unwrap_or(i64::MAX),
+        );
+        let changes: Vec<_> = changes.into_iter().collect();
+        // etcd takes at most 128 operations per transaction: one fenced transaction per
+        // hundred services (each its own decision, so a partial batch is still consistent).
+        for batch in changes.chunks(100) {
+            let mut ops = Vec::with_capacity(batch.len());
+            for (service, nodes) in batch {
+                let key = keys.assignment(service);
+                let nodes: BTreeMap<&String, &u32> = nodes
+                    .iter()
+                    .filter(|(_, replicas)| **replicas > 0)
+                    .collect();
+                if nodes.is_empty() {
+                    ops.push(TxnOp::delete(key, None));
+                } else {
+                    let value = serde_json::to_vec(&nodes)
+                        .map_err(|error| Error::Storage(Box::new(error)))?;
+                    ops.push(TxnOp::put(key, value, None));
+                }
+            }
+            let txn = Txn::new().when([fence.clone()]).and_then(ops);
+            // Placements are decided again every tick: a write whose answer was lost is not
+            // sent again, the next tick reads what is there.
+            let response = self
+                .store
+                .shared
+                .conn
+                .kv(Retry::Write, |mut kv| {
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
+            if !response.succeeded() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -288,6 +364,73 @@ impl Membership for Claim {
             && lock(&self.renewed).is_some_and(|at| at.elapsed() < self.nodes.ttl())
     }
 
+    async fn campaign(&self) -> Result<Leadership> {
+        let name = self.nodes.store.keys().election();
+        loop {
+            if self.left.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
+            let lease = self.lease.load(Ordering::SeqCst);
+            let (member, client) = self.nodes.store.shared.conn.client();
+            // A campaign waits for the leaders before it, and a request times out: asked
+            // again, etcd finds this lease's key where it was, still in line.
+            let campaign = client
+                .election_client()
+                .campaign(name.clone(), self.info.name.clone(), lease)
+                .await;
+            match campaign {
+                Ok(response) => {
+                    let Some(leader) = response.leader() else {
+                        continue;
+                    };
+                    if leader.lease() != self.lease.load(Ordering::SeqCst) {
+                        // Elected under a lease this node has since replaced: it is gone.
+                        continue;
+                    }
+                    return Ok(Leadership {
+                        fence: u64::try_from(leader.rev()).unwrap_or(0),
+                        key: leader.key().to_vec(),
+                    });
+                }
+                Err(error) => {
+                    let timed_out = matches!(&error, etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::DeadlineExceeded)
+                        || error.to_string().contains("timed out");
+                    if !timed_out {
+                        tracing::debug!(endpoint = self.nodes.store.shared.conn.endpoint(member), %error, "campaigning failed; trying again");
+                        self.nodes.store.shared.conn.move_on_from(member);
+                        tokio::time::sleep(RETRY_AFTER).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn resign(&self, leadership: &Leadership) {
+        // Deleting the key is what resigning is; it is fenced by its create revision.
+        let key = leadership.key.clone();
+        let fence = i64::try_from(leadership.fence).unwrap_or(i64::MAX);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                fence,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let resigned = self
+            .nodes
+            .store
+            .shared
+            .conn
+            .kv(Retry::Read, |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await;
+        if let Err(error) = resigned {
+            tracing::debug!(%error, "resigning failed; the leadership ends with the lease");
+        }
+    }
+
     async fn leave(&self) {
         if self.left.swap(true, Ordering::SeqCst) {
             return;
@@ -410,31 +553,43 @@ struct Parts {
     report: Option<NodeReport>,
 }
 
-/// Keeps `sender` up to date with the members, until nobody listens.
-async fn follow(store: &EtcdStore, sender: &tokio::sync::watch::Sender<Arc<Members>>) {
-    let prefix = store.keys().nodes();
+/// What keeps a channel up to date from the keys under one prefix.
+trait Follower: Send + 'static {
+    /// Forgets everything: a new listing follows.
+    fn reset(&mut self);
+    /// Applies a key's new value (`put`) or its deletion.
+    fn apply(&mut self, keys: &crate::keys::Keys, kv: &etcd_client::KeyValue, put: bool);
+    /// Sends what is known, if it changed.
+    fn publish(&mut self);
+    /// Resolves once nobody listens any more.
+    fn unheard(&self) -> futures::future::BoxFuture<'static, ()>;
+}
+
+/// Lists the keys under `prefix`, then watches them from the listing's revision, into
+/// `follower`; lists again whenever the watch fails.
+async fn follow(store: &EtcdStore, prefix: &str, follower: &mut impl Follower) {
     loop {
-        let listed = match store.read(vec![Get::prefix(prefix.clone())]).await {
+        let listed = match store.read(vec![Get::prefix(prefix.to_owned())]).await {
             Ok(listed) => listed,
             Err(error) => {
-                tracing::debug!(%error, "listing the nodes");
+                tracing::debug!(prefix, %error, "listing");
                 tokio::time::sleep(RETRY_AFTER).await;
                 continue;
             }
         };
-        let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
+        follower.reset();
         for kv in &listed.ranges[0] {
-            apply(store, &mut parts, kv, true);
+            follower.apply(store.keys(), kv, true);
         }
-        publish(sender, &parts);
+        follower.publish();
         let (member, mut client) = store.shared.conn.watch_client();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(listed.revision + 1);
-        let mut stream = match client.watch(prefix.clone(), Some(options)).await {
+        let mut stream = match client.watch(prefix.to_owned(), Some(options)).await {
             Ok(stream) => stream,
             Err(error) => {
-                tracing::debug!(endpoint = store.shared.conn.endpoint(member), %error, "watching the nodes");
+                tracing::debug!(endpoint = store.shared.conn.endpoint(member), prefix, %error, "watching");
                 store.shared.conn.move_on_from(member);
                 tokio::time::sleep(RETRY_AFTER).await;
                 continue;
@@ -445,14 +600,14 @@ async fn follow(store: &EtcdStore, sender: &tokio::sync::watch::Sender<Arc<Membe
                 Ok(Some(response)) if !response.canceled() => {
                     for event in response.events() {
                         if let Some(kv) = event.kv() {
-                            apply(store, &mut parts, kv, event.event_type() == EventType::Put);
+                            follower.apply(store.keys(), kv, event.event_type() == EventType::Put);
                         }
                     }
-                    publish(sender, &parts);
+                    follower.publish();
                 }
                 Ok(_) => break,
                 Err(error) => {
-                    tracing::debug!(endpoint = store.shared.conn.endpoint(member), %error, "the watch of the nodes ended");
+                    tracing::debug!(endpoint = store.shared.conn.endpoint(member), prefix, %error, "the watch ended");
                     store.shared.conn.move_on_from(member);
                     break;
                 }
@@ -462,64 +617,113 @@ async fn follow(store: &EtcdStore, sender: &tokio::sync::watch::Sender<Arc<Membe
     }
 }
 
-/// Applies a key's new value (`put`) or its deletion to `parts`.
-fn apply(
-    store: &EtcdStore,
-    parts: &mut BTreeMap<String, Parts>,
-    kv: &etcd_client::KeyValue,
-    put: bool,
-) {
-    let Some((name, part)) = kv
-        .key_str()
-        .ok()
-        .and_then(|key| store.keys().node_part(key))
-    else {
-        return;
-    };
-    let node = parts.entry(name.to_owned()).or_default();
-    match part {
-        NodePart::Info => {
-            node.info = if put {
-                serde_json::from_slice(kv.value())
-                    .inspect_err(|error| tracing::warn!(node = name, %error, "a node's info does not decode"))
-                    .ok()
-            } else {
-                None
-            };
+/// Follows `nodes/` into the members.
+struct MembersFollower {
+    parts: BTreeMap<String, Parts>,
+    sender: tokio::sync::watch::Sender<Arc<Members>>,
+}
+
+impl Follower for MembersFollower {
+    fn reset(&mut self) {
+        self.parts.clear();
+    }
+
+    fn apply(&mut self, keys: &crate::keys::Keys, kv: &etcd_client::KeyValue, put: bool) {
+        let Some((name, part)) = kv.key_str().ok().and_then(|key| keys.node_part(key)) else {
+            return;
+        };
+        let node = self.parts.entry(name.to_owned()).or_default();
+        match part {
+            NodePart::Info => {
+                node.info = if put {
+                    serde_json::from_slice(kv.value())
+                        .inspect_err(|error| tracing::warn!(node = name, %error, "a node's info does not decode"))
+                        .ok()
+                } else {
+                    None
+                };
+            }
+            NodePart::Alive => node.alive = put,
+            NodePart::Report => {
+                node.report = if put {
+                    serde_json::from_slice(kv.value()).ok()
+                } else {
+                    None
+                };
+            }
         }
-        NodePart::Alive => node.alive = put,
-        NodePart::Report => {
-            node.report = if put {
-                serde_json::from_slice(kv.value()).ok()
-            } else {
-                None
-            };
-        }
+    }
+
+    fn publish(&mut self) {
+        let members = Members {
+            nodes: self
+                .parts
+                .iter()
+                .filter_map(|(name, parts)| {
+                    let info = parts.info.clone()?;
+                    Some((
+                        name.clone(),
+                        Member {
+                            info,
+                            alive: parts.alive,
+                            report: parts.report.clone().filter(|_| parts.alive),
+                        },
+                    ))
+                })
+                .collect(),
+        };
+        send_if_changed(&self.sender, members);
+    }
+
+    fn unheard(&self) -> futures::future::BoxFuture<'static, ()> {
+        let sender = self.sender.clone();
+        Box::pin(async move { sender.closed().await })
     }
 }
 
-/// Sends the members `parts` describe, if they changed.
-fn publish(sender: &tokio::sync::watch::Sender<Arc<Members>>, parts: &BTreeMap<String, Parts>) {
-    let members = Members {
-        nodes: parts
-            .iter()
-            .filter_map(|(name, parts)| {
-                let info = parts.info.clone()?;
-                Some((
-                    name.clone(),
-                    Member {
-                        info,
-                        alive: parts.alive,
-                        report: parts.report.clone().filter(|_| parts.alive),
-                    },
-                ))
-            })
-            .collect(),
-    };
+/// Follows `assign/` into the placements.
+struct PlacementsFollower {
+    placements: Placements,
+    sender: tokio::sync::watch::Sender<Arc<Placements>>,
+}
+
+impl Follower for PlacementsFollower {
+    fn reset(&mut self) {
+        self.placements = Placements::default();
+    }
+
+    fn apply(&mut self, keys: &crate::keys::Keys, kv: &etcd_client::KeyValue, put: bool) {
+        let Some(service) = kv.key_str().ok().and_then(|key| keys.assigned_service(key)) else {
+            return;
+        };
+        let nodes = put
+            .then(|| serde_json::from_slice::<BTreeMap<String, u32>>(kv.value()).ok())
+            .flatten();
+        match nodes {
+            Some(nodes) => {
+                self.placements.services.insert(service.to_owned(), nodes);
+            }
+            None => {
+                self.placements.services.remove(service);
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        send_if_changed(&self.sender, self.placements.clone());
+    }
+
+    fn unheard(&self) -> futures::future::BoxFuture<'static, ()> {
+        let sender = self.sender.clone();
+        Box::pin(async move { sender.closed().await })
+    }
+}
+
+fn send_if_changed<T: PartialEq>(sender: &tokio::sync::watch::Sender<Arc<T>>, value: T) {
     sender.send_if_modified(|current| {
-        let changed = **current != members;
+        let changed = **current != value;
         if changed {
-            *current = Arc::new(members);
+            *current = Arc::new(value);
         }
         changed
     });

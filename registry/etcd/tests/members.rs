@@ -164,3 +164,59 @@ async fn a_node_restarting_takes_its_own_claim_over() {
     .await;
     assert_eq!(seen.nodes.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_and_an_old_leader_cannot_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = "/shoal-members/c/";
+    let first = nodes(dir.path(), prefix).await;
+    let second = nodes(dir.path(), prefix).await;
+    let n1 = first.join(info("n1", 9000), None).await.unwrap();
+    let n2 = second.join(info("n2", 9100), None).await.unwrap();
+
+    let leading = n1.campaign().await.unwrap();
+    let placed = [(
+        "web".to_owned(),
+        [("n1".to_owned(), 2), ("n2".to_owned(), 1)].into(),
+    )]
+    .into();
+    assert!(first.place(&leading, placed).await.unwrap());
+    let mut placements = second.placements();
+    let seen = tokio::time::timeout(
+        Duration::from_secs(10),
+        placements.wait_for(|p| p.on("web", "n1") == 2),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone();
+    assert_eq!(seen.on("web", "n2"), 1);
+
+    // n2 waits in line while n1 leads.
+    let waiting = tokio::spawn(async move {
+        let leadership = n2.campaign().await.unwrap();
+        (n2, leadership)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "two leaders at once");
+
+    // n1 stops renewing (a long pause): its lease lapses, n2 is elected, and n1's
+    // leadership no longer writes anything.
+    drop(n1);
+    let (_n2, taken) = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("n2 is elected once n1's lease lapses")
+        .unwrap();
+    assert!(taken.fence > leading.fence);
+    let stale = [("web".to_owned(), [("n1".to_owned(), 5)].into())].into();
+    assert!(!first.place(&leading, stale).await.unwrap());
+    let removed = [("web".to_owned(), Default::default())].into();
+    assert!(second.place(&taken, removed).await.unwrap());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        placements.wait_for(|p| p.services.is_empty()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
