@@ -75,7 +75,7 @@ impl From<Error> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, kind, message)
             }
             Error::Invalid(_) => ApiError::bad_request(message),
-            Error::InsufficientCapacity { .. } => {
+            Error::InsufficientCapacity { .. } | Error::NoRoomInCluster { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "insufficient-capacity", message)
             }
             Error::Module(module) => ApiError::new(

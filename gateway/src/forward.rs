@@ -11,7 +11,7 @@ use http_body_util::{BodyExt as _, StreamBody};
 use shoal_runtime::BoxError;
 
 use crate::target::Target;
-use crate::{Body, ExternalService, error_response};
+use crate::{Body, ExternalService, FORWARDED_HEADER, Peer, error_response};
 
 /// Headers that describe one connection, not the request, and must not be forwarded
 /// (RFC 9110, section 7.6.1).
@@ -119,6 +119,69 @@ where
             );
             tracing::info!(service = %target.service, kind = "upstream-unreachable", "{message}");
             error_response(StatusCode::BAD_GATEWAY, "upstream-unreachable", &message)
+        }
+    }
+}
+
+/// Forwards a request as it came (its URI and `Host` name the service the same way) to a
+/// peer's gateway, marked as forwarded so the peer serves it itself. When the peer cannot be
+/// reached, gives back a request with no body (`Some`) for the caller to serve elsewhere, or
+/// `None` if its body may have been consumed.
+pub(crate) async fn to_peer<B>(
+    http: &reqwest::Client,
+    peer: &Peer,
+    origin: &str,
+    remote_addr: Option<SocketAddr>,
+    request: http::Request<B>,
+) -> Result<http::Response<Body>, Option<http::Request<http_body_util::Empty<Bytes>>>>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    let empty = body.is_end_stream();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("http://{}{path_and_query}", peer.gateway);
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    if let Ok(origin) = HeaderValue::from_str(origin) {
+        headers.insert(FORWARDED_HEADER, origin);
+    }
+    if let Some(addr) = remote_addr
+        && let Ok(value) = HeaderValue::from_str(&addr.ip().to_string())
+    {
+        headers.append("x-forwarded-for", value);
+    }
+    let sent = http
+        .request(parts.method.clone(), &url)
+        .headers(headers)
+        .body(reqwest::Body::wrap(body.map_err(Into::into)))
+        .send()
+        .await;
+    match sent {
+        Ok(upstream) => {
+            let status = upstream.status();
+            let mut response_headers = upstream.headers().clone();
+            strip_hop_by_hop(&mut response_headers);
+            let body = StreamBody::new(
+                upstream
+                    .bytes_stream()
+                    .map_ok(http_body::Frame::data)
+                    .map_err(|error| -> BoxError { Box::new(error) }),
+            );
+            let mut response = http::Response::new(body.boxed_unsync());
+            *response.status_mut() = status;
+            *response.headers_mut() = response_headers;
+            Ok(response)
+        }
+        Err(error) => {
+            tracing::info!(peer = peer.node, %error, "a peer's gateway could not be reached");
+            if !empty || !error.is_connect() {
+                return Err(None);
+            }
+            let mut unsent = http::Request::from_parts(parts, http_body_util::Empty::new());
+            unsent.headers_mut().remove(FORWARDED_HEADER);
+            Err(Some(unsent))
         }
     }
 }

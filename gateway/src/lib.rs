@@ -34,7 +34,16 @@ use http::{HeaderValue, StatusCode, header};
 use shoal_runtime::{BoxError, RequestContext};
 
 pub use self::error::{COLD_START_HEADER, ERROR_KIND_HEADER, error_response, runtime_error_status};
-pub use self::table::{Endpoint, ExternalService, Route, RouteTable, authority};
+pub use self::table::{
+    ClusterService, Endpoint, ExternalService, Peer, Route, RouteTable, authority,
+};
+
+/// The header a request forwarded by a peer's gateway carries (the peer's name): it is served
+/// here, never forwarded again, so a request crosses at most one hop.
+pub const FORWARDED_HEADER: &str = "x-shoal-forwarded";
+
+/// The header on the response to a forwarded request: the node that served it.
+pub const SERVED_BY_HEADER: &str = "x-shoal-served-by";
 
 /// The body of every gateway response: a guest's streamed body, a forwarded one, or an error.
 pub type Body = shoal_runtime::ResponseBody;
@@ -105,7 +114,7 @@ impl Gateway {
     pub async fn handle<B>(
         &self,
         remote_addr: Option<SocketAddr>,
-        mut request: http::Request<B>,
+        request: http::Request<B>,
     ) -> http::Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
@@ -143,7 +152,65 @@ impl Gateway {
             Route::External(external) => {
                 return forward::forward(&self.http, &external, target, remote_addr, request).await;
             }
+            Route::Cluster(service) => {
+                let forwarded = request.headers().contains_key(FORWARDED_HEADER);
+                // A request is served here when a replica has room, or when it came from a
+                // peer (one hop at most); else a peer running the service takes it; with no
+                // peer, it waits here for the replica the leader places.
+                if forwarded {
+                    // Says who served it, so the hop can be seen.
+                    let mut response = self
+                        .serve_local(&service.pool, target, remote_addr, request)
+                        .await;
+                    if let Ok(node) = HeaderValue::from_str(&service.origin) {
+                        response.headers_mut().insert(SERVED_BY_HEADER, node);
+                    }
+                    return response;
+                } else if service.pool.has_room() {
+                    service.pool.clone()
+                } else if let Some(peer) = service.pick() {
+                    match forward::to_peer(&self.http, peer, &service.origin, remote_addr, request)
+                        .await
+                    {
+                        Ok(response) => return response,
+                        // The peer could not be reached and the request had no body to lose:
+                        // it waits here instead.
+                        Err(Some(unsent)) => {
+                            return self
+                                .serve_local(&service.pool, target, remote_addr, unsent)
+                                .await;
+                        }
+                        Err(None) => {
+                            return error_response(
+                                StatusCode::BAD_GATEWAY,
+                                "peer-unreachable",
+                                &format!(
+                                    "cannot reach node {:?}, which runs service {:?}",
+                                    peer.node, target.service
+                                ),
+                            );
+                        }
+                    }
+                } else {
+                    service.pool.clone()
+                }
+            }
         };
+        self.serve_local(&pool, target, remote_addr, request).await
+    }
+
+    /// Serves a request on this node's replicas of a service.
+    async fn serve_local<B>(
+        &self,
+        pool: &Arc<shoal_runtime::ReplicaPool>,
+        target: target::Target,
+        remote_addr: Option<SocketAddr>,
+        mut request: http::Request<B>,
+    ) -> http::Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
         *request.uri_mut() = target.uri;
         if !target.prefix.is_empty()
             && let Ok(prefix) = HeaderValue::from_str(&target.prefix)

@@ -26,6 +26,61 @@ pub enum Route {
     Wasm(Arc<ReplicaPool>),
     /// A service registered through the Consul API: its instances.
     External(Arc<ExternalService>),
+    /// A wasm service of a cluster: its replicas on this node, and the peers that run it.
+    Cluster(Arc<ClusterService>),
+}
+
+/// A wasm service as the gateway of one node of a cluster sees it.
+pub struct ClusterService {
+    /// Its replicas on this node (maybe none).
+    pub pool: Arc<ReplicaPool>,
+    /// The other live nodes that report replicas of it.
+    pub peers: Vec<Peer>,
+    /// This node's name, which a forwarded request carries.
+    pub origin: String,
+    next: AtomicUsize,
+}
+
+/// A peer node running a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The node's name.
+    pub node: String,
+    /// `host:port` of its gateway.
+    pub gateway: String,
+    /// Its replicas of the service.
+    pub replicas: u32,
+    /// Requests being served or waiting there, as it last reported.
+    pub load: u32,
+}
+
+impl ClusterService {
+    /// A service with these replicas here and these peers.
+    pub fn new(pool: Arc<ReplicaPool>, peers: Vec<Peer>, origin: String) -> ClusterService {
+        ClusterService {
+            pool,
+            peers,
+            origin,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The peer to forward to: of two taken in turn, the one with less reported load per
+    /// replica (the power of two choices); `None` when no peer runs the service.
+    pub fn pick(&self) -> Option<&Peer> {
+        let n = self.peers.len();
+        if n == 0 {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let (a, b) = (&self.peers[turn % n], &self.peers[(turn + 1) % n]);
+        let per_replica = |peer: &Peer| f64::from(peer.load) / f64::from(peer.replicas.max(1));
+        Some(if per_replica(b) < per_replica(a) {
+            b
+        } else {
+            a
+        })
+    }
 }
 
 impl RouteTable {

@@ -7,16 +7,17 @@
 //! [`REPORT_EVERY`]; the others read it from the members they follow, with no request to this
 //! node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use shoal_registry::Store;
+use shoal_gateway::Peer;
 use shoal_registry::cluster::{
     Amounts, Cluster, Members, Membership, NodeInfo, NodeReport, ServiceReport,
 };
-use shoal_runtime::ReplicaResources;
+use shoal_registry::{ServiceRecord, Store};
+use shoal_runtime::{ReplicaResources, ScaleSettings};
 use shoal_spec::{Digest, ModuleKind};
 use subtle::ConstantTimeEq as _;
 
@@ -303,6 +304,45 @@ impl Node {
         Ok(None)
     }
 
+    /// The scale settings this node runs a service with: its spec's alone; in a cluster, as
+    /// many replicas as the leader placed here, no more and no fewer.
+    pub(crate) fn scale_settings_for(&self, record: &ServiceRecord) -> ScaleSettings {
+        let mut settings =
+            crate::convert::scale_settings(&record.spec, &self.inner.config.scale_defaults);
+        if let Some(joined) = &self.inner.cluster {
+            let placed = joined
+                .cluster
+                .placements()
+                .borrow()
+                .on(record.name.as_str(), &self.inner.config.node_name);
+            settings.min = placed;
+            settings.max = placed;
+        }
+        settings
+    }
+
+    /// The live peers that report replicas of `service`, for the gateway.
+    pub(crate) fn peers_running(&self, service: &str) -> Vec<Peer> {
+        let Some(joined) = &self.inner.cluster else {
+            return Vec::new();
+        };
+        let members = joined.cluster.members().borrow().clone();
+        members
+            .nodes
+            .values()
+            .filter(|member| member.alive && member.info.name != self.inner.config.node_name)
+            .filter_map(|member| {
+                let report = member.report.as_ref()?.services.get(service)?;
+                (report.replicas > 0).then(|| Peer {
+                    node: member.info.name.clone(),
+                    gateway: member.info.gateway.clone(),
+                    replicas: report.replicas,
+                    load: report.in_flight + report.queued,
+                })
+            })
+            .collect()
+    }
+
     /// This node's replicas and what they reserve, as it reports them to the others.
     fn report(&self) -> NodeReport {
         let reserved = self.inner.capacity.reserved();
@@ -331,23 +371,85 @@ impl Node {
     }
 }
 
-/// Publishes this node's report whenever it changed, checking every [`REPORT_EVERY`], until
-/// the node is gone.
+/// How often a node looks for a request waiting for a service it has no replica of, which
+/// it reports at once: the leader places a replica for it without waiting for its tick.
+const STARVED_CHECK_EVERY: Duration = Duration::from_millis(20);
+
+/// Publishes this node's report whenever it changed, at most every [`REPORT_EVERY`], and at
+/// once when a request starts waiting for a service with no replica here, until the node is
+/// gone.
 pub(crate) async fn report(node: WeakNode) {
     let mut published: Option<NodeReport> = None;
+    let mut last_published = tokio::time::Instant::now() - REPORT_EVERY;
     loop {
         let Some(node) = node.upgrade() else { return };
         let Some(joined) = &node.inner.cluster else {
             return;
         };
         let report = node.report();
-        if published.as_ref() != Some(&report) {
+        let starved = |report: &NodeReport| -> BTreeSet<String> {
+            report
+                .services
+                .iter()
+                .filter(|(_, service)| service.queued > 0 && service.replicas == 0)
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        let newly_starved =
+            !starved(&report).is_subset(&published.as_ref().map(starved).unwrap_or_default());
+        let replicas_changed = published.as_ref().is_none_or(|published| {
+            published
+                .services
+                .iter()
+                .map(|(n, s)| (n, s.replicas))
+                .collect::<Vec<_>>()
+                != report
+                    .services
+                    .iter()
+                    .map(|(n, s)| (n, s.replicas))
+                    .collect::<Vec<_>>()
+        });
+        let due = last_published.elapsed() >= REPORT_EVERY;
+        if published.as_ref() != Some(&report) && (due || newly_starved || replicas_changed) {
             match joined.membership.report(report.clone()).await {
-                Ok(()) => published = Some(report),
+                Ok(()) => {
+                    published = Some(report);
+                    last_published = tokio::time::Instant::now();
+                }
                 Err(error) => tracing::debug!(%error, "cannot publish this node's report yet"),
             }
         }
         drop(node);
-        tokio::time::sleep(REPORT_EVERY).await;
+        tokio::time::sleep(STARVED_CHECK_EVERY).await;
+    }
+}
+
+/// Follows the placements and the members: runs as many replicas of each service as are
+/// placed here, and routes to the peers that report replicas. Until the node is gone.
+pub(crate) async fn follow(node: WeakNode) {
+    let (mut placements, mut members) = {
+        let Some(strong) = node.upgrade() else { return };
+        let Some(joined) = &strong.inner.cluster else {
+            return;
+        };
+        (joined.cluster.placements(), joined.cluster.members())
+    };
+    loop {
+        let placed = tokio::select! {
+            changed = placements.changed() => { if changed.is_err() { return; } true }
+            changed = members.changed() => { if changed.is_err() { return; } false }
+        };
+        let Some(node) = node.upgrade() else { return };
+        if placed {
+            placements.borrow_and_update();
+            for deployed in node.inner.deployed.load().values() {
+                deployed
+                    .pool
+                    .retune(node.scale_settings_for(&deployed.record));
+            }
+        } else {
+            members.borrow_and_update();
+        }
+        node.publish_routes();
     }
 }

@@ -113,6 +113,39 @@ pub(crate) fn describe_shortfall(shortfall: &Shortfall) -> String {
     )
 }
 
+/// A cluster without room for a service's minimum replicas, in words, with each live node's
+/// numbers.
+pub(crate) fn describe_cluster_shortfall(
+    per_replica: ReplicaResources,
+    nodes: &[crate::NodeRoom],
+) -> String {
+    let words = |resources: ReplicaResources| {
+        let (memory, cpu) = quantities(resources);
+        format!("{memory} memory and {cpu} cpu")
+    };
+    let total: u64 = nodes.iter().map(|node| node.fits).sum();
+    let each: Vec<String> = nodes
+        .iter()
+        .map(|node| {
+            format!(
+                "{} has {} free (room for {})",
+                node.name,
+                words(node.free),
+                node.fits
+            )
+        })
+        .collect();
+    format!(
+        "each needs {}, and the live nodes have room for {total}: {}",
+        words(per_replica),
+        if each.is_empty() {
+            "no node is alive".to_owned()
+        } else {
+            each.join("; ")
+        }
+    )
+}
+
 /// Why a service scaled, as a scale event records it.
 pub(crate) fn scale_reason(reason: &ScaleReason) -> String {
     match reason {

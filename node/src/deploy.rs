@@ -119,6 +119,9 @@ impl Node {
     /// Refuses a spec whose minimum replicas do not fit in the node, counting the replicas
     /// of the revision it replaces as free.
     fn admit(&self, name: &ServiceName, spec: &ServiceSpec) -> Result<()> {
+        if let Some(joined) = &self.inner.cluster {
+            return self.admit_in_cluster(joined, name, spec);
+        }
         let per_replica = convert::replica_requests(spec);
         let needed = per_replica.times(u64::from(spec.scale.min));
         let credit = self
@@ -136,6 +139,47 @@ impl Node {
                 min: spec.scale.min,
                 shortfall,
             })
+    }
+
+    /// Refuses a spec whose minimum replicas fit on no combination of live nodes, counting
+    /// what is placed on each (but the replicas of the revision it replaces).
+    fn admit_in_cluster(
+        &self,
+        joined: &crate::Joined,
+        name: &ServiceName,
+        spec: &ServiceSpec,
+    ) -> Result<()> {
+        let min = spec.scale.min;
+        if min == 0 {
+            return Ok(());
+        }
+        let per_replica = convert::replica_requests(spec);
+        let members = joined.cluster.members().borrow().clone();
+        let placements = joined.cluster.placements().borrow().clone();
+        let rooms = self.rooms(&members, &placements, Some(name.as_str()));
+        let nodes: Vec<crate::NodeRoom> = rooms
+            .iter()
+            .map(|(node, room)| crate::NodeRoom {
+                name: node.clone(),
+                free: shoal_runtime::ReplicaResources {
+                    memory: room.capacity.memory.saturating_sub(room.reserved.memory),
+                    cpu_millis: room
+                        .capacity
+                        .cpu_millis
+                        .saturating_sub(room.reserved.cpu_millis),
+                },
+                fits: room.fits_count(per_replica).min(u64::from(u32::MAX)),
+            })
+            .collect();
+        if nodes.iter().map(|node| node.fits).sum::<u64>() >= u64::from(min) {
+            return Ok(());
+        }
+        Err(Error::NoRoomInCluster {
+            service: name.to_string(),
+            min,
+            per_replica,
+            nodes,
+        })
     }
 
     /// Refuses limits this node cannot honour, beyond what [`ServiceSpec::validate`] checks.

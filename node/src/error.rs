@@ -39,6 +39,21 @@ pub enum Error {
         /// What they need against what is free.
         shortfall: Shortfall,
     },
+    /// A service's minimum replicas do not fit on the live nodes of the cluster.
+    #[error(
+        "service \"{service}\" does not fit: {min} minimum replicas: {}",
+        crate::convert::describe_cluster_shortfall(*per_replica, nodes)
+    )]
+    NoRoomInCluster {
+        /// The service.
+        service: String,
+        /// Its minimum replicas.
+        min: u32,
+        /// What each replica requests.
+        per_replica: shoal_runtime::ReplicaResources,
+        /// Each live node's free room.
+        nodes: Vec<NodeRoom>,
+    },
     /// The module cannot run: not WebAssembly shoal runs, or (in a build without the
     /// compiler) not already compiled.
     #[error("{0}")]
@@ -52,6 +67,17 @@ pub enum Error {
     /// The node failed; not the caller's doing.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A live node's free room, as a refused deploy reports it.
+#[derive(Debug, Clone)]
+pub struct NodeRoom {
+    /// The node.
+    pub name: String,
+    /// Its capacity less what is placed on it.
+    pub free: shoal_runtime::ReplicaResources,
+    /// How many of the refused service's replicas would fit there.
+    pub fits: u64,
 }
 
 /// What a change collided with.

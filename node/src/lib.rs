@@ -21,8 +21,10 @@
 //! - `discovery.rs`: registered services and checks, the key/value store, and the catalog
 //!   view blocking queries read.
 //! - `checks.rs`: the health-check runner.
-//! - `cluster.rs`: this node among the others sharing its store: its reports, and the view
-//!   of every node.
+//! - `cluster.rs`: this node among the others sharing its store: its reports, running what
+//!   is placed on it, routing to peers, moving module bytes, and the view of every node.
+//! - `leader.rs`: the elected leader: the autoscaler over the demand of every node, and
+//!   placement (`placement.rs`, the arithmetic).
 //! - `events.rs`: the writer of scale events.
 //! - `status.rs`: the typed views of the node and its services.
 //! - `convert.rs`: the spec into the engine's settings, and numbers back into words.
@@ -36,6 +38,8 @@ mod deploy;
 mod discovery;
 mod error;
 mod events;
+mod leader;
+mod placement;
 mod reconcile;
 mod status;
 
@@ -57,7 +61,7 @@ use shoal_spec::ServiceName;
 
 pub use self::cluster::{Joined, NodeView, REPORT_EVERY};
 pub use self::discovery::CatalogView;
-pub use self::error::{Conflict, Error, Result};
+pub use self::error::{Conflict, Error, NodeRoom, Result};
 pub use self::status::{
     Allocation, CompileCounts, Latency, Load, NodeCpu, NodeStatus, ReplicaCounts, RequestCounts,
     ResourceAmounts, ScaleView, ServiceAllocation, ServiceCpu, ServiceResources, ServiceStatus,
@@ -248,7 +252,9 @@ impl Node {
         node.tasks().extend([reconciler, recorder]);
         if node.inner.cluster.is_some() {
             let reporter = tokio::spawn(cluster::report(node.downgrade()));
-            node.tasks().push(reporter);
+            let follower = tokio::spawn(cluster::follow(node.downgrade()));
+            let leader = tokio::spawn(leader::run(node.downgrade()));
+            node.tasks().extend([reporter, follower, leader]);
         }
         Ok(node)
     }

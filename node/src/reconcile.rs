@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use shoal_gateway::{Endpoint, ExternalService, Route, RouteTable};
+use shoal_gateway::{ClusterService, Endpoint, ExternalService, Route, RouteTable};
 use shoal_registry::{CatalogSnapshot, Change, CheckStatus, Indexes, ServiceRecord, Subject};
 use shoal_runtime::{Compiled, EventSink, ReplicaPool, Service};
 use shoal_spec::{Digest, ServiceName};
@@ -188,10 +188,7 @@ impl Node {
             (Some(record), Some(old))
                 if convert::same_except_scale(&old.record.spec, &record.spec) =>
             {
-                old.pool.retune(convert::scale_settings(
-                    &record.spec,
-                    &self.inner.config.scale_defaults,
-                ));
+                old.pool.retune(self.scale_settings_for(&record));
                 let pool = old.pool.clone();
                 self.update_deployed(|deployed| {
                     deployed.insert(name.clone(), Arc::new(Deployed { record, pool }));
@@ -228,7 +225,7 @@ impl Node {
         ReplicaPool::new(
             Service::new(compiled, convert::service_config(record)),
             convert::replica_spec(&record.spec),
-            convert::scale_settings(&record.spec, &self.inner.config.scale_defaults),
+            self.scale_settings_for(record),
             self.inner.capacity.clone(),
             self.inner.runtime.scheduler().clone(),
             sink,
@@ -277,7 +274,7 @@ impl Node {
 
     /// Publishes the gateway's table: every wasm service's pool, and every registered
     /// service's instances (a name has one owner, so they never collide).
-    fn publish_routes(&self) {
+    pub(crate) fn publish_routes(&self) {
         let mut routes: HashMap<String, Route> = HashMap::new();
         let catalog = self.inner.catalog.load();
         let snapshot = &catalog.snapshot;
@@ -309,7 +306,16 @@ impl Node {
             );
         }
         for (name, deployed) in self.inner.deployed.load().iter() {
-            routes.insert(name.to_string(), Route::Wasm(deployed.pool.clone()));
+            let route = if self.inner.cluster.is_some() {
+                Route::Cluster(Arc::new(ClusterService::new(
+                    deployed.pool.clone(),
+                    self.peers_running(name.as_str()),
+                    self.inner.config.node_name.clone(),
+                )))
+            } else {
+                Route::Wasm(deployed.pool.clone())
+            };
+            routes.insert(name.to_string(), route);
         }
         self.inner.gateway.publish(RouteTable::new(routes));
     }

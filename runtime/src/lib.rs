@@ -52,8 +52,9 @@ pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig};
 pub use self::exec::{RequestContext, ServiceConfig};
 pub use self::kernel::TickerPriority;
 pub use self::replica::{
-    Capacity, Decision, EventSink, Occupancy, PoolStatus, ReplicaPool, ReplicaResources,
-    ReplicaSpec, Reservation, ScaleEvent, ScaleReason, ScaleSettings, Served, Shortfall,
+    Autoscaler, Capacity, Decision, EventSink, Occupancy, PoolStatus, ReplicaPool,
+    ReplicaResources, ReplicaSpec, Reservation, ScaleEvent, ScaleReason, ScaleSettings, Served,
+    Shortfall,
 };
 pub use self::sandbox::{BoxError, ResponseBody, SandboxLimits};
 pub use self::service::Service;

@@ -151,16 +151,27 @@ async fn nodes_join_see_each_other_refuse_a_live_name_and_see_a_dead_node() {
         .await
         .unwrap();
     assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
-    let own = until_nodes(&n1, "n1 runs a replica", |nodes| nodes[0]["replicas"] == 1).await;
-    assert_eq!(own[0]["services"]["hello"], 1);
-    assert_eq!(own[0]["reserved"]["cpu"], "250m");
-    let seen = until_nodes(&n2, "n2 sees n1's replica", |nodes| {
-        by_name(nodes, "n1").is_some_and(|n1| n1["replicas"] == 1)
+    // The leader placed the replica on one node; both nodes see the same numbers for it.
+    let total = |nodes: &[Value]| {
+        nodes
+            .iter()
+            .map(|n| n["replicas"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    let from_n1 = until_nodes(&n1, "one replica placed", |nodes| total(nodes) == 1).await;
+    let holder = from_n1.iter().find(|n| n["replicas"] == 1).unwrap();
+    assert_eq!(holder["services"]["hello"], 1);
+    assert_eq!(holder["reserved"]["cpu"], "250m");
+    assert_eq!(holder["resource_allocation"]["cpu"], 0.25);
+    let name = holder["name"].as_str().unwrap().to_owned();
+    let from_n2 = until_nodes(&n2, "n2 sees the same replica", |nodes| {
+        by_name(nodes, &name).is_some_and(|n| n["replicas"] == 1) && total(nodes) == 1
     })
     .await;
-    let n1_seen = by_name(&seen, "n1").unwrap();
-    assert_eq!(n1_seen["reserved"], own[0]["reserved"]);
-    assert_eq!(n1_seen["resource_allocation"]["cpu"], 0.25);
+    assert_eq!(
+        by_name(&from_n2, &name).unwrap()["reserved"],
+        holder["reserved"]
+    );
 
     // `shoal nodes` prints the same, for people.
     let listed = tokio::process::Command::new(&bin)
@@ -178,12 +189,13 @@ async fn nodes_join_see_each_other_refuse_a_live_name_and_see_a_dead_node() {
         table.contains("n1 (this)") && table.contains("n2"),
         "{table}"
     );
-    assert!(table.contains("250m/1"), "{table}");
+    assert!(table.contains("250m/1") && table.contains("0/1"), "{table}");
 
-    // n2 dies: n1 sees it dead once its lease lapses, and keeps its last address.
+    // n2 dies: n1 sees it dead once its lease lapses, keeps its last address, and runs the
+    // replica itself if n2 had it.
     n2.kill9().await;
-    let seen = until_nodes(&n1, "n1 sees n2 dead", |nodes| {
-        by_name(nodes, "n2").is_some_and(|n2| n2["alive"] == false)
+    let seen = until_nodes(&n1, "n1 sees n2 dead, and the replica on n1", |nodes| {
+        by_name(nodes, "n2").is_some_and(|n2| n2["alive"] == false) && nodes[0]["replicas"] == 1
     })
     .await;
     assert_eq!(by_name(&seen, "n2").unwrap()["replicas"], 0);
@@ -273,4 +285,206 @@ async fn an_acknowledged_upload_survives_its_node_and_modules_reach_every_node()
     let deployed = put_service(&n3, "echo", &spec).await;
     assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
     until_served(&n2, "echo").await;
+}
+
+/// Three nodes of one cluster, each with 1 cpu and 256Mi to place replicas on.
+async fn three_nodes(dirs: &[tempfile::TempDir]) -> Vec<ChildNode> {
+    let prefix = prefix_for(dirs[0].path());
+    let bin = shoal_bin();
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        nodes.push(ChildNode::start_with(&bin, dir.path(), &cluster_flags(&prefix, &name)).await);
+    }
+    until_nodes(&nodes[0], "three live nodes", |seen| {
+        seen.len() == 3 && seen.iter().all(|node| node["alive"] == true)
+    })
+    .await;
+    nodes
+}
+
+/// Every node's view of every node: reservations never exceed capacity.
+async fn assert_not_overcommitted(nodes: &[ChildNode]) {
+    for node in nodes {
+        for seen in nodes_seen_by(node).await {
+            let reserved = seen["reserved"]["cpu"].as_str().unwrap().to_owned();
+            let allocation = seen["resource_allocation"]["cpu"].as_f64().unwrap();
+            assert!(
+                allocation <= 1.0,
+                "{} reserves {reserved} of 1 cpu",
+                seen["name"]
+            );
+            assert!(seen["resource_allocation"]["memory"].as_f64().unwrap() <= 1.0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_spread_any_node_routes_any_name_and_capacity_is_never_overcommitted() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = three_nodes(&dirs).await;
+    let module = upload(
+        &nodes[0],
+        guest_artifacts::bytes(guest_artifacts::HELLO_HTTP),
+    )
+    .await;
+    let digest = module["digest"].clone();
+    let spec = |min: u32, max: u32, cpu: &str| {
+        serde_json::json!({
+            "module": digest,
+            "scale": {"min": min, "max": max},
+            "resources": {"requests": {"cpu": cpu, "memory": "16Mi"}},
+        })
+    };
+
+    // min 3 on three nodes: one replica on each.
+    let deployed = put_service(&nodes[1], "spread", &spec(3, 3, "250m")).await;
+    assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
+    until_nodes(&nodes[2], "a replica of spread on every node", |seen| {
+        seen.iter().all(|node| node["services"]["spread"] == 1)
+    })
+    .await;
+
+    // One replica, on one node: every node's gateway answers for it, by path and by Host,
+    // the others through exactly one hop.
+    let deployed = put_service(&nodes[0], "single", &spec(1, 1, "250m")).await;
+    assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
+    let seen = until_nodes(&nodes[0], "single placed", |seen| {
+        seen.iter().any(|node| node["services"]["single"] == 1)
+    })
+    .await;
+    let holder = seen
+        .iter()
+        .find(|node| node["services"]["single"] == 1)
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for node in &nodes {
+        until_served(node, "single").await;
+        let by_host = reqwest::Client::new()
+            .get(format!("{}/", node.gateway))
+            .header("host", "single.localhost")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(by_host.status(), 200);
+        let served_by = by_host
+            .headers()
+            .get("x-shoal-served-by")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let this = nodes_seen_by(node).await[0]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if this == holder {
+            assert_eq!(served_by, None, "{this} served its own replica");
+        } else {
+            assert_eq!(
+                served_by.as_deref(),
+                Some(holder.as_str()),
+                "one hop from {this}"
+            );
+        }
+        assert_eq!(by_host.text().await.unwrap(), "hello from wasm\n");
+    }
+    assert_not_overcommitted(&nodes).await;
+
+    // More than the cluster holds is refused, with every node's numbers, and stores nothing.
+    let refused = put_service(&nodes[2], "huge", &spec(9, 9, "500m")).await;
+    assert_eq!(refused.status(), 409);
+    let body: Value = refused.json().await.unwrap();
+    let message = body["error"].as_str().unwrap();
+    assert_eq!(body["kind"], "insufficient-capacity", "{body}");
+    assert!(
+        message.contains("9 minimum replicas") && message.contains("live nodes have room for 3"),
+        "{message}"
+    );
+    for name in ["n1", "n2", "n3"] {
+        assert!(message.contains(&format!("{name} has")), "{message}");
+    }
+    let missing = reqwest::get(format!("{}/v1/services/huge", nodes[0].api))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // A service at zero replicas anywhere: a request on any node gets one started.
+    let deployed = put_service(&nodes[2], "zero", &spec(0, 1, "100m")).await;
+    assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
+    let cold = reqwest::get(format!("{}/zero/", nodes[2].gateway))
+        .await
+        .unwrap();
+    assert_eq!(cold.status(), 200);
+    assert_eq!(cold.text().await.unwrap(), "hello from wasm\n");
+    let seen = until_nodes(&nodes[2], "zero placed where the request waited", |seen| {
+        seen[0]["services"]["zero"] == 1
+    })
+    .await;
+    assert_eq!(
+        seen.iter().filter(|n| n["services"]["zero"] == 1).count(),
+        1
+    );
+    assert_not_overcommitted(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_nodes_replicas_are_placed_again_and_the_survivors_keep_answering() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = three_nodes(&dirs).await;
+    let module = upload(
+        &nodes[0],
+        guest_artifacts::bytes(guest_artifacts::HELLO_HTTP),
+    )
+    .await;
+    let spec = serde_json::json!({
+        "module": module["digest"],
+        "scale": {"min": 1, "max": 1},
+        "resources": {"requests": {"cpu": "250m", "memory": "16Mi"}},
+    });
+    let deployed = put_service(&nodes[0], "web", &spec).await;
+    assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
+    let seen = until_nodes(&nodes[0], "web placed", |seen| {
+        seen.iter().any(|node| node["services"]["web"] == 1)
+    })
+    .await;
+    let holder = seen
+        .iter()
+        .position(|node| node["services"]["web"] == 1)
+        .unwrap();
+    let holder_name = seen[holder]["name"].as_str().unwrap().to_owned();
+    let index = nodes
+        .iter()
+        .position(|node| {
+            by_name(&seen, &holder_name).unwrap()["api"]
+                .as_str()
+                .unwrap()
+                == node.api.trim_start_matches("http://")
+        })
+        .unwrap();
+    for node in &nodes {
+        until_served(node, "web").await;
+    }
+
+    // SIGKILL the node running it: once its lease lapses, the leader (another node, or a new
+    // one elected if it was the leader) places the replica on a survivor, and every
+    // survivor answers again.
+    let killed = nodes.remove(index);
+    let started = std::time::Instant::now();
+    killed.kill9().await;
+    for node in &nodes {
+        until_served(node, "web").await;
+    }
+    let failover = started.elapsed();
+    let seen = until_nodes(&nodes[0], "web on a survivor", |seen| {
+        seen.iter()
+            .any(|node| node["alive"] == true && node["services"]["web"] == 1)
+    })
+    .await;
+    assert_eq!(by_name(&seen, &holder_name).unwrap()["alive"], false);
+    // The lease is 2 s here; etcd may extend it once more on a leader change of its own.
+    assert!(
+        failover < Duration::from_secs(15),
+        "answered again after {failover:?}"
+    );
+    assert_not_overcommitted(&nodes).await;
 }

@@ -82,9 +82,10 @@ pub struct Decision {
     pub panicking: bool,
 }
 
-/// The autoscaler's memory: demand samples and recent decisions.
+/// The autoscaler's memory: demand samples and recent decisions. Each pool keeps one; in a
+/// cluster, the leader keeps one per service, fed the demand summed across nodes.
 #[derive(Debug, Default)]
-pub(crate) struct Autoscaler {
+pub struct Autoscaler {
     samples: VecDeque<(Instant, f64)>,
     wanted: VecDeque<(Instant, u32)>,
     panic_until: Option<Instant>,
@@ -92,12 +93,12 @@ pub(crate) struct Autoscaler {
 
 impl Autoscaler {
     /// Records the average demand since the previous sample.
-    pub(crate) fn observe(&mut self, now: Instant, demand: f64) {
+    pub fn observe(&mut self, now: Instant, demand: f64) {
         self.samples.push_back((now, demand));
     }
 
     /// Decides how many replicas the service should have.
-    pub(crate) fn decide(
+    pub fn decide(
         &mut self,
         now: Instant,
         settings: &ScaleSettings,
@@ -159,6 +160,8 @@ impl Autoscaler {
         if desired == 0 && current > 0 && idle_for < settings.idle_timeout {
             desired = 1;
         }
+        // The bounds hold whatever was wanted before: a lowered maximum applies at once.
+        desired = desired.clamp(settings.min, settings.max.max(settings.min));
         Decision {
             desired,
             stable_demand,
@@ -184,6 +187,31 @@ mod tests {
             idle_timeout: Duration::from_secs(3),
             ..ScaleSettings::default()
         }
+    }
+
+    #[test]
+    fn a_lowered_maximum_applies_at_once() {
+        let start = Instant::now();
+        let mut scaler = Autoscaler::default();
+        scaler.observe(start, 5.0);
+        assert_eq!(
+            scaler.decide(start, &settings(), 5, Duration::ZERO).desired,
+            5
+        );
+        // The scale-down delay would keep 5, and the idle timeout 1: the bounds win.
+        let lowered = ScaleSettings {
+            min: 0,
+            max: 2,
+            ..settings()
+        };
+        let later = start + Duration::from_millis(100);
+        assert_eq!(scaler.decide(later, &lowered, 5, Duration::ZERO).desired, 2);
+        let none = ScaleSettings {
+            min: 0,
+            max: 0,
+            ..settings()
+        };
+        assert_eq!(scaler.decide(later, &none, 2, Duration::ZERO).desired, 0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod capacity;
 mod lease;
 mod pool;
 
-pub use self::autoscale::{Decision, ScaleSettings};
+pub use self::autoscale::{Autoscaler, Decision, ScaleSettings};
 pub use self::capacity::{Capacity, ReplicaResources, Reservation, Shortfall};
 pub use self::pool::{
     EventSink, Occupancy, PoolStatus, ReplicaPool, ReplicaSpec, ScaleEvent, ScaleReason, Served,

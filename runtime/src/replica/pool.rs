@@ -362,8 +362,23 @@ impl ReplicaPool {
             if state.replicas.len() < min as usize {
                 self.grow(&mut state, min, ScaleReason::MinReplicas);
             }
+            // Requests may be waiting for the replicas these bounds allow.
+            self.serve_queue(&mut state);
         }
         self.flush_events();
+    }
+
+    /// Whether a request arriving now would be served without waiting: a replica has a free
+    /// slot, or another may start. (Capacity may still refuse a new one.)
+    pub fn has_room(&self) -> bool {
+        let state = self.lock();
+        let concurrency = state.settings.concurrency;
+        state.queue.is_empty()
+            && (state.replicas.len() < state.settings.max as usize
+                || state
+                    .replicas
+                    .iter()
+                    .any(|replica| replica.in_flight < concurrency))
     }
 
     /// Stops taking part: the pool serves what it has queued, then scales to zero and
@@ -638,30 +653,35 @@ impl ReplicaPool {
                 }
             }
             // Requests may be waiting behind capacity freed elsewhere: serve them.
-            while !state.queue.is_empty() {
-                let Some(grant) = self.take_free(&mut state).or_else(|| {
-                    let n = state.replicas.len() as u32;
-                    (!state.retired
-                        && n < state.settings.max
-                        && self.grow(&mut state, n + 1, ScaleReason::Load))
-                    .then(|| self.take_free(&mut state))
-                    .flatten()
-                }) else {
-                    break;
-                };
-                let waiter = state.queue.pop_front().expect("the queue is not empty");
-                if let Err(grant) = waiter.send(grant) {
-                    // The waiter gave up; give the slot back.
-                    if let Some(replica) =
-                        state.replicas.iter_mut().find(|r| r.id == grant.replica_id)
-                    {
-                        replica.in_flight -= 1;
-                        replica.idle_instances.extend(grant.instance);
-                    }
+            self.serve_queue(&mut state);
+        }
+        self.flush_events();
+    }
+
+    /// Hands waiting requests the free slots there are, starting replicas as the bounds and
+    /// capacity allow.
+    fn serve_queue(&self, state: &mut State) {
+        while !state.queue.is_empty() {
+            let Some(grant) = self.take_free(state).or_else(|| {
+                let n = state.replicas.len() as u32;
+                (!state.retired
+                    && n < state.settings.max
+                    && self.grow(state, n + 1, ScaleReason::Load))
+                .then(|| self.take_free(state))
+                .flatten()
+            }) else {
+                break;
+            };
+            let waiter = state.queue.pop_front().expect("the queue is not empty");
+            if let Err(grant) = waiter.send(grant) {
+                // The waiter gave up; give the slot back.
+                if let Some(replica) = state.replicas.iter_mut().find(|r| r.id == grant.replica_id)
+                {
+                    replica.in_flight -= 1;
+                    replica.idle_instances.extend(grant.instance);
                 }
             }
         }
-        self.flush_events();
     }
 
     /// Reports the replica count as one event if it changed since the last report, and
