@@ -219,15 +219,19 @@ mod tests {
             current: &current,
             waiting_on: &nobody,
         };
+        // b's two go to c first (fewest of the service), then a and c tie and the name
+        // decides.
         let placed = place(&want, &mut live);
-        assert_eq!(placed, [("a".into(), 1), ("c".into(), 2)].into());
+        assert_eq!(placed, [("a".into(), 2), ("c".into(), 1)].into());
+        assert_eq!(live["a"].reserved.cpu_millis, 500);
         let fewer = Want {
-            desired: 1,
+            desired: 2,
             current: &placed,
             ..want
         };
-        assert_eq!(place(&fewer, &mut live), [("a".into(), 1)].into());
-        assert_eq!(live["c"].reserved.cpu_millis, 0);
+        assert_eq!(place(&fewer, &mut live), [("a".into(), 1), ("c".into(), 1)].into());
+        assert_eq!(live["a"].reserved.cpu_millis, 250);
+        assert_eq!(live["c"].reserved.cpu_millis, 250);
     }
 
     #[test]
