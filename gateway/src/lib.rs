@@ -31,6 +31,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
+use http_body_util::BodyExt as _;
 use shoal_runtime::{BoxError, RequestContext};
 
 pub use self::error::{COLD_START_HEADER, ERROR_KIND_HEADER, error_response, runtime_error_status};
@@ -48,10 +49,34 @@ pub const SERVED_BY_HEADER: &str = "x-shoal-served-by";
 /// The body of every gateway response: a guest's streamed body, a forwarded one, or an error.
 pub type Body = shoal_runtime::ResponseBody;
 
+/// A request's body on the way to a service of a cluster, which may be forwarded or served
+/// here, and may change hands once.
+type ClusterBody = http_body_util::combinators::BoxBody<Bytes, BodyError>;
+
+/// A request body's error, as a type of its own: with `BoxError` itself, the compiler cannot
+/// prove the routing future `Send` (its `Into<BoxError>` bound then has to hold for every
+/// lifetime, and `Box<dyn Error>` converts only from itself).
+#[derive(Debug)]
+struct BodyError(BoxError);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 /// The gateway of one node: its routing table and what it counts.
 pub struct Gateway {
     domain: String,
     routes: ArcSwap<RouteTable>,
+    /// Bumped whenever a table is published: requests waiting for a route wait on it.
+    changes: tokio::sync::watch::Sender<u64>,
     in_flight: AtomicU64,
     /// For forwarding to registered services: no redirects followed, no proxy from the
     /// environment.
@@ -79,6 +104,7 @@ impl Gateway {
         Gateway {
             domain: domain.into(),
             routes: ArcSwap::default(),
+            changes: tokio::sync::watch::Sender::new(0),
             in_flight: AtomicU64::new(0),
             http,
         }
@@ -87,6 +113,7 @@ impl Gateway {
     /// Replaces the routing table; requests already routed finish where they were sent.
     pub fn publish(&self, routes: RouteTable) {
         self.routes.store(Arc::new(routes));
+        self.changes.send_modify(|version| *version += 1);
     }
 
     /// The routing table in force.
@@ -153,50 +180,106 @@ impl Gateway {
                 return forward::forward(&self.http, &external, target, remote_addr, request).await;
             }
             Route::Cluster(service) => {
-                let forwarded = request.headers().contains_key(FORWARDED_HEADER);
-                // A request is served here when a replica has room, or when it came from a
-                // peer (one hop at most); else a peer running the service takes it; with no
-                // peer, it waits here for the replica the leader places.
-                if forwarded {
-                    // Says who served it, so the hop can be seen.
-                    let mut response = self
-                        .serve_local(&service.pool, target, remote_addr, request)
-                        .await;
-                    if let Ok(node) = HeaderValue::from_str(&service.origin) {
-                        response.headers_mut().insert(SERVED_BY_HEADER, node);
-                    }
-                    return response;
-                } else if service.pool.has_room() {
-                    service.pool.clone()
-                } else if let Some(peer) = service.pick() {
-                    match forward::to_peer(&self.http, peer, &service.origin, remote_addr, request)
-                        .await
-                    {
-                        Ok(response) => return response,
-                        // The peer could not be reached and the request had no body to lose:
-                        // it waits here instead.
-                        Err(Some(unsent)) => {
-                            return self
-                                .serve_local(&service.pool, target, remote_addr, unsent)
-                                .await;
-                        }
-                        Err(None) => {
-                            return error_response(
-                                StatusCode::BAD_GATEWAY,
-                                "peer-unreachable",
-                                &format!(
-                                    "cannot reach node {:?}, which runs service {:?}",
-                                    peer.node, target.service
-                                ),
-                            );
-                        }
-                    }
-                } else {
-                    service.pool.clone()
-                }
+                let request =
+                    request.map(|body| body.map_err(|error| BodyError(error.into())).boxed());
+                return self
+                    .route_in_cluster(service, target, remote_addr, request)
+                    .await;
             }
         };
         self.serve_local(&pool, target, remote_addr, request).await
+    }
+
+    /// Routes a request for a wasm service of a cluster: here when a replica has room (or the
+    /// request came from a peer: one hop at most), else one hop to a peer running the service,
+    /// else in this node's queue when it has replicas, all busy. When no node has a replica
+    /// (a service at zero, or the only node running it just died), the request is counted as
+    /// waiting here, which the leader learns from this node's report, and waits for the
+    /// routes to change, up to the service's queue timeout.
+    async fn route_in_cluster(
+        &self,
+        mut service: Arc<ClusterService>,
+        target: target::Target,
+        remote_addr: Option<SocketAddr>,
+        mut request: http::Request<ClusterBody>,
+    ) -> http::Response<Body> {
+        if request.headers().contains_key(FORWARDED_HEADER) {
+            let mut response = self
+                .serve_local(&service.pool, target, remote_addr, request)
+                .await;
+            if let Ok(node) = HeaderValue::from_str(&service.origin) {
+                response.headers_mut().insert(SERVED_BY_HEADER, node);
+            }
+            return response;
+        }
+        let timeout = service.pool.queue_timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.changes.subscribe();
+        let mut unreachable: Vec<String> = Vec::new();
+        loop {
+            if service.pool.has_room() {
+                break;
+            }
+            if let Some(peer) = service.pick_except(&unreachable) {
+                match forward::to_peer(&self.http, peer, &service.origin, remote_addr, request)
+                    .await
+                {
+                    Ok(response) => return response,
+                    // The peer could not be reached, and the request had no body to lose:
+                    // another peer, or a wait, may still serve it.
+                    Err(Some(unsent)) => {
+                        unreachable.push(peer.node.clone());
+                        request = unsent.map(|body| body.map_err(|never| match never {}).boxed());
+                        continue;
+                    }
+                    Err(None) => {
+                        return error_response(
+                            StatusCode::BAD_GATEWAY,
+                            "peer-unreachable",
+                            &format!(
+                                "cannot reach node {:?}, which runs service {:?}",
+                                peer.node, target.service
+                            ),
+                        );
+                    }
+                }
+            }
+            if service.pool.max_replicas() > 0 {
+                break;
+            }
+            let _waiting = service.pool.hold_demand();
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        &format!(
+                            "no replica of service {:?} became available on any node within the queue timeout of {}",
+                            target.service,
+                            humantime::format_duration(timeout)
+                        ),
+                    );
+                }
+            }
+            changes.borrow_and_update();
+            unreachable.clear();
+            match self.routes.load().get(&target.service) {
+                Some(Route::Cluster(newer)) => service = newer.clone(),
+                _ => {
+                    return error_response(
+                        StatusCode::NOT_FOUND,
+                        "unknown-service",
+                        &format!(
+                            "service {:?} was deleted while the request waited",
+                            target.service
+                        ),
+                    );
+                }
+            }
+        }
+        self.serve_local(&service.pool, target, remote_addr, request)
+            .await
     }
 
     /// Serves a request on this node's replicas of a service.

@@ -68,12 +68,22 @@ impl ClusterService {
     /// The peer to forward to: of two taken in turn, the one with less reported load per
     /// replica (the power of two choices); `None` when no peer runs the service.
     pub fn pick(&self) -> Option<&Peer> {
-        let n = self.peers.len();
+        self.pick_except(&[])
+    }
+
+    /// As [`ClusterService::pick`], passing over the peers named in `except`.
+    pub fn pick_except(&self, except: &[String]) -> Option<&Peer> {
+        let peers: Vec<&Peer> = self
+            .peers
+            .iter()
+            .filter(|peer| !except.contains(&peer.node))
+            .collect();
+        let n = peers.len();
         if n == 0 {
             return None;
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        let (a, b) = (&self.peers[turn % n], &self.peers[(turn + 1) % n]);
+        let (a, b) = (peers[turn % n], peers[(turn + 1) % n]);
         let per_replica = |peer: &Peer| f64::from(peer.load) / f64::from(peer.replicas.max(1));
         Some(if per_replica(b) < per_replica(a) {
             b

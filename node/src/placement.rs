@@ -229,7 +229,10 @@ mod tests {
             current: &placed,
             ..want
         };
-        assert_eq!(place(&fewer, &mut live), [("a".into(), 1), ("c".into(), 1)].into());
+        assert_eq!(
+            place(&fewer, &mut live),
+            [("a".into(), 1), ("c".into(), 1)].into()
+        );
         assert_eq!(live["a"].reserved.cpu_millis, 250);
         assert_eq!(live["c"].reserved.cpu_millis, 250);
     }

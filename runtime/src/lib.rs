@@ -52,7 +52,7 @@ pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig};
 pub use self::exec::{RequestContext, ServiceConfig};
 pub use self::kernel::TickerPriority;
 pub use self::replica::{
-    Autoscaler, Capacity, Decision, EventSink, Occupancy, PoolStatus, ReplicaPool,
+    Autoscaler, Capacity, Decision, EventSink, HeldDemand, Occupancy, PoolStatus, ReplicaPool,
     ReplicaResources, ReplicaSpec, Reservation, ScaleEvent, ScaleReason, ScaleSettings, Served,
     Shortfall,
 };

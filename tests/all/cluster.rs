@@ -471,6 +471,16 @@ async fn a_killed_nodes_replicas_are_placed_again_and_the_survivors_keep_answeri
     let killed = nodes.remove(index);
     let started = std::time::Instant::now();
     killed.kill9().await;
+    // Requests that arrive before the replica is placed again wait for it (the dead node
+    // refuses connections; the survivors count them as waiting), and are served.
+    let during: Vec<_> = nodes
+        .iter()
+        .map(|node| tokio::spawn(reqwest::get(format!("{}/web/", node.gateway))))
+        .collect();
+    for request in during {
+        let response = request.await.unwrap().unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
     for node in &nodes {
         until_served(node, "web").await;
     }

@@ -311,6 +311,11 @@ impl ChildNode {
             ])
             .arg(data_dir)
             .args(flags)
+            // Quiet unless asked: a child's log goes to the test's stderr, uncaptured.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .env_remove("SHOAL_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -83,6 +83,16 @@ pub enum ScaleReason {
 /// Where a pool reports its scale events.
 pub type EventSink = Arc<dyn Fn(ScaleEvent) + Send + Sync>;
 
+/// A request counted as waiting for a pool's service ([`ReplicaPool::hold_demand`]).
+pub struct HeldDemand(Arc<ReplicaPool>);
+
+impl Drop for HeldDemand {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.held = state.held.saturating_sub(1);
+    }
+}
+
 /// How full a pool is now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Occupancy {
@@ -164,6 +174,9 @@ struct State {
     replicas: Vec<Replica>,
     next_replica_id: u64,
     queue: VecDeque<oneshot::Sender<Grant>>,
+    /// Requests waiting for a replica of this service anywhere, outside the queue: in a
+    /// cluster, where no node has one yet (see [`ReplicaPool::hold_demand`]).
+    held: u32,
     /// Demand (in flight plus queued) integrated over time since the last sample.
     demand_area: f64,
     demand_since: Instant,
@@ -265,6 +278,7 @@ impl ReplicaPool {
                 replicas: Vec::new(),
                 next_replica_id: 0,
                 queue: VecDeque::new(),
+                held: 0,
                 demand_area: 0.0,
                 demand_since: now,
                 last_sample: now,
@@ -338,8 +352,27 @@ impl ReplicaPool {
         Occupancy {
             replicas: state.replicas.len() as u32,
             in_flight: state.in_flight(),
-            queued: state.queue.len() as u32,
+            queued: state.queue.len() as u32 + state.held,
         }
+    }
+
+    /// Counts a request as waiting for this service until the guard drops, without queueing
+    /// it here: in a cluster, a request no node can serve yet waits for the routes to change
+    /// (a replica placed here or on a peer), and what this node reports as waiting is how the
+    /// leader learns that a replica is wanted, and where.
+    pub fn hold_demand(self: &Arc<Self>) -> HeldDemand {
+        self.lock().held += 1;
+        HeldDemand(self.clone())
+    }
+
+    /// How long a request may wait for a replica.
+    pub fn queue_timeout(&self) -> Duration {
+        self.lock().settings.queue_timeout
+    }
+
+    /// The most replicas the pool may run now.
+    pub fn max_replicas(&self) -> u32 {
+        self.lock().settings.max
     }
 
     /// What the replicas hold of the node's capacity.
