@@ -38,8 +38,9 @@ pub fn error_response(
         // and a client that tried would see it reset.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if kind == "overloaded" {
-        // Queues drain in about a request's time; a second is a polite first retry.
+    if kind == "overloaded" || kind == "cluster-unavailable" {
+        // Queues drain in about a request's time, and etcd elects a leader in one or two
+        // seconds: a second is a polite first retry.
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response

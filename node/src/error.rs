@@ -61,6 +61,10 @@ pub enum Error {
     /// The store cannot be reached; the request may be retried.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// The cluster's shared store (etcd) cannot be reached or has no quorum: nothing was
+    /// written; reads still come from what this node last knew. Retry later.
+    #[error("the cluster's store cannot be reached, nothing was written; try again: {0}")]
+    ClusterUnavailable(String),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -129,7 +133,8 @@ impl From<shoal_registry::Error> for Error {
                 Error::Conflict(Conflict::Changed(conflict.to_string()))
             }
             E::Invalid(error) => Error::Invalid(error),
-            E::Unavailable(reason) => Error::Unavailable(reason),
+            // Only the cluster's store is remote: a node's own redb file is always there.
+            E::Unavailable(reason) => Error::ClusterUnavailable(reason),
             E::Closed => Error::ShuttingDown,
             other => Error::Internal(format!("{:#}", anyhow::Error::new(other))),
         }

@@ -3,6 +3,7 @@
 mod bad_input;
 mod cache;
 mod cluster;
+mod cluster_faults;
 mod consul;
 mod consul_gateway;
 mod consul_health;

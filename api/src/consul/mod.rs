@@ -133,10 +133,28 @@ pub(crate) fn routes(node: Node) -> Router<Node> {
         )
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
+        .layer(middleware::map_response_with_state(
+            node.clone(),
+            flag_stale_reads,
+        ))
         .layer(middleware::from_fn_with_state(
             node,
             crate::auth::require_consul_token,
         ))
+}
+
+/// In a cluster, a node that cannot renew its membership in etcd answers reads from what it
+/// last knew: it says so as Consul does when its servers have no leader.
+async fn flag_stale_reads(State(node): State<Node>, mut response: Response) -> Response {
+    let stale = node
+        .cluster()
+        .is_some_and(|joined| !joined.membership.holds());
+    if stale && response.headers().contains_key("x-consul-knownleader") {
+        response
+            .headers_mut()
+            .insert("x-consul-knownleader", HeaderValue::from_static("false"));
+    }
+    response
 }
 
 /// Consul's answer to a path it does not know, for the fallback.
@@ -206,6 +224,10 @@ impl IntoResponse for ConsulError {
 
 impl From<shoal_node::Error> for ConsulError {
     fn from(error: shoal_node::Error) -> ConsulError {
+        // What Consul answers a write when its servers have no leader.
+        if let shoal_node::Error::ClusterUnavailable(_) = error {
+            return ConsulError::new(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader");
+        }
         let api = crate::error::ApiError::from(error);
         ConsulError::new(api.status, api.message)
     }
