@@ -267,8 +267,9 @@ async fn nothing_acknowledged_is_lost_when_etcd_loses_its_leader_and_then_its_qu
     }
 
     // Every acknowledged write is there, read through every node once they have caught up.
-    let kv = kv.lock().unwrap();
-    let deploys = deploys.lock().unwrap();
+    // Every task has ended: the histories are ours alone now.
+    let kv = std::mem::take(&mut *kv.lock().unwrap());
+    let deploys = std::mem::take(&mut *deploys.lock().unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let (keys, services) = loop {
         let listed = async {
