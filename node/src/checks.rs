@@ -72,7 +72,12 @@ impl CheckRunner {
         }
         state.reconciled = snapshot.indexes.change;
         let mut running = std::mem::take(&mut state.running);
-        for check in &snapshot.checks {
+        // Each node runs the checks its agent API registered, as each Consul agent does.
+        for check in snapshot
+            .checks
+            .iter()
+            .filter(|c| node.owns(&c.definition.node))
+        {
             let id = &check.definition.id;
             match running.remove(id) {
                 Some(task) if task.definition == check.definition => {

@@ -31,11 +31,15 @@ impl Node {
     /// Registers (or re-registers) an instance with its checks.
     pub async fn register_service(
         &self,
-        registration: Registration,
-        checks: Vec<CheckDefinition>,
+        mut registration: Registration,
+        mut checks: Vec<CheckDefinition>,
         replace_existing_checks: bool,
     ) -> Result<Registration> {
         self.check_running()?;
+        registration.node = self.agent_name();
+        for check in &mut checks {
+            check.node = self.agent_name();
+        }
         let committed = self
             .inner
             .store
@@ -43,6 +47,52 @@ impl Node {
             .await?;
         self.wait_applied(committed.index).await?;
         Ok(committed.value)
+    }
+
+    /// The owner this node stamps on what its agent API registers: its name in a cluster,
+    /// where registrations are shared and each node runs its own checks; nothing on a node
+    /// alone, whose registrations are all its own whatever it is called after a restart.
+    fn agent_name(&self) -> String {
+        if self.inner.cluster.is_some() {
+            self.inner.config.node_name.clone()
+        } else {
+            String::new()
+        }
+    }
+
+    /// Whether `owner` (a registration's or a check's) is this node.
+    pub fn owns(&self, owner: &str) -> bool {
+        owner.is_empty() || owner == self.inner.config.node_name
+    }
+
+    /// Whether the node named `name` is alive: this node is; another is while it holds its
+    /// membership.
+    pub fn node_alive(&self, name: &str) -> bool {
+        if self.owns(name) {
+            return true;
+        }
+        self.inner.cluster.as_ref().is_some_and(|joined| {
+            joined
+                .cluster
+                .members()
+                .borrow()
+                .nodes
+                .get(name)
+                .is_some_and(|member| member.alive)
+        })
+    }
+
+    /// The host other nodes and clients reach the node named `name` at, as it advertised.
+    pub fn node_host(&self, name: &str) -> Option<String> {
+        let joined = self.inner.cluster.as_ref()?;
+        let members = joined.cluster.members().borrow().clone();
+        let api = &members.nodes.get(name)?.info.api;
+        let host = api.rsplit_once(':').map_or(api.as_str(), |(host, _)| host);
+        Some(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        )
     }
 
     /// Removes an instance and its checks; `false` if there was none.
@@ -54,8 +104,9 @@ impl Node {
     }
 
     /// Adds or replaces a check.
-    pub async fn register_check(&self, definition: CheckDefinition) -> Result<CheckRecord> {
+    pub async fn register_check(&self, mut definition: CheckDefinition) -> Result<CheckRecord> {
         self.check_running()?;
+        definition.node = self.agent_name();
         let committed = self.inner.store.register_check(definition).await?;
         self.wait_applied(committed.index).await?;
         Ok(committed.value)

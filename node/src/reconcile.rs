@@ -296,7 +296,11 @@ impl Node {
                 .push(Endpoint {
                     id: registration.id.clone(),
                     authority: shoal_gateway::authority(host, registration.port),
-                    routable: registration.port != 0 && !critical,
+                    // A dead node's instances get no traffic, as Consul fails their
+                    // serfHealth check.
+                    routable: registration.port != 0
+                        && !critical
+                        && self.node_alive(&registration.node),
                 });
         }
         for (name, instances) in external {

@@ -49,6 +49,11 @@ pub struct Registration {
     pub enable_tag_override: bool,
     /// The instance's Unix socket, if it listens on one (kept, not routed to).
     pub socket_path: String,
+    /// The node whose agent API registered it, which runs its checks and lists it as its
+    /// own, as a Consul agent does; empty for a node alone (and in records from before
+    /// clusters), meaning the node that reads it.
+    #[serde(default)]
+    pub node: String,
     /// The change index of the change that first registered this ID.
     pub create_index: u64,
     /// The change index of the newest change of this registration.
@@ -193,6 +198,10 @@ pub struct CheckDefinition {
     pub status: Option<CheckStatus>,
     /// Deregister the service once this check has been critical this long.
     pub deregister_critical_after: Option<Duration>,
+    /// The node whose agent registered it, which runs it; empty for a node alone (see
+    /// [`Registration::node`]).
+    #[serde(default)]
+    pub node: String,
 }
 
 /// A check and its current state.
@@ -278,6 +287,7 @@ impl Registration {
             weights: Weights::default(),
             enable_tag_override: false,
             socket_path: String::new(),
+            node: String::new(),
             create_index: 0,
             modify_index: 0,
         }

@@ -196,6 +196,7 @@ fn web(id: &str) -> Registration {
         address: "127.0.0.1".into(),
         port: 8080,
         tags: vec!["v1".into()],
+        node: "n1".into(),
         ..Registration::new("web")
     }
 }
@@ -211,6 +212,8 @@ fn ttl_check(id: &str) -> CheckDefinition {
         },
         status: None,
         deregister_critical_after: None,
+        // The owner is kept: every read below compares what it finds with what was written.
+        node: "n1".into(),
     }
 }
 

@@ -6,7 +6,9 @@ module `consul`, so each gets its own virtual environment under `target/consul-v
 between runs), it starts `target/debug/shoal` on a fresh data directory with the API on
 127.0.0.1:8500, where the seed's code expects it, runs the seed's registration unchanged
 (`seed_register.py`), then `scenarios.py`; then it starts a node requiring a token and runs
-the token scenario. Run by `scripts/test` after `cargo build --bin shoal`.
+the token scenario. Then, with py-consul, three nodes sharing a three-member etcd cluster
+(Debian's `etcd-server`, on free loopback ports, killed at the end): `cluster_scenarios.py`.
+Run by `scripts/test` after `cargo build --bin shoal`.
 """
 
 import os
@@ -15,6 +17,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 import venv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,7 +42,65 @@ def environment(name, requirement):
     return python
 
 
-def start_node(data_dir, api, token=None):
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_etcd(directory):
+    """Three etcd members on free loopback ports; returns the processes and the endpoints."""
+    ports = [(free_port(), free_port()) for _ in range(3)]
+    cluster = ",".join(f"e{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
+    members = []
+    for i, (client, peer) in enumerate(ports):
+        members.append(subprocess.Popen(
+            ["etcd", "--name", f"e{i}", "--data-dir", os.path.join(directory, f"e{i}"),
+             "--listen-client-urls", f"http://127.0.0.1:{client}",
+             "--advertise-client-urls", f"http://127.0.0.1:{client}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-cluster", cluster, "--pre-vote"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    endpoints = [f"127.0.0.1:{client}" for client, _ in ports]
+    deadline = time.monotonic() + 30
+    for endpoint in endpoints:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{endpoint}/health", timeout=1) as response:
+                    if b'"true"' in response.read():
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit(f"etcd at {endpoint} did not become healthy")
+            # Polled: etcd says nothing when it is ready.
+            time.sleep(0.1)
+    return members, ",".join(endpoints)
+
+
+def cluster(python):
+    """Three nodes on one etcd, and the cluster scenarios."""
+    with tempfile.TemporaryDirectory() as directory:
+        members, endpoints = start_etcd(directory)
+        nodes = []
+        try:
+            for i in (1, 2, 3):
+                nodes.append(start_node(os.path.join(directory, f"n{i}"), "127.0.0.1:0",
+                                        extra=["--etcd", endpoints, "--node-name", f"n{i}", "--node-ttl", "2s"]))
+            (_, api1, _), (node2, api2, _), (_, api3, gateway3) = nodes
+            subprocess.run([python, os.path.join(HERE, "cluster_scenarios.py"), str(api1), str(api2), str(api3),
+                            gateway3, str(node2.pid)], check=True)
+        finally:
+            for node, _, _ in nodes:
+                node.kill()
+                node.wait()
+            for member in members:
+                member.kill()
+                member.wait()
+
+
+def start_node(data_dir, api, token=None, extra=()):
     """`shoal up` on loopback; returns the process, its API port and its gateway URL."""
     env = dict(os.environ)
     env.pop("SHOAL_TOKEN", None)
@@ -46,6 +108,7 @@ def start_node(data_dir, api, token=None):
             "--fuel-per-cpu-second", "1000000000"]
     if token:
         args += ["--token", token]
+    args += list(extra)
     node = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     line = node.stdout.readline()
     match = re.search(r"api (\S+) gateway (\S+)", line)
@@ -89,6 +152,8 @@ def main():
             finally:
                 node.terminate()
                 node.wait()
+    print("py-consul==1.8.0 on a cluster of three nodes:")
+    cluster(environment("py-consul", CLIENTS["py-consul"]))
     print("consul clients: all passed")
 
 

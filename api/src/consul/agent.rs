@@ -423,6 +423,8 @@ fn check_definition(
         probe,
         status,
         deregister_critical_after: body.deregister_critical_service_after.map(|d| d.0),
+        // Stamped by the node, which knows whether it shares its store.
+        node: String::new(),
     })
 }
 
@@ -561,6 +563,8 @@ pub(super) async fn services(
         .snapshot
         .registrations
         .iter()
+        // An agent lists what was registered through it.
+        .filter(|r| node.owns(&r.node))
         .map(|r| (r.id.as_str(), agent_service(&consul, r)))
         .collect();
     Ok(json(&query, &services))
@@ -578,7 +582,7 @@ pub(super) async fn service(
         .snapshot
         .registrations
         .iter()
-        .find(|r| r.id == id)
+        .find(|r| r.id == id && node.owns(&r.node))
         .ok_or_else(|| {
             ConsulError::new(StatusCode::NOT_FOUND, format!("unknown service ID: {id}"))
         })?;
@@ -609,6 +613,7 @@ pub(super) async fn checks(
         .snapshot
         .checks
         .iter()
+        .filter(|c| node.owns(&c.definition.node))
         .map(|c| (c.definition.id.as_str(), health_check(&consul, c)))
         .collect();
     Ok(json(&query, &checks))

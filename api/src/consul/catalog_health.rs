@@ -8,8 +8,9 @@
 //!   one passing check. A service scaled to zero shows one instance, since its next request
 //!   starts a replica.
 //!
-//! Every node-level answer also carries Consul's `serfHealth` check, passing: this node is the
-//! agent, and it is alive if it answers.
+//! Every node-level answer also carries Consul's `serfHealth` check: passing for this node
+//! (it answers, so it is alive) and for the live nodes of its cluster, critical for a node
+//! whose membership lapsed, whose instances `?passing` then leaves out, as Consul does.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,6 +25,10 @@ use super::{ConsulError, ConsulNode, ConsulResult, Query, blocking, read_json};
 
 /// One provider of a service name, with its checks, whatever its kind.
 struct Instance {
+    /// The node it is on.
+    node: ConsulNode,
+    /// Whether that node is alive.
+    alive: bool,
     /// As the agent shows it, with its indexes.
     service: AgentService,
     create_index: u64,
@@ -103,15 +108,19 @@ pub(super) fn health_check(consul: &ConsulNode, check: &CheckRecord) -> HealthCh
     }
 }
 
-/// The node's own check: it answers, so it is alive.
-fn serf_health(consul: &ConsulNode) -> HealthCheck {
+/// A node's own check: passing while it is alive.
+fn serf_health(consul: &ConsulNode, alive: bool) -> HealthCheck {
     HealthCheck {
         node: consul.name.clone(),
         check_id: "serfHealth".into(),
         name: "Serf Health Status".into(),
-        status: "passing",
+        status: if alive { "passing" } else { "critical" },
         notes: String::new(),
-        output: "Agent alive and reachable".into(),
+        output: if alive {
+            "Agent alive and reachable".into()
+        } else {
+            "Agent not live or unreachable".into()
+        },
         service_id: String::new(),
         service_name: String::new(),
         service_tags: Vec::new(),
@@ -143,6 +152,15 @@ fn node_view(consul: &ConsulNode) -> wire::Node {
     }
 }
 
+/// This node, then the other nodes of its cluster by name, each with whether it is alive.
+fn every_node(node: &Node, consul: &ConsulNode) -> Vec<(ConsulNode, bool)> {
+    let mut nodes = vec![(consul.clone(), true)];
+    for view in node.nodes().into_iter().filter(|view| !view.local) {
+        nodes.push((ConsulNode::peer(node, consul, &view.name), view.alive));
+    }
+    nodes
+}
+
 /// Whether `?node-meta=key:value` filters (all of them) match this node's meta.
 fn node_meta_matches(query: &Query) -> bool {
     query.all("node-meta").iter().all(|pair| {
@@ -166,15 +184,23 @@ fn registered_instances(node: &Node, consul: &ConsulNode, name: &str) -> Vec<Ins
                 .iter()
                 .filter(|c| c.definition.service_id.as_deref() == Some(registration.id.as_str()))
                 .collect();
-            let mut service = agent_service(consul, registration);
+            let owner = ConsulNode::owner(node, consul, &registration.node);
+            let alive = node.node_alive(&registration.node);
+            let mut service = agent_service(&owner, registration);
             service.create_index = Some(registration.create_index);
             service.modify_index = Some(registration.modify_index);
+            let mut statuses: Vec<CheckStatus> = checks.iter().map(|c| c.status).collect();
+            if !alive {
+                statuses.push(CheckStatus::Critical);
+            }
             Instance {
+                checks: checks.iter().map(|c| health_check(&owner, c)).collect(),
+                node: owner,
+                alive,
                 service,
                 create_index: registration.create_index,
                 modify_index: registration.modify_index,
-                checks: checks.iter().map(|c| health_check(consul, c)).collect(),
-                statuses: checks.iter().map(|c| c.status).collect(),
+                statuses,
             }
         })
         .collect()
@@ -228,6 +254,8 @@ fn wasm_instances(node: &Node, consul: &ConsulNode, wasm: &WasmService) -> Vec<I
                 modify_index: index,
             };
             Instance {
+                node: consul.clone(),
+                alive: true,
                 service: AgentService {
                     id,
                     service: name.to_owned(),
@@ -332,10 +360,10 @@ pub(super) async fn service(
         if !node_meta_matches(&query) {
             return Ok((Vec::new(), index));
         }
-        let node_view = node_view(&consul);
         let entries: Vec<CatalogService> = with_tags(instances(&node, &consul, &name), &query)
             .into_iter()
             .map(|instance| {
+                let node_view = node_view(&instance.node);
                 let service = instance.service;
                 CatalogService {
                     id: node_view.id.clone(),
@@ -366,7 +394,7 @@ pub(super) async fn service(
     Ok(read_json(&query, &entries, index))
 }
 
-/// `GET /v1/catalog/nodes`: this one node.
+/// `GET /v1/catalog/nodes`: this node, and the other nodes of its cluster.
 pub(super) async fn nodes(
     State(node): State<Node>,
     RawQuery(raw): RawQuery,
@@ -376,7 +404,10 @@ pub(super) async fn nodes(
     let (nodes, index) = blocking(&node, &query, || async {
         let index = catalog_index(&node);
         let nodes = if node_meta_matches(&query) {
-            vec![node_view(&consul)]
+            every_node(&node, &consul)
+                .iter()
+                .map(|(other, _)| node_view(other))
+                .collect()
         } else {
             Vec::new()
         };
@@ -401,17 +432,16 @@ pub(super) async fn health_service(
         if !node_meta_matches(&query) {
             return Ok((Vec::new(), index));
         }
-        let node_view = node_view(&consul);
         let entries: Vec<ServiceEntry> = with_tags(instances(&node, &consul, &name), &query)
             .into_iter()
             .filter(|i| !passing || i.statuses.iter().all(|s| *s == CheckStatus::Passing))
             .map(|instance| {
-                let mut checks = vec![serf_health(&consul)];
+                let mut checks = vec![serf_health(&instance.node, instance.alive)];
                 checks.extend(instance.checks);
                 let mut service = instance.service;
                 service.datacenter = None;
                 ServiceEntry {
-                    node: node_view.clone(),
+                    node: node_view(&instance.node),
                     service,
                     checks,
                 }
@@ -462,12 +492,16 @@ pub(super) async fn health_state(
     let (checks, index) = blocking(&node, &query, || async {
         let index = health_index(&node);
         let mut checks = Vec::new();
-        if wanted.is_none_or(|s| s == CheckStatus::Passing) {
-            checks.push(serf_health(&consul));
+        for (other, alive) in every_node(&node, &consul) {
+            let serf = serf_health(&other, alive);
+            if wanted.is_none_or(|s| s.as_str() == serf.status) {
+                checks.push(serf);
+            }
         }
         for check in &node.catalog().snapshot.checks {
             if wanted.is_none_or(|s| s == check.status) {
-                checks.push(health_check(&consul, check));
+                let owner = ConsulNode::owner(&node, &consul, &check.definition.node);
+                checks.push(health_check(&owner, check));
             }
         }
         if wanted.is_none_or(|s| s == CheckStatus::Passing) {

@@ -19,6 +19,28 @@ pub(crate) struct ConsulNode {
 }
 
 impl ConsulNode {
+    /// Another node of this node's cluster, named `name`, at the host it advertised.
+    pub(crate) fn peer(node: &Node, this: &ConsulNode, name: &str) -> ConsulNode {
+        let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{name}\n").as_bytes());
+        let address = node.node_host(name).unwrap_or_else(|| this.address.clone());
+        ConsulNode {
+            id: id.to_string(),
+            name: name.to_owned(),
+            raft_address: format!("{address}:8300"),
+            address,
+            datacenter: this.datacenter.clone(),
+        }
+    }
+
+    /// The node a registration with this owner is on.
+    pub(crate) fn owner(node: &Node, this: &ConsulNode, owner: &str) -> ConsulNode {
+        if node.owns(owner) {
+            this.clone()
+        } else {
+            ConsulNode::peer(node, this, owner)
+        }
+    }
+
     /// The identity of `node`.
     pub(crate) fn of(node: &Node) -> ConsulNode {
         let config = node.config();
