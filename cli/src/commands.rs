@@ -62,7 +62,7 @@ pub enum Command {
     Call(CallArgs),
     /// List uploaded modules.
     Modules,
-    /// Show every service's replicas, load, latency and share of the node.
+    /// Show every service's replicas, load, latency, share of the node, and replicas per node.
     Ps,
     /// Change a service's replica bounds.
     Scale {
@@ -466,6 +466,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
                     "CPU-RES%",
                     "CPU-SEC",
                     "CPU-USE%",
+                    "NODES",
                 ]);
                 for s in &statuses {
                     let ms =
@@ -497,6 +498,16 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
                             .as_f64()
                             .map_or("-".into(), |seconds| format!("{seconds:.3}")),
                         pct(&s["cpu"]["share"]),
+                        s["nodes"]
+                            .as_object()
+                            .map(|nodes| {
+                                nodes
+                                    .iter()
+                                    .map(|(node, replicas)| format!("{node}:{replicas}"))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .unwrap_or_default(),
                     ]);
                 }
                 println!("{table}");

@@ -321,6 +321,19 @@ impl Node {
         settings
     }
 
+    /// The replicas of `service` on each node running any: `here` on this node, and what
+    /// the live peers last reported.
+    pub(crate) fn replicas_by_node(&self, service: &str, here: u32) -> BTreeMap<String, u32> {
+        let mut nodes = BTreeMap::new();
+        if here > 0 || self.inner.cluster.is_none() {
+            nodes.insert(self.inner.config.node_name.clone(), here);
+        }
+        for peer in self.peers_running(service) {
+            nodes.insert(peer.node, peer.replicas);
+        }
+        nodes
+    }
+
     /// The live peers that report replicas of `service`, for the gateway.
     pub(crate) fn peers_running(&self, service: &str) -> Vec<Peer> {
         let Some(joined) = &self.inner.cluster else {

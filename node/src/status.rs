@@ -141,8 +141,11 @@ pub struct ServiceStatus {
     pub resource_allocation: ServiceAllocation,
     /// The CPU it uses.
     pub cpu: ServiceCpu,
-    /// The scale settings in force, defaults filled in.
+    /// The scale settings in force, defaults filled in (in a cluster: the service's, while
+    /// this node runs what the leader placed on it).
     pub scale: ScaleView,
+    /// Replicas on each node running any (in a cluster, as each last reported), by node.
+    pub nodes: std::collections::BTreeMap<String, u32>,
 }
 
 /// A service's replica counts.
@@ -347,7 +350,10 @@ impl Node {
         let status: PoolStatus = pool.status();
         let per_replica = pool.replica_spec().requests;
         let capacity = self.inner.capacity.total();
-        let settings = &status.settings;
+        // In a cluster the pool's bounds are what was placed here; the service's own are
+        // what users set and see.
+        let settings =
+            &convert::scale_settings(&deployed.record.spec, &self.inner.config.scale_defaults);
         let spec = &deployed.record.spec;
         let per_replica_load = if status.replicas == 0 {
             0.0
@@ -399,6 +405,7 @@ impl Node {
                 recent_cores: status.cpu.cores,
                 share: status.cpu.cores / self.inner.runtime.scheduler().slots() as f64,
             },
+            nodes: self.replicas_by_node(name.as_str(), status.replicas),
             scale: ScaleView {
                 min: settings.min,
                 max: settings.max,

@@ -344,6 +344,33 @@ async fn replicas_spread_any_node_routes_any_name_and_capacity_is_never_overcomm
         seen.iter().all(|node| node["services"]["spread"] == 1)
     })
     .await;
+    // The status and `shoal ps` show them per node, and the service's own bounds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status: Value = reqwest::get(format!("{}/v1/services/spread/status", nodes[0].api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["nodes"] == serde_json::json!({"n1": 1, "n2": 1, "n3": 1}) {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        // Polled: the peers' reports arrive from other processes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (&status["scale"]["min"], &status["scale"]["max"]),
+        (&Value::from(3), &Value::from(3))
+    );
+    let ps = tokio::process::Command::new(shoal_bin())
+        .args(["--api", &nodes[0].api, "ps"])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&ps.stdout);
+    assert!(table.contains("n1:1,n2:1,n3:1"), "{table}");
 
     // One replica, on one node: every node's gateway answers for it, by path and by Host,
     // the others through exactly one hop.

@@ -371,3 +371,64 @@ async fn nothing_acknowledged_is_lost_when_etcd_loses_its_leader_and_then_its_qu
         "no write was refused while etcd had no quorum"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_etcd_member_down_fails_no_request() {
+    let etcd = Arc::new(Mutex::new(blocking(|| EtcdCluster::start(3)).await));
+    // The node's first endpoint, the member it uses until it fails, is a follower: losing
+    // it needs no election, so nothing but the client's own failover is tested.
+    let (used, endpoints) = {
+        let etcd = etcd.lock().unwrap();
+        let used = (etcd.leader().expect("etcd has a leader") + 1) % 3;
+        let mut endpoints = etcd.endpoints();
+        endpoints.rotate_left(used);
+        (used, endpoints.join(","))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let flags: Vec<String> = ["--etcd", &endpoints, "--node-name", "solo"]
+        .map(str::to_owned)
+        .to_vec();
+    let node = ChildNode::start_with(&shoal_bin(), dir.path(), &flags).await;
+    let http = client();
+    {
+        let etcd = etcd.clone();
+        blocking(move || etcd.lock().unwrap().kill(used)).await;
+    }
+    for i in 0..50 {
+        let put = http
+            .put(format!("{}/v1/kv/failover/{i}", node.api))
+            .body(i.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200, "write {i} with one etcd member down");
+        let get = http
+            .get(format!("{}/v1/kv/failover/{i}?raw", node.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(get.status(), 200, "read {i} with one etcd member down");
+        assert_eq!(get.text().await.unwrap(), i.to_string());
+    }
+    let module = http
+        .post(format!("{}/v1/modules", node.api))
+        .body(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(module.status(), 201);
+    let digest = module.json::<Value>().await.unwrap()["digest"].clone();
+    let deployed = http
+        .put(format!("{}/v1/services/hello", node.api))
+        .json(&serde_json::json!({"module": digest}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deployed.status(), 201);
+    let served = http
+        .get(format!("{}/hello/", node.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+}
