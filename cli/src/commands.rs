@@ -141,7 +141,8 @@ pub struct UpArgs {
     #[arg(long, requires = "etcd")]
     pub advertise: Option<String>,
     /// How long after this node stops renewing its membership the others count it dead.
-    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration, requires = "etcd")]
+    /// (etcd's leases are whole seconds, at least 2.)
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration, requires = "etcd")]
     pub node_ttl: Duration,
 }
 

@@ -30,12 +30,16 @@ all alike, medians reported:
 - the slice's cost: CPU per compute-bound request (20M rounds) with 1, cores and 4x cores
   of them at a time: alone a guest runs in 10 ms slices, with every core busy in 1 ms ones,
   and beyond that it hands its slot on at every slice (and the baseline build, if set);
+- cluster: three nodes on a three-member etcd (Debian's etcd-server): a request forwarded one
+  hop against one served where the replica is (p50, p99, CPU per request of every node
+  involved), deploy to answerable on every node, 1,000 services with min 1 placed and
+  answering, and failover after SIGKILL of the node running a service;
 - before and after (with BENCH_BASELINE=<git revision>): CPU per request at fixed rates of
   shoal built from that revision and of this tree, side by side, per-request and reuse.
 
 Environment: BENCH_DURATION (wrk duration, default 5s), BENCH_ROUNDS (default 5),
 BENCH_ONLY (comma-separated sections: throughput, latency, fuel, cold, density, contention,
-slice, baseline),
+slice, baseline, cluster),
 BENCH_BASELINE (a git revision to compare with; the baseline section runs only when set),
 BENCH_CLIENT_RT (contention: hello's client in the real-time class).
 """
@@ -52,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -67,6 +72,7 @@ HELLO_CLIENTS = 4
 OHA_VERSION = "1.16.0"
 N_DENSITY = 1000
 N_MODULES = 100
+HOP_RATE = 2_000
 BASELINE = os.environ.get("BENCH_BASELINE")
 CLIENT_RT = ["chrt", "-f", "1"] if os.environ.get("BENCH_CLIENT_RT") == "1" else []
 
@@ -161,15 +167,15 @@ def wait_http(url, process, limit=60):
 class Shoal:
     """`shoal up` on loopback, with its API and gateway addresses."""
 
-    def __init__(self, binary, data_dir):
-        self.binary, self.data_dir = binary, data_dir
+    def __init__(self, binary, data_dir, extra=()):
+        self.binary, self.data_dir, self.extra = binary, data_dir, list(extra)
         self.start()
 
     def start(self):
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             [self.binary, "up", "--data-dir", self.data_dir, "--api-listen", "127.0.0.1:0",
-             "--gateway-listen", "127.0.0.1:0"],
+             "--gateway-listen", "127.0.0.1:0"] + self.extra,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=SERVER_ENV)
         line = self.process.stdout.readline()
         match = re.search(r"api (\S+) gateway (\S+)", line)
@@ -612,6 +618,164 @@ def answer_all(gateway):
     return time.monotonic()
 
 
+# ---------------------------------------------------------------- a cluster
+
+def start_etcd(directory):
+    """Three etcd members (Debian's etcd-server) on free loopback ports: (processes, endpoints)."""
+    ports = [(free_port(), free_port()) for _ in range(3)]
+    initial = ",".join(f"e{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
+    members = [subprocess.Popen(
+        ["etcd", "--name", f"e{i}", "--data-dir", os.path.join(directory, f"e{i}"),
+         "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+         "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-cluster", initial, "--pre-vote"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i, (client, peer) in enumerate(ports)]
+    endpoints = [f"127.0.0.1:{client}" for client, _ in ports]
+    for endpoint, member in zip(endpoints, members):
+        wait_http(f"http://{endpoint}/health", member)
+    return members, ",".join(endpoints)
+
+
+def cpu_of(pids):
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+def oha_cpu(oha_path, url, rate, pids):
+    """oha at a fixed rate (8 connections): p50 and p99 in ms, and the CPU time of `pids`
+    per request in microseconds."""
+    before = cpu_of(pids)
+    out = subprocess.run([oha_path, "-z", DURATION, "-c", "8", "-q", str(rate), "--latency-correction",
+                          "--no-tui", "--output-format", "json", url], check=True, capture_output=True, text=True).stdout
+    report = json.loads(out)
+    codes = report["statusCodeDistribution"]
+    if set(codes) != {"200"}:
+        sys.exit(f"{url}: failed requests: {codes}")
+    percentiles = report["latencyPercentiles"]
+    return percentiles["p50"] * 1000, percentiles["p99"] * 1000, (cpu_of(pids) - before) / codes["200"] * 1e6
+
+
+def placed_on(node, service):
+    """The names of the nodes `node` sees running `service`."""
+    return [n["name"] for n in node.call("GET", "/v1/nodes") if n["services"].get(service)]
+
+
+def wait_for(what, condition, limit=60):
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            sys.exit(f"never: {what}")
+        time.sleep(0.02)
+
+
+def get_status(url, timeout=30):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+def cluster_bench(paths, load):
+    """Three nodes on a three-member etcd, with default settings: one hop against a local
+    request, deploy to answerable on every node, placement of 1,000 services, and failover
+    after SIGKILL of the node running a service."""
+    lines = []
+    with open(paths["hello"], "rb") as f:
+        hello = f.read()
+    with tempfile.TemporaryDirectory() as directory:
+        members, endpoints = start_etcd(directory)
+        nodes = []
+        try:
+            for i in (1, 2, 3):
+                nodes.append(Shoal(paths["shoal"], os.path.join(directory, f"n{i}"),
+                                   ["--etcd", endpoints, "--node-name", f"n{i}"]))
+            by_name = {f"n{i}": node for i, node in zip((1, 2, 3), nodes)}
+            wait_for("three live nodes", lambda: sum(n["alive"] for n in nodes[0].call("GET", "/v1/nodes")) == 3)
+            digest = nodes[0].call("POST", "/v1/modules", hello)["digest"]
+
+            def spec(min_replicas, cpu="100m", memory="16Mi", **more):
+                return {"module": digest, "scale": {"min": min_replicas, "max": max(min_replicas, 1)},
+                        "resources": {"requests": {"cpu": cpu, "memory": memory}}, **more}
+
+            # One hop: the same service called on the node running its replica and on another.
+            log("cluster: one hop")
+            nodes[0].call("PUT", "/v1/services/hop", spec(1, concurrency=64))
+            wait_for("hop placed", lambda: placed_on(nodes[0], "hop"))
+            holder = by_name[placed_on(nodes[0], "hop")[0]]
+            other = next(node for node in nodes if node is not holder)
+            for node in (holder, other):
+                wait_for("hop answering", lambda node=node: get_status(f"{node.gateway}/hop/") == 200)
+            local, hop = [], []
+            for _ in range(ROUNDS):
+                local.append(oha_cpu(load, f"{holder.gateway}/hop/", HOP_RATE, [holder.process.pid]))
+                hop.append(oha_cpu(load, f"{other.gateway}/hop/", HOP_RATE,
+                                   [holder.process.pid, other.process.pid]))
+            column = lambda rows, i: med([row[i] for row in rows])
+            lines += [f"| hello at {HOP_RATE} req/s, 8 connections | p50 | p99 | CPU per request (every node involved) |",
+                      "|---|---|---|---|",
+                      f"| on the node running the replica | {column(local, 0):.3f} ms | {column(local, 1):.3f} ms | {column(local, 2):.0f} µs |",
+                      f"| on another node: one hop | {column(hop, 0):.3f} ms | {column(hop, 1):.3f} ms | {column(hop, 2):.0f} µs |",
+                      "", f"- one hop adds {column(hop, 0) - column(local, 0):.3f} ms at p50 (goal: under 0.3 ms) and "
+                          f"{column(hop, 2) - column(local, 2):.0f} µs of CPU per request", ""]
+
+            # Deploy to answerable on every node.
+            log("cluster: deploy to answerable")
+            times = []
+            for i in range(max(ROUNDS, 5)):
+                started = time.monotonic()
+                nodes[i % 3].call("PUT", f"/v1/services/dta{i}", spec(1))
+                for node in nodes:
+                    wait_for(f"dta{i} on {node.gateway}", lambda node=node: get_status(f"{node.gateway}/dta{i}/") == 200)
+                times.append((time.monotonic() - started) * 1000)
+
+            # Placement of 1,000 services with min 1, written through every node.
+            log("cluster: placing 1,000 services")
+            started = time.monotonic()
+            for i in range(N_DENSITY):
+                nodes[i % 3].call("PUT", f"/v1/services/s{i}", spec(1, cpu="1m", memory="1Mi"))
+            written = time.monotonic() - started
+            answered = answer_all(nodes[0].gateway) - started
+            per_node = {n["name"]: n["replicas"] for n in nodes[0].call("GET", "/v1/nodes")}
+            lines += ["| cluster operation (3 nodes, 3 etcd members) | figure |", "|---|---|",
+                      f"| deploy on one node to answering on all three, median of {len(times)} | {med(times):.0f} ms |",
+                      f"| 1,000 services with min 1: all written | {written:.1f} s ({N_DENSITY / written:.0f}/s) |",
+                      f"| ... and all answering | {answered:.1f} s ({N_DENSITY / answered:.0f}/s); replicas per node {per_node} |", ""]
+
+            # Failover: SIGKILL the node running a service; time until a request through a
+            # survivor, sent right after the kill, is answered.
+            log("cluster: failover")
+            nodes[0].call("PUT", "/v1/services/fo", spec(1))
+            failovers = []
+            for _ in range(ROUNDS):
+                wait_for("fo placed", lambda: placed_on(nodes[0], "fo"), 30)
+                victim = by_name[placed_on(nodes[0], "fo")[0]]
+                survivor = next(node for node in nodes if node is not victim)
+                wait_for("fo answering", lambda: get_status(f"{survivor.gateway}/fo/") == 200)
+                killed = time.monotonic()
+                victim.process.send_signal(signal.SIGKILL)
+                victim.process.wait()
+                status = get_status(f"{survivor.gateway}/fo/")
+                if status != 200:
+                    sys.exit(f"a request after the kill got {status}")
+                failovers.append(time.monotonic() - killed)
+                victim.start()  # rejoins with its data directory and name
+                wait_for("the killed node back", lambda: sum(n["alive"] for n in survivor.call("GET", "/v1/nodes")) == 3)
+            lines += [f"- failover (SIGKILL of the node running a service, to the answer of a request sent right after "
+                      f"it through another node; default --node-ttl 3s), {len(failovers)} rounds: median "
+                      f"{med(failovers):.2f} s, each {', '.join(f'{s:.2f}' for s in failovers)} s (goal: under 5 s)", ""]
+        finally:
+            for node in nodes:
+                if node.process.poll() is None:
+                    node.stop()
+            for member in members:
+                member.kill()
+                member.wait()
+    return lines
+
+
 # ---------------------------------------------------------------- the report
 
 def machine():
@@ -743,6 +907,10 @@ def main():
                 lines.append("")
         finally:
             shoal.stop()
+
+    if section("cluster"):
+        log("cluster")
+        lines += cluster_bench(paths, load)
 
     if section("density"):
         lines += ["| 1,000 services | idle RSS | RSS after load | p99, random spread | restart to all answering | compiled after restart |",
