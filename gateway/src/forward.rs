@@ -44,6 +44,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// An upstream's answer as the gateway's: status and headers (but hop-by-hop ones), and the
+/// body streamed as it arrives.
+fn streamed(upstream: reqwest::Response) -> http::Response<Body> {
+    let status = upstream.status();
+    let mut headers = upstream.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    let body = StreamBody::new(
+        upstream
+            .bytes_stream()
+            .map_ok(http_body::Frame::data)
+            .map_err(|error| -> BoxError { Box::new(error) }),
+    );
+    let mut response = http::Response::new(body.boxed_unsync());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
 /// Forwards a request to the next routable instance of `service`, streaming both ways.
 pub(crate) async fn forward<B>(
     http: &reqwest::Client,
@@ -95,19 +113,7 @@ where
         .await;
     match upstream {
         Ok(upstream) => {
-            let status = upstream.status();
-            let mut response_headers = upstream.headers().clone();
-            strip_hop_by_hop(&mut response_headers);
-            let body = StreamBody::new(
-                upstream
-                    .bytes_stream()
-                    .map_ok(http_body::Frame::data)
-                    .map_err(|error| -> BoxError { Box::new(error) }),
-            );
-            let mut response = http::Response::new(body.boxed_unsync());
-            *response.status_mut() = status;
-            *response.headers_mut() = response_headers;
-            response
+            streamed(upstream)
         }
         Err(error) => {
             let message = format!(
@@ -160,19 +166,7 @@ where
         .await;
     match sent {
         Ok(upstream) => {
-            let status = upstream.status();
-            let mut response_headers = upstream.headers().clone();
-            strip_hop_by_hop(&mut response_headers);
-            let body = StreamBody::new(
-                upstream
-                    .bytes_stream()
-                    .map_ok(http_body::Frame::data)
-                    .map_err(|error| -> BoxError { Box::new(error) }),
-            );
-            let mut response = http::Response::new(body.boxed_unsync());
-            *response.status_mut() = status;
-            *response.headers_mut() = response_headers;
-            Ok(response)
+            Ok(streamed(upstream))
         }
         Err(error) => {
             tracing::info!(peer = peer.node, %error, "a peer's gateway could not be reached");

@@ -21,7 +21,7 @@ use shoal_runtime::{ReplicaResources, ScaleSettings};
 use shoal_spec::{Digest, ModuleKind};
 use subtle::ConstantTimeEq as _;
 
-use crate::status::{Allocation, ResourceAmounts, allocation, amounts};
+use crate::status::{Allocation, ResourceAmounts, allocation, amounts, free};
 use crate::{Error, Node, Result, WeakNode};
 
 /// How often a node checks whether its report changed.
@@ -73,12 +73,15 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    fn new(
-        name: String,
-        capacity: ReplicaResources,
-        reserved: ReplicaResources,
-        services: BTreeMap<String, u32>,
-    ) -> NodeView {
+    /// A node with `capacity` that reported `report`.
+    fn new(name: String, capacity: ReplicaResources, report: &NodeReport) -> NodeView {
+        let reserved = resources(report.reserved);
+        let services: BTreeMap<String, u32> = report
+            .services
+            .iter()
+            .filter(|(_, service)| service.replicas > 0)
+            .map(|(name, service)| (name.clone(), service.replicas))
+            .collect();
         NodeView {
             name,
             alive: true,
@@ -88,10 +91,7 @@ impl NodeView {
             arch: std::env::consts::ARCH.to_owned(),
             capacity: amounts(capacity),
             reserved: amounts(reserved),
-            free: amounts(ReplicaResources {
-                memory: capacity.memory.saturating_sub(reserved.memory),
-                cpu_millis: capacity.cpu_millis.saturating_sub(reserved.cpu_millis),
-            }),
+            free: amounts(free(capacity, reserved)),
             resource_allocation: allocation(reserved, capacity),
             replicas: services.values().sum(),
             services,
@@ -115,13 +115,7 @@ impl Node {
         let mut this = NodeView::new(
             self.inner.config.node_name.clone(),
             self.inner.capacity.total(),
-            resources(report.reserved),
-            report
-                .services
-                .iter()
-                .filter(|(_, service)| service.replicas > 0)
-                .map(|(name, service)| (name.clone(), service.replicas))
-                .collect(),
+            &report,
         );
         this.local = true;
         let Some(joined) = &self.inner.cluster else {
@@ -139,17 +133,7 @@ impl Node {
                 continue;
             }
             let report = member.report.clone().unwrap_or_default();
-            let mut view = NodeView::new(
-                name.clone(),
-                resources(member.info.capacity),
-                resources(report.reserved),
-                report
-                    .services
-                    .iter()
-                    .filter(|(_, service)| service.replicas > 0)
-                    .map(|(name, service)| (name.clone(), service.replicas))
-                    .collect(),
-            );
+            let mut view = NodeView::new(name.clone(), resources(member.info.capacity), &report);
             view.alive = member.alive;
             view.api = Some(member.info.api.clone());
             view.gateway = Some(member.info.gateway.clone());

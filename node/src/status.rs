@@ -268,6 +268,14 @@ pub(crate) fn amounts(resources: ReplicaResources) -> ResourceAmounts {
     ResourceAmounts { memory, cpu }
 }
 
+/// What is left of `capacity` once `reserved` is taken.
+pub(crate) fn free(capacity: ReplicaResources, reserved: ReplicaResources) -> ReplicaResources {
+    ReplicaResources {
+        memory: capacity.memory.saturating_sub(reserved.memory),
+        cpu_millis: capacity.cpu_millis.saturating_sub(reserved.cpu_millis),
+    }
+}
+
 /// `need / capacity`, per resource.
 pub(crate) fn allocation(need: ReplicaResources, capacity: ReplicaResources) -> Allocation {
     let ratio = |need: u64, capacity: u64| {
@@ -310,10 +318,7 @@ impl Node {
                 .sum(),
             capacity: amounts(capacity),
             reserved: amounts(reserved),
-            free: amounts(ReplicaResources {
-                memory: capacity.memory.saturating_sub(reserved.memory),
-                cpu_millis: capacity.cpu_millis.saturating_sub(reserved.cpu_millis),
-            }),
+            free: amounts(free(capacity, reserved)),
             resource_allocation: allocation(reserved, capacity),
             modules,
             change_index: self.indexes().change,

@@ -155,14 +155,7 @@ impl EtcdStore {
                 .map(|get| TxnOp::get(get.key, get.options))
                 .collect::<Vec<_>>(),
         );
-        let response = self
-            .shared
-            .conn
-            .kv(Retry::Read, |mut kv| {
-                let txn = txn.clone();
-                async move { kv.txn(txn).await }
-            })
-            .await?;
+        let response = self.txn(Retry::Read, &txn).await?;
         let at = response.header().map_or(0, |header| header.revision());
         self.saw(at);
         Ok(Snapshot {
@@ -205,14 +198,7 @@ impl EtcdStore {
         loop {
             attempts += 1;
             let before = self.shared.seen.load(Ordering::Relaxed);
-            let sent = self
-                .shared
-                .conn
-                .kv(Retry::Write, |mut kv| {
-                    let txn = txn.clone();
-                    async move { kv.txn(txn).await }
-                })
-                .await;
+            let sent = self.txn(Retry::Write, &txn).await;
             let error = match sent {
                 Ok(response) => {
                     let at = response.header().map_or(0, |header| header.revision());
@@ -281,6 +267,17 @@ impl EtcdStore {
                 }
             }
         }
+    }
+
+    /// Sends one transaction to the member in use, as [`Connection::kv`] allows `retry`.
+    pub(crate) async fn txn(&self, retry: Retry, txn: &Txn) -> Result<etcd_client::TxnResponse> {
+        self.shared
+            .conn
+            .kv(retry, |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await
     }
 
     /// Notes a revision a response carried: a later transaction commits after it.

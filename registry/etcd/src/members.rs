@@ -165,14 +165,7 @@ impl Cluster for EtcdNodes {
             let txn = Txn::new().when([fence.clone()]).and_then(ops);
             // Placements are decided again every tick: a write whose answer was lost is not
             // sent again, the next tick reads what is there.
-            let response = self
-                .store
-                .shared
-                .conn
-                .kv(Retry::Write, |mut kv| {
-                    let txn = txn.clone();
-                    async move { kv.txn(txn).await }
-                })
+            let response = self.store.txn(Retry::Write, &txn)
                 .await?;
             if !response.succeeded() {
                 return Ok(false);
@@ -204,25 +197,12 @@ impl EtcdNodes {
             .and_then([TxnOp::put(key.clone(), fresh.clone(), None)])
             .or_else([TxnOp::get(key.clone(), None)]);
         // Sent again if its answer is lost: the second finds whichever secret won.
-        let response = self
-            .store
-            .shared
-            .conn
-            .kv(Retry::Read, |mut kv| {
-                let txn = txn.clone();
-                async move { kv.txn(txn).await }
-            })
+        let response = self.store.txn(Retry::Read, &txn)
             .await?;
         if response.succeeded() {
             return Ok(fresh);
         }
-        response
-            .op_responses()
-            .into_iter()
-            .find_map(|op| match op {
-                TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
-                _ => None,
-            })
+        first_got(response)
             .and_then(|kv| kv.value_str().ok().map(str::to_owned))
             .ok_or_else(|| Error::Corrupt("the cluster's secret is missing or not text".into()))
     }
@@ -284,14 +264,7 @@ impl EtcdNodes {
                     ),
                 ])
                 .or_else([TxnOp::get(alive.clone(), None)]);
-            let response = match self
-                .store
-                .shared
-                .conn
-                .kv(Retry::Write, |mut kv| {
-                    let txn = txn.clone();
-                    async move { kv.txn(txn).await }
-                })
+            let response = match self.store.txn(Retry::Write, &txn)
                 .await
             {
                 Ok(response) => response,
@@ -304,10 +277,7 @@ impl EtcdNodes {
             if response.succeeded() {
                 return Ok(());
             }
-            let holder = response.op_responses().into_iter().find_map(|op| match op {
-                TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
-                _ => None,
-            });
+            let holder = first_got(response);
             let Some(holder) = holder else { continue };
             if holder.lease() == lease {
                 return Ok(());
@@ -418,15 +388,7 @@ impl Membership for Claim {
                 fence,
             )])
             .and_then([TxnOp::delete(key, None)]);
-        let resigned = self
-            .nodes
-            .store
-            .shared
-            .conn
-            .kv(Retry::Read, |mut kv| {
-                let txn = txn.clone();
-                async move { kv.txn(txn).await }
-            })
+        let resigned = self.nodes.store.txn(Retry::Read, &txn)
             .await;
         if let Err(error) = resigned {
             tracing::debug!(%error, "resigning failed; the leadership ends with the lease");
@@ -539,6 +501,14 @@ async fn keep(claim: Weak<Claim>, every: Duration) {
             Err(error) => tracing::debug!(%error, "renewing the node's lease failed"),
         }
     }
+}
+
+/// The first pair a transaction's gets found.
+fn first_got(response: etcd_client::TxnResponse) -> Option<etcd_client::KeyValue> {
+    response.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+        _ => None,
+    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
