@@ -112,9 +112,7 @@ where
         .send()
         .await;
     match upstream {
-        Ok(upstream) => {
-            streamed(upstream)
-        }
+        Ok(upstream) => streamed(upstream),
         Err(error) => {
             let message = format!(
                 "cannot reach instance {:?} of service {:?} at {}: {:#}",
@@ -165,9 +163,7 @@ where
         .send()
         .await;
     match sent {
-        Ok(upstream) => {
-            Ok(streamed(upstream))
-        }
+        Ok(upstream) => Ok(streamed(upstream)),
         Err(error) => {
             tracing::info!(peer = peer.node, %error, "a peer's gateway could not be reached");
             if !empty || !error.is_connect() {

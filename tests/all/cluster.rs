@@ -435,6 +435,27 @@ async fn replicas_spread_any_node_routes_any_name_and_capacity_is_never_overcomm
         .unwrap();
     assert_eq!(missing.status(), 404);
 
+    // Two nodes racing for one name, one deploying a wasm service and the other registering
+    // an instance through Consul: one wins, the other gets 409, and the name has one owner.
+    for round in 0..5 {
+        let name = format!("race{round}");
+        let wasm = spec(0, 1, "100m");
+        let deploy = put_service(&nodes[0], &name, &wasm);
+        let register = reqwest::Client::new()
+            .put(format!("{}/v1/agent/service/register", nodes[1].api))
+            .json(&serde_json::json!({"Name": name, "Port": 9}))
+            .send();
+        let (deployed, registered) = tokio::join!(deploy, register);
+        let statuses = (
+            deployed.status().as_u16(),
+            registered.unwrap().status().as_u16(),
+        );
+        assert!(
+            statuses == (201, 409) || statuses == (409, 200),
+            "{name}: deploy and registration answered {statuses:?}"
+        );
+    }
+
     // A service at zero replicas anywhere: a request on any node gets one started.
     let deployed = put_service(&nodes[2], "zero", &spec(0, 1, "100m")).await;
     assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());

@@ -165,8 +165,7 @@ impl Cluster for EtcdNodes {
             let txn = Txn::new().when([fence.clone()]).and_then(ops);
             // Placements are decided again every tick: a write whose answer was lost is not
             // sent again, the next tick reads what is there.
-            let response = self.store.txn(Retry::Write, &txn)
-                .await?;
+            let response = self.store.txn(Retry::Write, &txn).await?;
             if !response.succeeded() {
                 return Ok(false);
             }
@@ -197,8 +196,7 @@ impl EtcdNodes {
             .and_then([TxnOp::put(key.clone(), fresh.clone(), None)])
             .or_else([TxnOp::get(key.clone(), None)]);
         // Sent again if its answer is lost: the second finds whichever secret won.
-        let response = self.store.txn(Retry::Read, &txn)
-            .await?;
+        let response = self.store.txn(Retry::Read, &txn).await?;
         if response.succeeded() {
             return Ok(fresh);
         }
@@ -264,9 +262,7 @@ impl EtcdNodes {
                     ),
                 ])
                 .or_else([TxnOp::get(alive.clone(), None)]);
-            let response = match self.store.txn(Retry::Write, &txn)
-                .await
-            {
+            let response = match self.store.txn(Retry::Write, &txn).await {
                 Ok(response) => response,
                 Err(Error::Unavailable(reason)) => {
                     tracing::debug!(%reason, "claiming the node name: no answer; trying again");
@@ -388,8 +384,7 @@ impl Membership for Claim {
                 fence,
             )])
             .and_then([TxnOp::delete(key, None)]);
-        let resigned = self.nodes.store.txn(Retry::Read, &txn)
-            .await;
+        let resigned = self.nodes.store.txn(Retry::Read, &txn).await;
         if let Err(error) = resigned {
             tracing::debug!(%error, "resigning failed; the leadership ends with the lease");
         }
