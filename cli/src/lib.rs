@@ -54,14 +54,24 @@ pub struct ClusterConfig {
     pub gateway: String,
 }
 
+/// A node opened for a cluster.
+pub struct ClusterNode {
+    /// The node.
+    pub node: Node,
+    /// Whether etcd could not be reached at start, so the node serves what it last knew,
+    /// read-only, until it can join ([`etcd_reachable`] says when).
+    pub read_only: bool,
+}
+
 /// Opens a node as a member of a cluster: its state in etcd, module bytes and compiled code
 /// in its data directory. Claims the node's name among the live nodes first, and fails
-/// (having started nothing) when a live node holds it.
+/// (having started nothing) when a live node holds it. When etcd cannot be reached and the
+/// node has run in the cluster before, it opens read-only on what it last knew.
 #[cfg(feature = "cluster")]
 pub async fn open_cluster_node(
     mut config: NodeConfig,
     cluster: ClusterConfig,
-) -> anyhow::Result<Node> {
+) -> anyhow::Result<ClusterNode> {
     use shoal_registry::cluster::{Amounts, Cluster as _, Incarnation, NodeInfo};
     use shoal_registry_etcd::{EtcdStore, Options};
 
@@ -104,13 +114,36 @@ pub async fn open_cluster_node(
         .and_then(|text| text.trim().parse().ok())
         .map(Incarnation);
     let nodes = store.nodes(cluster.node_ttl);
-    let membership = nodes.join(info.clone(), previous).await.with_context(|| {
+    let joining = || {
         format!(
             "joining the cluster at {} as \"{}\"",
             cluster.endpoints.join(","),
             info.name
         )
-    })?;
+    };
+    let membership = match nodes.join(info.clone(), previous).await {
+        Ok(membership) => membership,
+        Err(shoal_registry::Error::Unavailable(reason)) => {
+            let last_known = config.data_dir.join(shoal_node::LAST_KNOWN_FILE);
+            let Ok(saved) = std::fs::read(&last_known) else {
+                anyhow::bail!(
+                    "{}: etcd cannot be reached ({reason}), and this node has no state of the cluster to serve meanwhile",
+                    joining()
+                );
+            };
+            let last: shoal_registry::snapshot::LastKnown = serde_json::from_slice(&saved)
+                .with_context(|| format!("reading {}", last_known.display()))?;
+            tracing::warn!(%reason, change_index = last.change_index, "etcd cannot be reached: serving the state this node last knew, read-only, until it can join");
+            drop(store);
+            let snapshot = shoal_registry::snapshot::SnapshotStore::new(last, local);
+            let node = Node::open(config, Arc::new(snapshot)).await?;
+            return Ok(ClusterNode {
+                node,
+                read_only: true,
+            });
+        }
+        Err(error) => return Err(error).with_context(joining),
+    };
     std::fs::write(&incarnation_path, membership.incarnation().0.to_string())
         .with_context(|| format!("writing {}", incarnation_path.display()))?;
     tracing::info!(
@@ -125,7 +158,42 @@ pub async fn open_cluster_node(
         info,
         local,
     };
-    Node::open_in_cluster(config, Arc::new(store), joined).await
+    let node = Node::open_in_cluster(config, Arc::new(store), joined).await?;
+    Ok(ClusterNode {
+        node,
+        read_only: false,
+    })
+}
+
+/// Resolves once the etcd of `cluster` answers, checking every second: when a node serving
+/// what it last knew may join.
+#[cfg(feature = "cluster")]
+pub async fn etcd_reachable(cluster: &ClusterConfig) {
+    use shoal_registry::Store as _;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // A store of its own, with no module bytes: only its indexes are read.
+        let Ok(blobs) =
+            shoal_registry_redb::RedbStore::in_memory(shoal_registry_redb::Options::default())
+        else {
+            continue;
+        };
+        let options = shoal_registry_etcd::Options {
+            prefix: cluster.prefix.clone(),
+            ..shoal_registry_etcd::Options::new(cluster.endpoints.clone(), Arc::new(blobs))
+        };
+        if let Ok(store) = shoal_registry_etcd::EtcdStore::connect(options).await
+            && store.indexes().await.is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Without the `cluster` feature: never.
+#[cfg(not(feature = "cluster"))]
+pub async fn etcd_reachable(_cluster: &ClusterConfig) {
+    std::future::pending::<()>().await
 }
 
 /// Without the `cluster` feature: refuses, saying why.
@@ -133,7 +201,7 @@ pub async fn open_cluster_node(
 pub async fn open_cluster_node(
     _config: NodeConfig,
     _cluster: ClusterConfig,
-) -> anyhow::Result<Node> {
+) -> anyhow::Result<ClusterNode> {
     anyhow::bail!(
         "this shoal was built without the `cluster` feature: it cannot join an etcd cluster"
     )

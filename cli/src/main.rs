@@ -42,17 +42,60 @@ async fn up(args: &shoal::commands::UpArgs, token: Option<String>) -> anyhow::Re
         .with_context(|| format!("binding the gateway to {}", args.gateway_listen))?;
     // A node joining a cluster advertises the ports it got (port 0 picks one).
     let config = args.node_config(token);
-    let node = match args.cluster(api.local_addr()?, gateway.local_addr()?)? {
-        Some(cluster) => shoal::open_cluster_node(config, cluster).await?,
-        None => shoal::open_node(config).await?,
+    let cluster = args.cluster(api.local_addr()?, gateway.local_addr()?)?;
+    let (node, read_only) = match &cluster {
+        Some(cluster) => {
+            let opened = shoal::open_cluster_node(config, cluster.clone()).await?;
+            (opened.node, opened.read_only)
+        }
+        None => (shoal::open_node(config).await?, false),
     };
-    // One line on stdout for people and scripts: where to find this node.
-    println!(
-        "shoal is up: api http://{} gateway http://{}",
-        api.local_addr()?,
-        gateway.local_addr()?
-    );
-    shoal::serve(node, api, gateway, shutdown_signal()).await
+    // One line on stdout for people and scripts: where to find this node. Written so that a
+    // reader gone away is no reason to fail.
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(
+            stdout,
+            "shoal is up: api http://{} gateway http://{}{}",
+            api.local_addr()?,
+            gateway.local_addr()?,
+            if read_only {
+                " (read-only: etcd cannot be reached)"
+            } else {
+                ""
+            }
+        );
+        let _ = stdout.flush();
+    }
+    let Some(cluster) = cluster.filter(|_| read_only) else {
+        return shoal::serve(node, api, gateway, shutdown_signal()).await;
+    };
+    // Serving what it last knew: once etcd answers, the node stops and starts again, the
+    // same command, to join.
+    let rejoin = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = {
+        let rejoin = rejoin.clone();
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = shoal::etcd_reachable(&cluster) => {
+                    tracing::info!("etcd answers again: starting again to join the cluster");
+                    rejoin.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    };
+    shoal::serve(node, api, gateway, stop).await?;
+    if !rejoin.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
+    use std::os::unix::process::CommandExt as _;
+    let program = std::env::current_exe().context("finding this program")?;
+    let error = std::process::Command::new(program)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    Err(error).context("starting again to join the cluster")
 }
 
 async fn shutdown_signal() {

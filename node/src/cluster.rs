@@ -16,6 +16,7 @@ use shoal_gateway::Peer;
 use shoal_registry::cluster::{
     Amounts, Cluster, Members, Membership, NodeInfo, NodeReport, ServiceReport,
 };
+use shoal_registry::snapshot::LastKnown;
 use shoal_registry::{ServiceRecord, Store};
 use shoal_runtime::{ReplicaResources, ScaleSettings};
 use shoal_spec::{Digest, ModuleKind};
@@ -365,6 +366,58 @@ impl Node {
             },
             services,
         }
+    }
+}
+
+/// The file in a node's data directory that keeps what the node last knew of its cluster:
+/// started while etcd cannot be reached, the node serves it, read-only.
+pub const LAST_KNOWN_FILE: &str = "last-known.json";
+
+/// How long the state must rest before it is written down again.
+const LAST_KNOWN_AFTER: Duration = Duration::from_secs(1);
+
+/// Keeps [`LAST_KNOWN_FILE`] up to date with the state this node applies: written at start,
+/// then a second after each burst of changes, atomically (a new file renamed over the old),
+/// until the node is gone.
+pub(crate) async fn keep_last_known(node: WeakNode) {
+    let mut changes = match node.upgrade() {
+        Some(node) => node.changes(),
+        None => return,
+    };
+    let mut written = 0_u64;
+    loop {
+        let Some(strong) = node.upgrade() else { return };
+        let index = strong.indexes().change;
+        if index != written {
+            let services = strong
+                .inner
+                .deployed
+                .load()
+                .values()
+                .map(|deployed| deployed.record.clone())
+                .collect();
+            let last = LastKnown::new(index, services, &strong.catalog().snapshot);
+            let path = strong.inner.config.data_dir.join(LAST_KNOWN_FILE);
+            drop(strong);
+            let saved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let temporary = path.with_extension("json.new");
+                std::fs::write(&temporary, serde_json::to_vec(&last)?)?;
+                std::fs::rename(&temporary, &path)
+            })
+            .await;
+            match saved {
+                Ok(Ok(())) => written = index,
+                Ok(Err(error)) => tracing::warn!(%error, "cannot save the last known state"),
+                Err(error) => tracing::warn!(%error, "cannot save the last known state"),
+            }
+        } else {
+            drop(strong);
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(LAST_KNOWN_AFTER).await;
+        changes.borrow_and_update();
     }
 }
 

@@ -66,12 +66,12 @@ impl Node {
     }
 
     /// Whether the node named `name` is alive: this node is; another is while it holds its
-    /// membership.
+    /// membership (or, on a node serving what it last knew, without a cluster, as it was).
     pub fn node_alive(&self, name: &str) -> bool {
         if self.owns(name) {
             return true;
         }
-        self.inner.cluster.as_ref().is_some_and(|joined| {
+        self.inner.cluster.as_ref().is_none_or(|joined| {
             joined
                 .cluster
                 .members()

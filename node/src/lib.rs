@@ -59,7 +59,7 @@ use shoal_runtime::{
 };
 use shoal_spec::ServiceName;
 
-pub use self::cluster::{Joined, NodeView, REPORT_EVERY};
+pub use self::cluster::{Joined, LAST_KNOWN_FILE, NodeView, REPORT_EVERY};
 pub use self::discovery::CatalogView;
 pub use self::error::{Conflict, Error, NodeRoom, Result};
 pub use self::status::{
@@ -254,7 +254,8 @@ impl Node {
             let reporter = tokio::spawn(cluster::report(node.downgrade()));
             let follower = tokio::spawn(cluster::follow(node.downgrade()));
             let leader = tokio::spawn(leader::run(node.downgrade()));
-            node.tasks().extend([reporter, follower, leader]);
+            let keeper = tokio::spawn(cluster::keep_last_known(node.downgrade()));
+            node.tasks().extend([reporter, follower, leader, keeper]);
         }
         Ok(node)
     }

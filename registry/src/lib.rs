@@ -37,6 +37,7 @@
 //!   watch (redb) keeps in memory.
 //! - `cluster.rs`: the nodes sharing a store: membership and what each node reports.
 //! - `codec.rs`: how every backend stores a record (versioned JSON).
+//! - `snapshot.rs`: what a node of a cluster last knew, and a read-only store over it.
 //! - `conformance.rs` (feature `conformance`): the tests every backend runs.
 
 #![warn(missing_docs)]
@@ -51,6 +52,7 @@ pub mod codec;
 pub mod conformance;
 mod kv;
 mod record;
+pub mod snapshot;
 
 use bytes::Bytes;
 use shoal_spec::{Digest, FieldError, ModuleKind, ServiceName, ServiceSpec};

@@ -432,3 +432,143 @@ async fn one_etcd_member_down_fails_no_request() {
         .unwrap();
     assert_eq!(served.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_started_while_etcd_is_down_serves_what_it_knew_read_only_then_joins() {
+    let etcd = Arc::new(Mutex::new(blocking(|| EtcdCluster::start(3)).await));
+    let endpoints = etcd.lock().unwrap().endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let flags: Vec<String> = [
+        "--etcd",
+        &endpoints,
+        "--node-name",
+        "keeper",
+        "--node-ttl",
+        "2s",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let bin = shoal_bin();
+    let mut node = ChildNode::start_with(&bin, dir.path(), &flags).await;
+    let http = client();
+    let module: Value = http
+        .post(format!("{}/v1/modules", node.api))
+        .body(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hello = serde_json::json!({"module": module["digest"], "scale": {"min": 1, "max": 1}});
+    let created = http
+        .put(format!("{}/v1/services/hello", node.api))
+        .json(&hello)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let registered = http
+        .put(format!("{}/v1/agent/service/register", node.api))
+        .json(&serde_json::json!({"Name": "ext", "Port": 9999}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 200);
+    // The node writes down what it knows a second after it changes.
+    let saved = dir.path().join("last-known.json");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&saved).is_ok_and(|text| text.contains("\"ext\"")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the last known state was never saved"
+        );
+        // Polled: another process writes it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The node and all of etcd go down; the node starts again while etcd is still down.
+    node.child.start_kill().unwrap();
+    node.child.wait().await.unwrap();
+    {
+        let etcd = etcd.clone();
+        blocking(move || (0..3).for_each(|i| etcd.lock().unwrap().kill(i))).await;
+    }
+    let mut node = ChildNode::start_with(&bin, dir.path(), &flags).await;
+    let served = http
+        .get(format!("{}/hello/", node.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.text().await.unwrap(), "hello from wasm\n");
+    let services: Value = http
+        .get(format!("{}/v1/services", node.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(services[0]["name"], "hello", "{services}");
+    let ext: Value = http
+        .get(format!("{}/v1/catalog/service/ext", node.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ext[0]["ServicePort"], 9999, "{ext}");
+    let refused = http
+        .put(format!("{}/v1/services/other", node.api))
+        .json(&hello)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["kind"],
+        "cluster-unavailable"
+    );
+    let consul_put = http
+        .put(format!("{}/v1/kv/k", node.api))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(consul_put.status(), 500);
+
+    // etcd comes back: the node starts itself again and joins.
+    {
+        let etcd = etcd.clone();
+        blocking(move || (0..3).for_each(|i| etcd.lock().unwrap().restart(i))).await;
+    }
+    let line = node.next_up_line().await;
+    assert!(!line.contains("read-only"), "{line}");
+    let written = http
+        .put(format!("{}/v1/kv/k", node.api))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 200);
+    let nodes: Value = http
+        .get(format!("{}/v1/nodes", node.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&nodes[0]["name"], &nodes[0]["alive"]),
+        (&Value::from("keeper"), &Value::from(true))
+    );
+    let served = http
+        .get(format!("{}/hello/", node.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+}

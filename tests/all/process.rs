@@ -136,7 +136,9 @@ async fn cli_round_trip() {
     // The CPU its guests used: the calls above took some.
     let header: Vec<&str> = ps.lines().next().unwrap().split_whitespace().collect();
     let cpu_sec = header.iter().position(|h| *h == "CPU-SEC").unwrap();
-    assert_eq!(header.last(), Some(&"CPU-USE%"), "{ps}");
+    assert_eq!(header.last(), Some(&"NODES"), "{ps}");
+    // A node alone runs every replica: "{its name}:2".
+    assert!(columns.last().unwrap().ends_with(":2"), "NODES in {ps}");
     let used: f64 = columns[cpu_sec].parse().unwrap();
     assert!(used > 0.0, "CPU-SEC in {ps}");
     let statuses: Value = serde_json::from_str(&stdout(&run(vec!["ps", "--json"]).await)).unwrap();

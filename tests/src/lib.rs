@@ -284,6 +284,9 @@ pub struct ChildNode {
     pub api: String,
     /// `http://...` of the gateway.
     pub gateway: String,
+    /// What it prints after the first line, kept open: a node that starts itself again
+    /// prints a new one.
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 }
 
 impl ChildNode {
@@ -324,8 +327,20 @@ impl ChildNode {
             .spawn()
             .expect("spawning shoal up");
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        let mut node = ChildNode {
+            child,
+            api: String::new(),
+            gateway: String::new(),
+            stdout: tokio::io::BufReader::new(stdout).lines(),
+        };
+        node.next_up_line().await;
+        node
+    }
+
+    /// Waits (up to 60 s) for the next "shoal is up" line, and takes the addresses it gives;
+    /// returns the line.
+    pub async fn next_up_line(&mut self) -> String {
+        let line = tokio::time::timeout(Duration::from_secs(60), self.stdout.next_line())
             .await
             .expect("shoal up did not report its addresses within 60s")
             .expect("reading shoal's stdout")
@@ -339,11 +354,9 @@ impl ChildNode {
                 .unwrap_or_else(|| panic!("no {key} in {line:?}"));
             words[idx + 1].to_owned()
         };
-        ChildNode {
-            api: after("api"),
-            gateway: after("gateway"),
-            child,
-        }
+        self.api = after("api");
+        self.gateway = after("gateway");
+        line
     }
 
     /// Kills the process with SIGKILL and waits for it to be gone.
