@@ -34,6 +34,8 @@ fn main() {
 async fn up(args: &shoal::commands::UpArgs, token: Option<String>) -> anyhow::Result<()> {
     // Check every flag before binding or opening anything.
     shoal::check_exposure(args.api_listen, token.is_some())?;
+    // An address a cluster's peers could not reach is refused before anything listens on it.
+    args.cluster(args.api_listen, args.gateway_listen)?;
     let api = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("binding the management API to {}", args.api_listen))?;

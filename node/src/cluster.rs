@@ -306,6 +306,39 @@ impl Node {
         settings
     }
 
+    /// In a cluster, waits (up to 5 s) until this node has applied every change the store had
+    /// committed when called, so what it answers next is at least as new as what any node
+    /// answered before: Kubernetes' consistent reads from its watch cache, in effect. Returns
+    /// `false` when the store cannot be reached or the wait ran out: the node answers from
+    /// what it has, stale. A node alone is always caught up.
+    pub async fn catch_up(&self) -> bool {
+        if self.inner.cluster.is_none() {
+            return true;
+        }
+        let caught_up = match self.inner.store.indexes().await {
+            Ok(present) => {
+                let mut applied = self.inner.applied.subscribe();
+                let waited = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    applied.wait_for(|indexes| indexes.change >= present.change),
+                )
+                .await;
+                matches!(waited, Ok(Ok(_)))
+            }
+            Err(_) => false,
+        };
+        self.inner
+            .behind
+            .store(!caught_up, std::sync::atomic::Ordering::Relaxed);
+        caught_up
+    }
+
+    /// Whether the node's newest attempt to catch up with the cluster's store failed: what it
+    /// answers may be stale, and older than what another node answered.
+    pub fn behind(&self) -> bool {
+        self.inner.behind.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The replicas of `service` on each node running any: `here` on this node, and what
     /// the live peers last reported.
     pub(crate) fn replicas_by_node(&self, service: &str, here: u32) -> BTreeMap<String, u32> {

@@ -206,20 +206,40 @@ impl Node {
         Ok(committed.value)
     }
 
-    /// A service's current record.
+    /// A service's current record. In a cluster whose store cannot be reached, as this node
+    /// runs it.
     pub async fn service(&self, name: &ServiceName) -> Result<ServiceRecord> {
         self.check_running()?;
-        self.inner
-            .store
-            .service(name)
-            .await?
-            .ok_or_else(|| service_not_found(name))
+        let found = match self.inner.store.service(name).await {
+            Err(shoal_registry::Error::Unavailable(_)) if self.inner.cluster.is_some() => self
+                .inner
+                .deployed
+                .load()
+                .get(name)
+                .map(|deployed| deployed.record.clone()),
+            read => read?,
+        };
+        found.ok_or_else(|| service_not_found(name))
     }
 
-    /// Every service's current record, by name.
+    /// Every service's current record, by name. In a cluster whose store cannot be reached,
+    /// the services this node runs, as it runs them.
     pub async fn services(&self) -> Result<Vec<ServiceRecord>> {
         self.check_running()?;
-        Ok(self.inner.store.services().await?)
+        match self.inner.store.services().await {
+            Err(shoal_registry::Error::Unavailable(_)) if self.inner.cluster.is_some() => {
+                let mut records: Vec<ServiceRecord> = self
+                    .inner
+                    .deployed
+                    .load()
+                    .values()
+                    .map(|deployed| deployed.record.clone())
+                    .collect();
+                records.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(records)
+            }
+            read => Ok(read?),
+        }
     }
 
     /// Every revision of a service, oldest first.

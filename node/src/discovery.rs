@@ -153,16 +153,40 @@ impl Node {
         Ok(true)
     }
 
-    /// The entry at `key`, and the index a blocking query on it waits past.
+    /// The entry at `key`, and the index a blocking query on it waits past. In a cluster
+    /// whose store cannot be reached, as this node last knew it.
     pub async fn kv_get(&self, key: &str) -> Result<(Option<KvEntry>, u64)> {
         self.check_running()?;
-        Ok(self.inner.store.kv_get(key).await?)
+        match self.inner.store.kv_get(key).await {
+            Err(shoal_registry::Error::Unavailable(_)) if self.inner.cluster.is_some() => {
+                let entry = self.inner.kv_mirror.load().get(key).cloned();
+                let index = entry
+                    .as_ref()
+                    .map_or(self.indexes().kv, |entry| entry.modify_index);
+                Ok((entry, index))
+            }
+            read => Ok(read?),
+        }
     }
 
-    /// Every entry under `prefix`, and the key/value store's index.
+    /// Every entry under `prefix`, and the key/value store's index. In a cluster whose store
+    /// cannot be reached, as this node last knew them.
     pub async fn kv_list(&self, prefix: &str) -> Result<(Vec<KvEntry>, u64)> {
         self.check_running()?;
-        Ok(self.inner.store.kv_list(prefix).await?)
+        match self.inner.store.kv_list(prefix).await {
+            Err(shoal_registry::Error::Unavailable(_)) if self.inner.cluster.is_some() => {
+                let entries = self
+                    .inner
+                    .kv_mirror
+                    .load()
+                    .range(prefix.to_owned()..)
+                    .take_while(|(key, _)| key.starts_with(prefix))
+                    .map(|(_, entry)| entry.clone())
+                    .collect();
+                Ok((entries, self.indexes().kv))
+            }
+            read => Ok(read?),
+        }
     }
 
     /// Sets `key`, with an optional check-and-set index; whether it was written.

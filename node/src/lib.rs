@@ -151,6 +151,9 @@ struct Inner {
     deployed: ArcSwap<HashMap<ServiceName, Arc<Deployed>>>,
     /// Registered services and checks, as the reconcile loop last applied them.
     catalog: ArcSwap<CatalogView>,
+    /// In a cluster, every key as the reconcile loop last applied it: what key/value reads
+    /// are answered from while etcd cannot be reached.
+    kv_mirror: ArcSwap<std::collections::BTreeMap<String, shoal_registry::KvEntry>>,
     /// The indexes of the newest change applied: blocking queries wait on it, and so does a
     /// writer until its own change is in effect.
     applied: tokio::sync::watch::Sender<Indexes>,
@@ -165,6 +168,8 @@ struct Inner {
     api_addr: OnceLock<SocketAddr>,
     /// The cluster this node joined, if it shares its store with others.
     cluster: Option<Joined>,
+    /// Whether its newest attempt to catch up with the cluster's store failed.
+    behind: AtomicBool,
     /// For health checks: no redirects followed, no proxy from the environment.
     http: reqwest::Client,
 }
@@ -234,6 +239,7 @@ impl Node {
                 capacity,
                 deployed: ArcSwap::default(),
                 catalog: ArcSwap::default(),
+                kv_mirror: ArcSwap::default(),
                 applied: tokio::sync::watch::Sender::new(Indexes::default()),
                 checks: checks::CheckRunner::default(),
                 events,
@@ -243,6 +249,7 @@ impl Node {
                 gateway_addr: OnceLock::new(),
                 api_addr: OnceLock::new(),
                 cluster,
+                behind: AtomicBool::new(false),
                 http,
             }),
         };

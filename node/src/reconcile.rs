@@ -135,6 +135,7 @@ impl Node {
         let snapshot = store.catalog().await?;
         let newest = newest(indexes, snapshot.indexes);
         self.apply_catalog(snapshot);
+        self.mirror_kv("").await?;
         self.publish_routes();
         tracing::info!(
             services = self.inner.deployed.load().len(),
@@ -164,9 +165,10 @@ impl Node {
                     self.inner.runtime.forget(digest.as_str());
                 }
             }
-            // Nothing kept in memory follows scale events or keys; the indexes below wake
-            // whoever waits for them.
-            Subject::Events(_) | Subject::Kv(_) => {}
+            Subject::Kv(key) => self.mirror_kv(key).await?,
+            // Nothing kept in memory follows scale events; the indexes below wake whoever
+            // waits for them.
+            Subject::Events(_) => {}
         }
         self.set_applied(change.indexes);
         Ok(())
@@ -263,6 +265,20 @@ impl Node {
         let mut deployed = HashMap::clone(&self.inner.deployed.load());
         change(&mut deployed);
         self.inner.deployed.store(Arc::new(deployed));
+    }
+
+    /// In a cluster, brings the key/value mirror in line with the store for `key` and every
+    /// key under it (a change names the key, or the prefix a recursive delete removed).
+    async fn mirror_kv(&self, key: &str) -> Result<()> {
+        if self.inner.cluster.is_none() {
+            return Ok(());
+        }
+        let (entries, _) = self.inner.store.kv_list(key).await?;
+        let mut mirror = std::collections::BTreeMap::clone(&self.inner.kv_mirror.load());
+        mirror.retain(|existing, _| !existing.starts_with(key));
+        mirror.extend(entries.into_iter().map(|entry| (entry.key.clone(), entry)));
+        self.inner.kv_mirror.store(Arc::new(mirror));
+        Ok(())
     }
 
     /// A new catalog view, and the check tasks that follow it.

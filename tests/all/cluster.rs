@@ -546,3 +546,39 @@ async fn a_killed_nodes_replicas_are_placed_again_and_the_survivors_keep_answeri
     );
     assert_not_overcommitted(&nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_advertises_the_address_it_is_told_and_refuses_an_unreachable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = prefix_for(dir.path());
+    // Behind 0.0.0.0, peers would not know where to reach the node: refused before it
+    // listens anywhere.
+    let refused = tokio::process::Command::new(shoal_bin())
+        .args(["up", "--token", "t", "--api-listen", "0.0.0.0:0"])
+        .args(["--gateway-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(cluster_flags(&prefix, "n1"))
+        .env_remove("SHOAL_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains(
+            "--api-listen 0.0.0.0:0 is not an address other nodes can reach: pass --advertise"
+        ),
+        "{stderr}"
+    );
+    // Told, it advertises that host with the ports it got.
+    let mut flags = cluster_flags(&prefix, "n1");
+    flags.extend(["--advertise".to_owned(), "127.0.0.2".to_owned()]);
+    let node = ChildNode::start_with(&shoal_bin(), dir.path(), &flags).await;
+    let seen = nodes_seen_by(&node).await;
+    let port = |url: &str| url.rsplit(':').next().unwrap().to_owned();
+    assert_eq!(seen[0]["api"], format!("127.0.0.2:{}", port(&node.api)));
+    assert_eq!(
+        seen[0]["gateway"],
+        format!("127.0.0.2:{}", port(&node.gateway))
+    );
+}

@@ -157,10 +157,13 @@ async fn nothing_acknowledged_is_lost_when_etcd_loses_its_leader_and_then_its_qu
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let node = &nodes[i % 3];
+                // A node that says it has no leader answers from what it last knew, as
+                // Consul's stale reads: only the others' indexes must never go back.
                 if let Ok(response) = http
                     .get(format!("{}/v1/catalog/services", node.api))
                     .send()
                     .await
+                    && response.headers()["x-consul-knownleader"] == "true"
                     && let Some(index) = response
                         .headers()
                         .get("x-consul-index")
@@ -250,6 +253,25 @@ async fn nothing_acknowledged_is_lost_when_etcd_loses_its_leader_and_then_its_qu
             node.gateway
         );
     }
+    // Reads are answered from what each node last applied.
+    let acknowledged = kv.lock().unwrap().acknowledged.first().cloned().unwrap();
+    let read = http
+        .get(format!("{}/v1/kv/jepsen/{acknowledged}?raw", nodes[0].api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.headers()["x-consul-knownleader"], "false");
+    assert_eq!(read.text().await.unwrap(), acknowledged);
+    let listed: Value = http
+        .get(format!("{}/v1/services/hello", nodes[2].api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["name"], "hello", "{listed}");
     {
         let etcd = etcd.clone();
         blocking(move || {

@@ -143,12 +143,13 @@ pub(crate) fn routes(node: Node) -> Router<Node> {
         ))
 }
 
-/// In a cluster, a node that cannot renew its membership in etcd answers reads from what it
-/// last knew: it says so as Consul does when its servers have no leader.
+/// In a cluster, a node that cannot renew its membership in etcd, or could not catch up with
+/// it for this read, answers from what it last knew: it says so as Consul does when its
+/// servers have no leader (and such an answer's index may be older than another node's).
 async fn flag_stale_reads(State(node): State<Node>, mut response: Response) -> Response {
     let stale = node
         .cluster()
-        .is_some_and(|joined| !joined.membership.holds());
+        .is_some_and(|joined| !joined.membership.holds() || node.behind());
     if stale && response.headers().contains_key("x-consul-knownleader") {
         response
             .headers_mut()
@@ -371,6 +372,12 @@ where
 {
     query.check_common(node)?;
     let blocking = Blocking::parse(query)?;
+    // In a cluster, answer as of the store's present (unless `?stale`, as Consul's stale
+    // mode): another node may have shown this client a newer index than this node applied,
+    // and an index never goes back.
+    if query.get("stale").is_none() {
+        node.catch_up().await;
+    }
     let mut changes = node.changes();
     let (mut value, mut index) = read().await?;
     if blocking.index == 0 || index > blocking.index {
