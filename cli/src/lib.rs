@@ -39,6 +39,10 @@ pub async fn open_node(config: NodeConfig) -> anyhow::Result<Node> {
     Node::open(config, Arc::new(store)).await
 }
 
+/// How long a node starting keeps trying to reach etcd before it serves what it last knew
+/// (or gives up, if it knows nothing).
+const JOIN_RETRIES_FOR: Duration = Duration::from_secs(5);
+
 /// A cluster to join: where its etcd is, and where this node is reached.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -121,7 +125,19 @@ pub async fn open_cluster_node(
             info.name
         )
     };
-    let membership = match nodes.join(info.clone(), previous).await {
+    // etcd starting at the same time (a site powering up) may not answer at once, or may
+    // still be electing: a few seconds of retries before the node gives up or serves what it
+    // last knew.
+    let mut joined = nodes.join(info.clone(), previous).await;
+    let deadline = std::time::Instant::now() + JOIN_RETRIES_FOR;
+    while let Err(shoal_registry::Error::Unavailable(reason)) = &joined
+        && std::time::Instant::now() < deadline
+    {
+        tracing::info!(%reason, "etcd does not answer yet; trying again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        joined = nodes.join(info.clone(), previous).await;
+    }
+    let membership = match joined {
         Ok(membership) => membership,
         Err(shoal_registry::Error::Unavailable(reason)) => {
             let last_known = config.data_dir.join(shoal_node::LAST_KNOWN_FILE);

@@ -422,14 +422,7 @@ pub(crate) async fn keep_last_known(node: WeakNode) {
         let Some(strong) = node.upgrade() else { return };
         let index = strong.indexes().change;
         if index != written {
-            let services = strong
-                .inner
-                .deployed
-                .load()
-                .values()
-                .map(|deployed| deployed.record.clone())
-                .collect();
-            let last = LastKnown::new(index, services, &strong.catalog().snapshot);
+            let last = LastKnown::new(index, strong.running_records(), &strong.catalog().snapshot);
             let path = strong.inner.config.data_dir.join(LAST_KNOWN_FILE);
             drop(strong);
             let saved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {

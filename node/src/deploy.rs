@@ -228,18 +228,23 @@ impl Node {
         self.check_running()?;
         match self.inner.store.services().await {
             Err(shoal_registry::Error::Unavailable(_)) if self.inner.cluster.is_some() => {
-                let mut records: Vec<ServiceRecord> = self
-                    .inner
-                    .deployed
-                    .load()
-                    .values()
-                    .map(|deployed| deployed.record.clone())
-                    .collect();
-                records.sort_by(|a, b| a.name.cmp(&b.name));
-                Ok(records)
+                Ok(self.running_records())
             }
             read => Ok(read?),
         }
+    }
+
+    /// The records of the services this node runs, by name.
+    pub(crate) fn running_records(&self) -> Vec<ServiceRecord> {
+        let mut records: Vec<ServiceRecord> = self
+            .inner
+            .deployed
+            .load()
+            .values()
+            .map(|deployed| deployed.record.clone())
+            .collect();
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        records
     }
 
     /// Every revision of a service, oldest first.

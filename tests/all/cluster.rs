@@ -38,13 +38,7 @@ fn prefix_for(dir: &Path) -> String {
 }
 
 async fn nodes_seen_by(node: &ChildNode) -> Vec<Value> {
-    let body: Value = reqwest::get(format!("{}/v1/nodes", node.api))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body.as_array().unwrap().clone()
+    node.get_json("/v1/nodes").await.as_array().unwrap().clone()
 }
 
 /// Waits (up to 20 s) until `node`'s view of the nodes satisfies `done`.
@@ -131,25 +125,16 @@ async fn nodes_join_see_each_other_refuse_a_live_name_and_see_a_dead_node() {
 
     // Replicas and reservations reach the others: a service with a replica always running
     // shows the same replicas and reservation for n1 on both nodes.
-    let module = reqwest::Client::new()
-        .post(format!("{}/v1/modules", n1.api))
-        .body(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(module.status(), 201);
-    let digest = module.json::<Value>().await.unwrap()["digest"].clone();
+    let module = n1
+        .upload(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
+        .await;
+    let digest = module["digest"].clone();
     let spec = serde_json::json!({
         "module": digest,
         "scale": {"min": 1, "max": 1},
         "resources": {"requests": {"cpu": "250m", "memory": "32Mi"}},
     });
-    let deployed = reqwest::Client::new()
-        .put(format!("{}/v1/services/hello", n1.api))
-        .json(&spec)
-        .send()
-        .await
-        .unwrap();
+    let deployed = n1.put_service("hello", &spec).await;
     assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
     // The leader placed the replica on one node; both nodes see the same numbers for it.
     let total = |nodes: &[Value]| {
@@ -202,26 +187,6 @@ async fn nodes_join_see_each_other_refuse_a_live_name_and_see_a_dead_node() {
     assert_eq!(seen[0]["alive"], true);
 }
 
-async fn upload(node: &ChildNode, bytes: Vec<u8>) -> Value {
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/modules", node.api))
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    response.json().await.unwrap()
-}
-
-async fn put_service(node: &ChildNode, name: &str, spec: &Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .put(format!("{}/v1/services/{name}", node.api))
-        .json(spec)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Calls `service` through `node`'s gateway until it answers 200 (up to 20 s): the service
 /// becomes routable there through the store's watch, after its module reached that node.
 async fn until_served(node: &ChildNode, service: &str) -> String {
@@ -255,7 +220,9 @@ async fn an_acknowledged_upload_survives_its_node_and_modules_reach_every_node()
     until_nodes(&n1, "n1 sees n2", |nodes| nodes.len() == 2).await;
 
     // Peer routes take the cluster's secret, not nothing and not a guess.
-    let module = upload(&n1, guest_artifacts::bytes(guest_artifacts::HELLO_HTTP)).await;
+    let module = n1
+        .upload(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
+        .await;
     let digest = module["digest"].as_str().unwrap().to_owned();
     let peer_url = format!("{}/v1/peer/modules/{digest}", n2.api);
     let anonymous = reqwest::get(&peer_url).await.unwrap();
@@ -272,7 +239,7 @@ async fn an_acknowledged_upload_survives_its_node_and_modules_reach_every_node()
     // deployable and runnable from n2, whose disk has it.
     n1.kill9().await;
     let spec = serde_json::json!({"module": digest, "scale": {"min": 1}});
-    let deployed = put_service(&n2, "hello", &spec).await;
+    let deployed = n2.put_service("hello", &spec).await;
     assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
     assert_eq!(until_served(&n2, "hello").await, "hello from wasm\n");
 
@@ -280,9 +247,11 @@ async fn an_acknowledged_upload_survives_its_node_and_modules_reach_every_node()
     let n3 = ChildNode::start_with(&bin, dirs[2].path(), &cluster_flags(&prefix, "n3")).await;
     assert_eq!(until_served(&n3, "hello").await, "hello from wasm\n");
     // A module uploaded to n3 reaches n2.
-    let echo = upload(&n3, guest_artifacts::bytes(guest_artifacts::ECHO_HTTP)).await;
+    let echo = n3
+        .upload(guest_artifacts::bytes(guest_artifacts::ECHO_HTTP))
+        .await;
     let spec = serde_json::json!({"module": echo["digest"]});
-    let deployed = put_service(&n3, "echo", &spec).await;
+    let deployed = n3.put_service("echo", &spec).await;
     assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
     until_served(&n2, "echo").await;
 }
@@ -323,11 +292,9 @@ async fn assert_not_overcommitted(nodes: &[ChildNode]) {
 async fn replicas_spread_any_node_routes_any_name_and_capacity_is_never_overcommitted() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes = three_nodes(&dirs).await;
-    let module = upload(
-        &nodes[0],
-        guest_artifacts::bytes(guest_artifacts::HELLO_HTTP),
-    )
-    .await;
+    let module = nodes[0]
+        .upload(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
+        .await;
     let digest = module["digest"].clone();
     let spec = |min: u32, max: u32, cpu: &str| {
         serde_json::json!({
@@ -338,7 +305,7 @@ async fn replicas_spread_any_node_routes_any_name_and_capacity_is_never_overcomm
     };
 
     // min 3 on three nodes: one replica on each.
-    let deployed = put_service(&nodes[1], "spread", &spec(3, 3, "250m")).await;
+    let deployed = nodes[1].put_service("spread", &spec(3, 3, "250m")).await;
     assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
     until_nodes(&nodes[2], "a replica of spread on every node", |seen| {
         seen.iter().all(|node| node["services"]["spread"] == 1)
@@ -347,12 +314,7 @@ async fn replicas_spread_any_node_routes_any_name_and_capacity_is_never_overcomm
     // The status and `shoal ps` show them per node, and the service's own bounds.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
-        let status: Value = reqwest::get(format!("{}/v1/services/spread/status", nodes[0].api))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = nodes[0].get_json("/v1/services/spread/status").await;
         if status["nodes"] == serde_json::json!({"n1": 1, "n2": 1, "n3": 1}) {
             break status;
         }
@@ -374,7 +336,7 @@ async fn replicas_spread_any_node_routes_any_name_and_capacity_is_never_overcomm
 
     // One replica, on one node: every node's gateway answers for it, by path and by Host,
     // the others through exactly one hop.
-    let deployed = put_service(&nodes[0], "single", &spec(1, 1, "250m")).await;
+    let deployed = nodes[0].put_service("single", &spec(1, 1, "250m")).await;
     assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
     let seen = until_nodes(&nodes[0], "single placed", |seen| {
         seen.iter().any(|node| node["services"]["single"] == 1)
@@ -418,7 +380,7 @@ async fn replicas_spread_any_node_routes_any_name_and_capacity_is_never_overcomm
     assert_not_overcommitted(&nodes).await;
 
     // More than the cluster holds is refused, with every node's numbers, and stores nothing.
-    let refused = put_service(&nodes[2], "huge", &spec(9, 9, "500m")).await;
+    let refused = nodes[2].put_service("huge", &spec(9, 9, "500m")).await;
     assert_eq!(refused.status(), 409);
     let body: Value = refused.json().await.unwrap();
     let message = body["error"].as_str().unwrap();
@@ -440,7 +402,7 @@ async fn replicas_spread_any_node_routes_any_name_and_capacity_is_never_overcomm
     for round in 0..5 {
         let name = format!("race{round}");
         let wasm = spec(0, 1, "100m");
-        let deploy = put_service(&nodes[0], &name, &wasm);
+        let deploy = nodes[0].put_service(&name, &wasm);
         let register = reqwest::Client::new()
             .put(format!("{}/v1/agent/service/register", nodes[1].api))
             .json(&serde_json::json!({"Name": name, "Port": 9}))
@@ -457,7 +419,7 @@ async fn replicas_spread_any_node_routes_any_name_and_capacity_is_never_overcomm
     }
 
     // A service at zero replicas anywhere: a request on any node gets one started.
-    let deployed = put_service(&nodes[2], "zero", &spec(0, 1, "100m")).await;
+    let deployed = nodes[2].put_service("zero", &spec(0, 1, "100m")).await;
     assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
     let cold = reqwest::get(format!("{}/zero/", nodes[2].gateway))
         .await
@@ -479,17 +441,15 @@ async fn replicas_spread_any_node_routes_any_name_and_capacity_is_never_overcomm
 async fn a_killed_nodes_replicas_are_placed_again_and_the_survivors_keep_answering() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = three_nodes(&dirs).await;
-    let module = upload(
-        &nodes[0],
-        guest_artifacts::bytes(guest_artifacts::HELLO_HTTP),
-    )
-    .await;
+    let module = nodes[0]
+        .upload(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
+        .await;
     let spec = serde_json::json!({
         "module": module["digest"],
         "scale": {"min": 1, "max": 1},
         "resources": {"requests": {"cpu": "250m", "memory": "16Mi"}},
     });
-    let deployed = put_service(&nodes[0], "web", &spec).await;
+    let deployed = nodes[0].put_service("web", &spec).await;
     assert_eq!(deployed.status(), 201, "{}", deployed.text().await.unwrap());
     let seen = until_nodes(&nodes[0], "web placed", |seen| {
         seen.iter().any(|node| node["services"]["web"] == 1)

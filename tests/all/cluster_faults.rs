@@ -56,15 +56,9 @@ async fn nothing_acknowledged_is_lost_when_etcd_loses_its_leader_and_then_its_qu
     let http = client();
 
     // A service every node routes to before anything fails.
-    let module: Value = http
-        .post(format!("{}/v1/modules", nodes[0].api))
-        .body(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let module = nodes[0]
+        .upload(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
+        .await;
     let digest = module["digest"].as_str().unwrap().to_owned();
     let hello = serde_json::json!({"module": digest, "scale": {"min": 3, "max": 3}});
     let created = http
@@ -263,14 +257,7 @@ async fn nothing_acknowledged_is_lost_when_etcd_loses_its_leader_and_then_its_qu
     assert_eq!(read.status(), 200);
     assert_eq!(read.headers()["x-consul-knownleader"], "false");
     assert_eq!(read.text().await.unwrap(), acknowledged);
-    let listed: Value = http
-        .get(format!("{}/v1/services/hello", nodes[2].api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = nodes[2].get_json("/v1/services/hello").await;
     assert_eq!(listed["name"], "hello", "{listed}");
     {
         let etcd = etcd.clone();
@@ -432,14 +419,10 @@ async fn one_etcd_member_down_fails_no_request() {
         assert_eq!(get.status(), 200, "read {i} with one etcd member down");
         assert_eq!(get.text().await.unwrap(), i.to_string());
     }
-    let module = http
-        .post(format!("{}/v1/modules", node.api))
-        .body(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(module.status(), 201);
-    let digest = module.json::<Value>().await.unwrap()["digest"].clone();
+    let module = node
+        .upload(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
+        .await;
+    let digest = module["digest"].clone();
     let deployed = http
         .put(format!("{}/v1/services/hello", node.api))
         .json(&serde_json::json!({"module": digest}))
@@ -473,15 +456,9 @@ async fn a_node_started_while_etcd_is_down_serves_what_it_knew_read_only_then_jo
     let bin = shoal_bin();
     let mut node = ChildNode::start_with(&bin, dir.path(), &flags).await;
     let http = client();
-    let module: Value = http
-        .post(format!("{}/v1/modules", node.api))
-        .body(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let module = node
+        .upload(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
+        .await;
     let hello = serde_json::json!({"module": module["digest"], "scale": {"min": 1, "max": 1}});
     let created = http
         .put(format!("{}/v1/services/hello", node.api))
@@ -524,23 +501,9 @@ async fn a_node_started_while_etcd_is_down_serves_what_it_knew_read_only_then_jo
         .unwrap();
     assert_eq!(served.status(), 200);
     assert_eq!(served.text().await.unwrap(), "hello from wasm\n");
-    let services: Value = http
-        .get(format!("{}/v1/services", node.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let services = node.get_json("/v1/services").await;
     assert_eq!(services[0]["name"], "hello", "{services}");
-    let ext: Value = http
-        .get(format!("{}/v1/catalog/service/ext", node.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ext = node.get_json("/v1/catalog/service/ext").await;
     assert_eq!(ext[0]["ServicePort"], 9999, "{ext}");
     let refused = http
         .put(format!("{}/v1/services/other", node.api))
@@ -575,14 +538,7 @@ async fn a_node_started_while_etcd_is_down_serves_what_it_knew_read_only_then_jo
         .await
         .unwrap();
     assert_eq!(written.status(), 200);
-    let nodes: Value = http
-        .get(format!("{}/v1/nodes", node.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes = node.get_json("/v1/nodes").await;
     assert_eq!(
         (&nodes[0]["name"], &nodes[0]["alive"]),
         (&Value::from("keeper"), &Value::from(true))

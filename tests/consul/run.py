@@ -109,12 +109,16 @@ def start_node(data_dir, api, token=None, extra=()):
     if token:
         args += ["--token", token]
     args += list(extra)
-    node = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    # Its log goes to a file, shown if it fails to start.
+    log = tempfile.TemporaryFile("w+")
+    node = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     line = node.stdout.readline()
     match = re.search(r"api (\S+) gateway (\S+)", line)
     if not match:
         node.kill()
-        sys.exit(f"shoal did not start on {api}: {line!r}")
+        node.wait()
+        log.seek(0)
+        sys.exit(f"shoal did not start on {api}: {line!r}\n{log.read()[-4000:]}")
     return node, int(match.group(1).rsplit(":", 1)[1]), match.group(2)
 
 

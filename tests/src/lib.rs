@@ -359,6 +359,38 @@ impl ChildNode {
         line
     }
 
+    /// Uploads a module; asserts it was new (201) and returns the module's record.
+    pub async fn upload(&self, bytes: Vec<u8>) -> Value {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/modules", self.api))
+            .body(bytes)
+            .send()
+            .await
+            .expect("uploading a module");
+        assert_eq!(response.status(), 201);
+        response.json().await.expect("a module's record")
+    }
+
+    /// PUTs a service spec.
+    pub async fn put_service(&self, name: &str, spec: &Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .put(format!("{}/v1/services/{name}", self.api))
+            .json(spec)
+            .send()
+            .await
+            .expect("putting a service")
+    }
+
+    /// GETs a path of the management (or Consul) API, as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        reqwest::get(format!("{}{path}", self.api))
+            .await
+            .expect("calling the API")
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
     /// Kills the process with SIGKILL and waits for it to be gone.
     pub async fn kill9(mut self) {
         self.child.start_kill().expect("sending SIGKILL");
