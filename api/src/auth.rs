@@ -62,6 +62,22 @@ pub(crate) async fn require_bearer(
     }
 }
 
+/// The Kubernetes API's rule: `Authorization: Bearer <token>` (kubectl sends it only over
+/// TLS), else 401 as a `Status`, which kubectl words "You must be logged in to the server".
+pub(crate) async fn require_kube_token(
+    State(node): State<Node>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &node.config().token else {
+        return next.run(request).await;
+    };
+    match bearer(&request) {
+        Some(presented) if matches(presented, token) => next.run(request).await,
+        _ => crate::kube::unauthorized().into_response(),
+    }
+}
+
 /// The Consul API's rule: the token from `X-Consul-Token`, `Authorization: Bearer` or
 /// `?token=`, as Consul reads ACL tokens, else 403.
 pub(crate) async fn require_consul_token(

@@ -10,10 +10,12 @@
 
 pub mod consul;
 pub mod error;
+pub mod kube;
 pub mod mgmt;
 pub mod peer;
 
 mod auth;
+mod logs;
 
 pub use self::auth::check_exposure;
 pub use self::mgmt::app;

@@ -36,6 +36,7 @@ pub const ROUTES: &[&str] = &[
     "GET /v1/services/{name}/revisions",
     "GET /v1/services/{name}/status",
     "GET /v1/services/{name}/events",
+    "GET /v1/services/{name}/logs",
     "POST /v1/deploy/{name}",
 ];
 
@@ -57,6 +58,7 @@ pub fn app(node: Node) -> Router {
         .route("/v1/services/{name}/revisions", get(list_revisions))
         .route("/v1/services/{name}/status", get(service_status))
         .route("/v1/services/{name}/events", get(service_events))
+        .route("/v1/services/{name}/logs", get(service_logs))
         .route("/v1/deploy/{name}", post(deploy))
         // An empty name is a bad name, not an unknown route.
         .route("/v1/services/", any(empty_name))
@@ -67,8 +69,14 @@ pub fn app(node: Node) -> Router {
         ))
         .merge(crate::consul::routes(node.clone()))
         .merge(crate::peer::routes(node.clone()))
+        .merge(crate::kube::routes(node.clone()))
         .fallback(|uri: axum::http::Uri| async move {
-            if crate::consul::PREFIXES
+            if crate::kube::PREFIXES
+                .iter()
+                .any(|p| uri.path().starts_with(p))
+            {
+                crate::kube::unknown_path(uri.path())
+            } else if crate::consul::PREFIXES
                 .iter()
                 .any(|p| uri.path().starts_with(p))
             {
@@ -242,6 +250,55 @@ async fn service_events(
     let name = parse_name(&name)?;
     let events = node.events(&name, None).await?;
     Ok(Json(events.into_iter().map(EventView::from).collect()))
+}
+
+/// What the service's guests wrote, oldest first: `?tail=N`, `?since=10m` (or an RFC 3339
+/// time), `?follow=true` to keep streaming, `?timestamps=false` to leave the times out.
+async fn service_logs(
+    State(node): State<Node>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<axum::response::Response> {
+    let name = parse_name(&name)?;
+    let mut logs = crate::logs::LogQuery {
+        replica: None,
+        since: None,
+        tail: None,
+        follow: false,
+        timestamps: true,
+        origin: true,
+    };
+    let flag = |key: &str, value: &str| match value {
+        "" | "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(ApiError::bad_request(format!(
+            "invalid {key}: {other:?} is not true or false"
+        ))),
+    };
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "tail" => {
+                logs.tail = Some(value.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid tail: {value:?} is not a whole number"))
+                })?);
+            }
+            "since" => {
+                logs.since = Some(
+                    crate::logs::parse_since(&value)
+                        .map_err(|reason| ApiError::bad_request(format!("invalid {reason}")))?,
+                );
+            }
+            "follow" => logs.follow = flag("follow", &value)?,
+            "timestamps" => logs.timestamps = flag("timestamps", &value)?,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}: expected tail, since, follow or timestamps"
+                )));
+            }
+        }
+    }
+    let log = node.logs(&name)?;
+    Ok(crate::logs::respond(log, logs))
 }
 
 /// Reads a whole body, refusing it with 413 past `limit` bytes.

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -83,6 +84,33 @@ pub enum Command {
     /// List the nodes of the cluster (or the node alone): addresses, capacity, reserved,
     /// free, resource allocation, replicas, alive or not.
     Nodes,
+    /// Print a kubeconfig for kubectl and the Kubernetes clients: this node's API (--api) as
+    /// the server, with the certificate to trust over TLS, and the token (--token) as the
+    /// user's credential.
+    Kubeconfig {
+        /// The PEM certificate clients are to trust; default, for an https --api: the
+        /// self-signed one in --data-dir (shoal up --tls-self-signed).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The node's data directory, where a self-signed certificate is kept.
+        #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./.shoal")]
+        data_dir: PathBuf,
+    },
+    /// Print what a service's guests wrote to stdout and stderr, each line with its time
+    /// and replica.
+    Logs {
+        /// The service's name.
+        name: String,
+        /// Keep printing lines as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the newest N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Only lines newer than this: a duration (10m) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 /// Flags of `shoal up`.
@@ -144,6 +172,16 @@ pub struct UpArgs {
     /// (etcd's leases are whole seconds, at least 2.)
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration, requires = "etcd")]
     pub node_ttl: Duration,
+    /// Serve the management API over TLS with this PEM certificate chain (and --tls-key).
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve the management API over TLS with a self-signed certificate, made on first use
+    /// into the data directory (tls/cert.pem), which `shoal kubeconfig` hands to clients.
+    #[arg(long)]
+    pub tls_self_signed: bool,
 }
 
 impl UpArgs {
@@ -173,6 +211,26 @@ impl UpArgs {
             api: advertise(api, "--api-listen")?,
             gateway: advertise(gateway, "--gateway-listen")?,
         }))
+    }
+
+    /// The management API's TLS configuration, if it is to serve TLS: from `--tls-cert` and
+    /// `--tls-key`, or self-signed for `api` (the listener's address) and `--advertise`.
+    pub fn tls(&self, api: SocketAddr) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ if self.tls_self_signed => {
+                let mut hosts: Vec<String> = self.advertise.iter().cloned().collect();
+                if !api.ip().is_unspecified() {
+                    hosts.push(api.ip().to_string());
+                }
+                if let Ok(name) = gethostname::gethostname().into_string() {
+                    hosts.push(name);
+                }
+                crate::tls::self_signed(&self.data_dir, &hosts)?
+            }
+            _ => return Ok(None),
+        };
+        crate::tls::server_config(&cert, &key).map(Some)
     }
 
     /// The node configuration these flags describe.
@@ -585,6 +643,18 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
                 println!("{table}");
             }
         }
+        Command::Kubeconfig { ca, data_dir } => {
+            print!(
+                "{}",
+                kubeconfig(&cli.api, cli.token.as_deref(), ca, &data_dir)?
+            );
+        }
+        Command::Logs {
+            name,
+            follow,
+            tail,
+            since,
+        } => logs(&client, &name, follow, tail, since).await?,
         Command::Events { name } => {
             let events = client.get(&format!("/v1/services/{name}/events")).await?;
             if json {
@@ -602,6 +672,84 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
                 println!("{table}");
             }
         }
+    }
+    Ok(())
+}
+
+/// A kubeconfig for the API at `api`: one cluster, one user with `token`, one context
+/// (namespace `default`) made current. Values are JSON-quoted, which YAML reads as they are.
+pub fn kubeconfig(
+    api: &str,
+    token: Option<&str>,
+    ca: Option<PathBuf>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let quote = |text: &str| Value::String(text.to_owned()).to_string();
+    let server = api.trim_end_matches('/');
+    let mut cluster = format!("    server: {}\n", quote(server));
+    if server.starts_with("https://") {
+        let ca = ca.unwrap_or_else(|| data_dir.join(crate::tls::SELF_SIGNED_CERT));
+        let pem = std::fs::read(&ca).with_context(|| {
+            format!(
+                "reading the certificate to trust, {} (pass --ca, or --data-dir of a node started \
+                 with --tls-self-signed)",
+                ca.display()
+            )
+        })?;
+        let data = base64::engine::general_purpose::STANDARD.encode(pem);
+        cluster.push_str(&format!(
+            "    certificate-authority-data: {}\n",
+            quote(&data)
+        ));
+    }
+    let user = match token {
+        Some(token) => format!("    token: {}\n", quote(token)),
+        None => "    {}\n".to_owned(),
+    };
+    Ok(format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: shoal\nclusters:\n- name: shoal\n  cluster:\n{cluster}\
+         users:\n- name: shoal\n  user:\n{user}\
+         contexts:\n- name: shoal\n  context:\n    cluster: shoal\n    user: shoal\n    namespace: default\n"
+    ))
+}
+
+/// Streams a service's log to stdout as it arrives.
+async fn logs(
+    client: &Client,
+    name: &str,
+    follow: bool,
+    tail: Option<usize>,
+    since: Option<String>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("follow", &follow.to_string());
+    if let Some(tail) = tail {
+        query.append_pair("tail", &tail.to_string());
+    }
+    if let Some(since) = since {
+        query.append_pair("since", &since);
+    }
+    let path = format!("/v1/services/{name}/logs?{}", query.finish());
+    let request = client.request(reqwest::Method::GET, &path);
+    let mut response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the shoal API at {}", client.api))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        anyhow::bail!("{} ({status})", text(&body["error"]));
+    }
+    let mut stdout = std::io::stdout().lock();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| anyhow::anyhow!("reading the log: {error}"))?
+    {
+        stdout.write_all(&chunk)?;
+        stdout.flush()?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@
 //!   the other nodes of its cluster. The edge build leaves it out.
 
 pub mod commands;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -235,6 +236,17 @@ pub async fn serve(
     gateway: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with_tls(node, api, gateway, None, shutdown).await
+}
+
+/// [`serve`], with the management API over TLS when `tls` is given.
+pub async fn serve_with_tls(
+    node: Node,
+    api: TcpListener,
+    gateway: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let api_addr = api
         .local_addr()
         .context("reading the API listener's address")?;
@@ -251,12 +263,26 @@ pub async fn serve(
         let _ = stopped.wait_for(|stop| *stop).await;
     };
     let api_app = shoal_api::app(node.clone()).layer(TraceLayer::new_for_http());
-    let api = api.tap_io(|stream| shoal_gateway::set_nodelay(stream));
-    let api_server = axum::serve(
-        api,
-        api_app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(until_stopped(stopped.clone()));
+    let api_server = match tls {
+        None => {
+            let api = api.tap_io(|stream| shoal_gateway::set_nodelay(stream));
+            let server = axum::serve(
+                api,
+                api_app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(until_stopped(stopped.clone()));
+            Box::pin(async move { server.await })
+                as std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>
+        }
+        Some(config) => {
+            let api =
+                tls::TlsListener::new(api, config).context("reading the API listener's address")?;
+            // No connect info: no handler of the management listener reads the peer.
+            let server = axum::serve(api, api_app.into_make_service())
+                .with_graceful_shutdown(until_stopped(stopped.clone()));
+            Box::pin(async move { server.await })
+        }
+    };
     let gateway_server =
         shoal_gateway::serve(node.gateway().clone(), gateway, until_stopped(stopped));
     let mut api_task = tokio::spawn(async move { api_server.await });

@@ -42,6 +42,7 @@ async fn up(args: &shoal::commands::UpArgs, token: Option<String>) -> anyhow::Re
     let gateway = tokio::net::TcpListener::bind(args.gateway_listen)
         .await
         .with_context(|| format!("binding the gateway to {}", args.gateway_listen))?;
+    let tls = args.tls(api.local_addr()?)?;
     // A node joining a cluster advertises the ports it got (port 0 picks one).
     let config = args.node_config(token);
     let cluster = args.cluster(api.local_addr()?, gateway.local_addr()?)?;
@@ -59,7 +60,8 @@ async fn up(args: &shoal::commands::UpArgs, token: Option<String>) -> anyhow::Re
         let mut stdout = std::io::stdout();
         let _ = writeln!(
             stdout,
-            "shoal is up: api http://{} gateway http://{}{}",
+            "shoal is up: api {}://{} gateway http://{}{}",
+            if tls.is_some() { "https" } else { "http" },
             api.local_addr()?,
             gateway.local_addr()?,
             if read_only {
@@ -71,7 +73,7 @@ async fn up(args: &shoal::commands::UpArgs, token: Option<String>) -> anyhow::Re
         let _ = stdout.flush();
     }
     let Some(cluster) = cluster.filter(|_| read_only) else {
-        return shoal::serve(node, api, gateway, shutdown_signal()).await;
+        return shoal::serve_with_tls(node, api, gateway, tls, shutdown_signal()).await;
     };
     // Serving what it last knew: once etcd answers, the node stops and starts again, the
     // same command, to join.
@@ -88,7 +90,7 @@ async fn up(args: &shoal::commands::UpArgs, token: Option<String>) -> anyhow::Re
             }
         }
     };
-    shoal::serve(node, api, gateway, stop).await?;
+    shoal::serve_with_tls(node, api, gateway, tls, stop).await?;
     if !rejoin.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
     }

@@ -2,6 +2,8 @@
 //! [`SandboxLimits`], [`ReplicaSpec`], [`ScaleSettings`] and [`ServiceConfig`], and the
 //! engine's numbers back into the spec's words (quantities, reasons).
 
+use std::sync::Arc;
+
 use shoal_registry::ServiceRecord;
 use shoal_runtime::{
     GuestKind, ReplicaResources, ReplicaSpec, SandboxLimits, ScaleReason, ScaleSettings,
@@ -26,8 +28,12 @@ pub(crate) fn sandbox_limits(spec: &ServiceSpec) -> SandboxLimits {
 }
 
 /// How the runtime names and runs a stored service.
-pub(crate) fn service_config(record: &ServiceRecord) -> ServiceConfig {
+pub(crate) fn service_config(
+    record: &ServiceRecord,
+    log: Arc<shoal_runtime::GuestLog>,
+) -> ServiceConfig {
     ServiceConfig {
+        log,
         name: record.name.as_str().to_owned(),
         limits: sandbox_limits(&record.spec),
         env: record
@@ -75,14 +81,10 @@ pub(crate) fn scale_settings(spec: &ServiceSpec, defaults: &ScaleSettings) -> Sc
     }
 }
 
-/// Whether two specs differ only in how they scale, which needs no new replicas.
+/// Whether two specs differ only in how they scale (or how they are labelled), which needs no
+/// new replicas.
 pub(crate) fn same_except_scale(a: &ServiceSpec, b: &ServiceSpec) -> bool {
-    let unscaled = |spec: &ServiceSpec| ServiceSpec {
-        scale: shoal_spec::Scale::default(),
-        concurrency: 1,
-        ..spec.clone()
-    };
-    unscaled(a) == unscaled(b)
+    a.replica_template() == b.replica_template()
 }
 
 /// The kind users see of a module the runtime classified.

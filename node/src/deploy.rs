@@ -13,10 +13,52 @@ use shoal_registry::{
 use shoal_runtime::GuestKind;
 use shoal_spec::{Digest, Isolation, Limits, ServiceName, ServiceSpec};
 
-use crate::{Error, Node, Result, convert};
+use crate::{Conflict, Error, Node, Result, convert};
 
 /// How often a deploy reads again after losing a race with another writer.
 const MAX_ATTEMPTS: u32 = 3;
+
+/// Conditions on a service write and what to do when it does not fit, for surfaces whose
+/// clients expect them (the Kubernetes API's create, replace with a resourceVersion, and
+/// pods that wait for room). The default is [`Node::put_service`]'s: create or update,
+/// refuse what does not fit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    /// Only create: [`Conflict::Exists`] if the service exists.
+    pub create_only: bool,
+    /// Only update: [`Error::NotFound`] if the service does not exist.
+    pub update_only: bool,
+    /// Write only if the service has not changed since this change index (a client's
+    /// Kubernetes resourceVersion): [`Conflict::Stale`] if it has.
+    pub unchanged_since: Option<u64>,
+    /// Store the service even when its minimum replicas do not fit: it runs what fits and
+    /// the rest wait for room, as Kubernetes keeps such pods Pending. Without it a spec that
+    /// does not fit is refused.
+    pub admit_pending: bool,
+}
+
+impl WriteOptions {
+    fn check(&self, name: &ServiceName, current: Option<&ServiceRecord>) -> Result<()> {
+        match current {
+            Some(_) if self.create_only => Err(Error::Conflict(Conflict::Exists {
+                name: name.to_string(),
+            })),
+            None if self.update_only => Err(service_not_found(name)),
+            Some(current)
+                if self
+                    .unchanged_since
+                    .is_some_and(|seen| seen < current.change_index) =>
+            {
+                Err(Error::Conflict(Conflict::Stale {
+                    name: name.to_string(),
+                    seen: self.unchanged_since.unwrap_or_default(),
+                    current: current.change_index,
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+}
 
 impl Node {
     /// Stores a module after validating and compiling it; idempotent by digest. Returns the
@@ -77,7 +119,19 @@ impl Node {
     pub async fn put_service(
         &self,
         name: ServiceName,
+        spec: ServiceSpec,
+    ) -> Result<(ServiceRecord, bool)> {
+        self.write_service(name, spec, WriteOptions::default())
+            .await
+    }
+
+    /// [`put_service`](Node::put_service), with conditions on what is there and a choice
+    /// of what to do when the minimum replicas do not fit (see [`WriteOptions`]).
+    pub async fn write_service(
+        &self,
+        name: ServiceName,
         mut spec: ServiceSpec,
+        options: WriteOptions,
     ) -> Result<(ServiceRecord, bool)> {
         self.check_running()?;
         spec.normalize();
@@ -99,7 +153,10 @@ impl Node {
         let mut attempt = 1;
         loop {
             let current = store.service(&name).await?;
-            self.admit(&name, &spec)?;
+            options.check(&name, current.as_ref())?;
+            if !options.admit_pending {
+                self.admit(&name, &spec)?;
+            }
             let expect = current
                 .as_ref()
                 .map_or(Expect::Absent, |current| Expect::Revision(current.revision));

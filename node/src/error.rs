@@ -104,6 +104,25 @@ pub enum Conflict {
         /// Who holds it, in words.
         owner: &'static str,
     },
+    /// The service exists and the write was to create it.
+    #[error("service \"{name}\" already exists")]
+    Exists {
+        /// The service.
+        name: String,
+    },
+    /// The service changed after the version the writer had seen.
+    #[error(
+        "service \"{name}\" was changed at index {current}, after the version the write was \
+         based on ({seen}); read it again and reapply the change"
+    )]
+    Stale {
+        /// The service.
+        name: String,
+        /// The change index the writer had seen.
+        seen: u64,
+        /// The change index of its current version.
+        current: u64,
+    },
     /// Another writer changed the service meanwhile, again and again.
     #[error("{0}")]
     Changed(String),

@@ -39,6 +39,7 @@ mod discovery;
 mod error;
 mod events;
 mod leader;
+mod logs;
 mod placement;
 mod reconcile;
 mod status;
@@ -60,13 +61,16 @@ use shoal_runtime::{
 use shoal_spec::ServiceName;
 
 pub use self::cluster::{Joined, LAST_KNOWN_FILE, NodeView, REPORT_EVERY};
+pub use self::deploy::WriteOptions;
 pub use self::discovery::CatalogView;
 pub use self::error::{Conflict, Error, NodeRoom, Result};
 pub use self::status::{
     Allocation, CompileCounts, Latency, Load, NodeCpu, NodeStatus, ReplicaCounts, RequestCounts,
-    ResourceAmounts, ScaleView, ServiceAllocation, ServiceCpu, ServiceResources, ServiceStatus,
-    WasmService,
+    ResourceAmounts, RunningReplica, ScaleView, ServiceAllocation, ServiceCpu, ServiceResources,
+    ServiceStatus, WasmService,
 };
+/// A service's guest log, as [`Node::logs`] gives it.
+pub use shoal_runtime::{GuestLog, LogLine, Stream as LogStream};
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -159,6 +163,9 @@ struct Inner {
     applied: tokio::sync::watch::Sender<Indexes>,
     checks: checks::CheckRunner,
     events: tokio::sync::mpsc::UnboundedSender<(ServiceName, shoal_runtime::ScaleEvent)>,
+    /// What each service's guests wrote, kept across its pools (a new revision, replicas
+    /// scaled away) until the service is deleted.
+    logs: Mutex<HashMap<ServiceName, Arc<shoal_runtime::GuestLog>>>,
     /// Serializes deploys on this node, so admission counts what the last one reserved.
     admission: tokio::sync::Mutex<()>,
     /// The reconcile loop and the event writer, stopped by [`Node::shutdown`].
@@ -243,6 +250,7 @@ impl Node {
                 applied: tokio::sync::watch::Sender::new(Indexes::default()),
                 checks: checks::CheckRunner::default(),
                 events,
+                logs: Mutex::new(HashMap::new()),
                 admission: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
                 shutting_down: AtomicBool::new(false),

@@ -184,6 +184,7 @@ impl Node {
                     deployed.remove(name);
                 });
                 old.pool.retire();
+                self.forget_guest_log(name);
             }
             (Some(record), Some(old)) if old.record == record => {}
             // Only scaling changed: keep the replicas, and their warm instances.
@@ -225,7 +226,10 @@ impl Node {
             let _ = events.send((name.clone(), event));
         });
         ReplicaPool::new(
-            Service::new(compiled, convert::service_config(record)),
+            Service::new(
+                compiled,
+                convert::service_config(record, self.guest_log(&record.name)),
+            ),
             convert::replica_spec(&record.spec),
             self.scale_settings_for(record),
             self.inner.capacity.clone(),

@@ -146,6 +146,23 @@ pub struct ServiceStatus {
     pub scale: ScaleView,
     /// Replicas on each node running any (in a cluster, as each last reported), by node.
     pub nodes: std::collections::BTreeMap<String, u32>,
+    /// Every replica, this node's first (oldest first), then each peer's, which report only
+    /// how many they run.
+    pub running: Vec<RunningReplica>,
+}
+
+/// One replica of a service, as the Kubernetes API shows it as a pod.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningReplica {
+    /// The node running it.
+    pub node: String,
+    /// Its number among the replicas of the service's current pool on that node; on a peer,
+    /// its place among what the peer reported.
+    pub id: u64,
+    /// When it started, in milliseconds since the Unix epoch; unknown for a peer's.
+    pub started_unix_ms: Option<u64>,
+    /// Requests it is serving (on a peer: unknown, 0).
+    pub in_flight: u32,
 }
 
 /// A service's replica counts.
@@ -411,6 +428,7 @@ impl Node {
                 share: status.cpu.cores / self.inner.runtime.scheduler().slots() as f64,
             },
             nodes: self.replicas_by_node(name.as_str(), status.replicas),
+            running: self.running_replicas(name.as_str(), &status.members),
             scale: ScaleView {
                 min: settings.min,
                 max: settings.max,
@@ -424,6 +442,37 @@ impl Node {
                 queue_timeout: settings.queue_timeout,
             },
         })
+    }
+
+    /// Every replica of `service`: `here`, this node's, then each live peer's.
+    fn running_replicas(
+        &self,
+        service: &str,
+        here: &[shoal_runtime::ReplicaState],
+    ) -> Vec<RunningReplica> {
+        let node = &self.inner.config.node_name;
+        let mut running: Vec<RunningReplica> = here
+            .iter()
+            .map(|replica| RunningReplica {
+                node: node.clone(),
+                id: replica.id,
+                started_unix_ms: replica
+                    .started
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|since| since.as_millis() as u64),
+                in_flight: replica.in_flight,
+            })
+            .collect();
+        for peer in self.peers_running(service) {
+            running.extend((1..=u64::from(peer.replicas)).map(|id| RunningReplica {
+                node: peer.node.clone(),
+                id,
+                started_unix_ms: None,
+                in_flight: 0,
+            }));
+        }
+        running
     }
 
     /// The wasm services this node runs, by name.

@@ -40,6 +40,7 @@ mod cpu;
 mod engine;
 mod exec;
 mod kernel;
+mod logs;
 mod replica;
 mod sandbox;
 mod service;
@@ -51,10 +52,11 @@ pub use self::cpu::{
 pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig};
 pub use self::exec::{RequestContext, ServiceConfig};
 pub use self::kernel::TickerPriority;
+pub use self::logs::{GuestLog, LogLine, Stream};
 pub use self::replica::{
     Autoscaler, Capacity, Decision, EventSink, HeldDemand, Occupancy, PoolStatus, ReplicaPool,
-    ReplicaResources, ReplicaSpec, Reservation, ScaleEvent, ScaleReason, ScaleSettings, Served,
-    Shortfall,
+    ReplicaResources, ReplicaSpec, ReplicaState, Reservation, ScaleEvent, ScaleReason,
+    ScaleSettings, Served, Shortfall,
 };
 pub use self::sandbox::{BoxError, ResponseBody, SandboxLimits};
 pub use self::service::Service;

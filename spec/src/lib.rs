@@ -23,10 +23,12 @@
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod labels;
 mod name;
 pub mod quantity;
 mod service;
 
+pub use self::labels::{check_label, check_label_key, check_label_value};
 pub use self::name::{Digest, ModuleKind, ServiceName};
 pub use self::quantity::{ByteSize, Cpu, Quantity};
 pub use self::service::{Isolation, Limits, ResourceList, Resources, Scale, ServiceSpec};

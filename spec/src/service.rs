@@ -57,6 +57,17 @@ pub struct ServiceSpec {
     /// The replica bounds and the autoscaler's settings.
     #[serde(default)]
     pub scale: Scale,
+    /// Labels of the service's replicas, which Kubernetes Services select them by. Default
+    /// none; left out of JSON when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The Kubernetes object (a Deployment or a Pod) this service was last written as,
+    /// without what the server manages (uid, resourceVersion, status), so that it reads
+    /// back as the client wrote it: its labels, annotations, selector, container name and
+    /// ports, which have no meaning to shoal. What the rest of the spec says wins over it.
+    /// Absent for a service written through the management API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<serde_json::Value>,
 }
 
 fn default_max_requests() -> u64 {
@@ -80,6 +91,21 @@ impl ServiceSpec {
             max_requests: default_max_requests(),
             concurrency: default_concurrency(),
             scale: Scale::default(),
+            labels: BTreeMap::new(),
+            kubernetes: None,
+        }
+    }
+
+    /// The spec without what does not change how a replica runs: its scale and concurrency
+    /// (a pool retunes), labels and the Kubernetes object (they change how the service is
+    /// found and shown). Two specs with the same template run the same replicas.
+    pub fn replica_template(&self) -> ServiceSpec {
+        ServiceSpec {
+            scale: Scale::default(),
+            concurrency: default_concurrency(),
+            labels: BTreeMap::new(),
+            kubernetes: None,
+            ..self.clone()
         }
     }
 
@@ -156,6 +182,11 @@ impl ServiceSpec {
             };
             if let Some(reason) = reason {
                 return Err(Error::invalid("env", reason));
+            }
+        }
+        for (key, value) in &self.labels {
+            if let Err(reason) = crate::check_label(key, value) {
+                return Err(Error::invalid(format!("labels.{key}"), reason));
             }
         }
         if let Some(arg_idx) = self.args.iter().position(|arg| arg.contains('\0')) {

@@ -10,6 +10,7 @@ mod consul_health;
 mod consul_kv;
 mod etcd_store;
 mod guests;
+mod kubernetes;
 mod management;
 mod process;
 mod reconcile;

@@ -7,6 +7,7 @@
 //! request's `Content-Type`, and `Status` wins over the 302 that `Location` implies
 //! whatever their order. Output past the response limit is refused as it is written.
 
+use crate::logs::Stream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -106,8 +107,9 @@ where
     };
     let scheduled = Scheduled::new(run, cpu, sandbox::quota_charger(throttle));
     let outcome = tokio::time::timeout(limits.timeout, scheduled).await;
+    let replica = checkout.replica_id();
     drop(checkout);
-    sandbox::log_output(&config.name, "stderr", &stderr);
+    sandbox::log_output(config, replica, Stream::Stderr, &stderr);
     if stdout.overflowed() {
         return Err(Error::ResponseTooLarge {
             limit: limits.max_response,

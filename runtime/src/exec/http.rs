@@ -8,6 +8,7 @@
 //! Outbound HTTP is refused by the hooks below, and the WASI context grants no files,
 //! no environment but the spec's and no sockets.
 
+use crate::logs::Stream;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -109,9 +110,9 @@ impl Pipes {
         }
     }
 
-    fn log(&self, service: &str) {
-        sandbox::log_output(service, "stdout", &self.stdout);
-        sandbox::log_output(service, "stderr", &self.stderr);
+    fn log(&self, config: &ServiceConfig, replica: u64) {
+        sandbox::log_output(config, replica, Stream::Stdout, &self.stdout);
+        sandbox::log_output(config, replica, Stream::Stderr, &self.stderr);
     }
 }
 
@@ -252,7 +253,7 @@ where
                 limit: limits.timeout,
             }),
         };
-        pipes.log(&config.name);
+        pipes.log(&config, checkout.replica_id());
         // The replica slot is given back only now that the guest has finished, not merely
         // answered.
         drop(checkout);

@@ -8,6 +8,7 @@
 pub(crate) mod cgi;
 pub(crate) mod http;
 
+use crate::logs::GuestLog;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -27,6 +28,8 @@ pub struct ServiceConfig {
     pub env: Vec<(String, String)>,
     /// Arguments after `argv[0]`.
     pub args: Vec<String>,
+    /// Where what the guest writes to stdout and stderr is kept (besides the node's log).
+    pub log: Arc<GuestLog>,
 }
 
 /// Where a request came from and how it was routed, for CGI's variables.
@@ -49,6 +52,8 @@ pub(crate) trait Checkout: Send + 'static {
     fn throttle(&self) -> Option<Arc<CpuThrottle>>;
     /// What this execution runs on: the node's CPU scheduler and the service's share of it.
     fn cpu(&self) -> Arc<GuestCpu>;
+    /// The replica's id in its pool, for its log lines; 0 outside a pool.
+    fn replica_id(&self) -> u64;
     /// Offers a healthy instance back after a request that succeeded; the replica keeps it or
     /// drops it.
     fn keep(&mut self, instance: HttpInstance);
@@ -59,6 +64,10 @@ pub(crate) trait Checkout: Send + 'static {
 pub(crate) struct Unpooled;
 
 impl Checkout for Unpooled {
+    fn replica_id(&self) -> u64 {
+        0
+    }
+
     fn cpu(&self) -> Arc<GuestCpu> {
         GuestCpu::new(
             CpuScheduler::new(1),

@@ -55,6 +55,10 @@ impl Checkout for Lease {
         self.pool.guest_cpu()
     }
 
+    fn replica_id(&self) -> u64 {
+        self.replica_id
+    }
+
     /// Keeps a healthy instance for the replica's next request, unless the replica does not
     /// keep instances or this one has served its `max_requests`.
     fn keep(&mut self, instance: HttpInstance) {

@@ -145,6 +145,19 @@ pub struct PoolStatus {
     pub cpu_weight_millis: u64,
     /// The settings in force.
     pub settings: ScaleSettings,
+    /// Each replica, oldest first.
+    pub members: Vec<ReplicaState>,
+}
+
+/// One replica of a pool, as the status API shows it.
+#[derive(Debug, Clone)]
+pub struct ReplicaState {
+    /// Its number in the pool: 1 for the first replica the pool started, never reused.
+    pub id: u64,
+    /// When it started.
+    pub started: std::time::SystemTime,
+    /// Requests it is serving.
+    pub in_flight: u32,
 }
 
 /// A service's replicas, queue and autoscaler.
@@ -162,6 +175,8 @@ pub struct ReplicaPool {
 
 struct Replica {
     id: u64,
+    /// When it started, on the wall clock (what the Kubernetes API shows as a pod's start).
+    started: std::time::SystemTime,
     in_flight: u32,
     idle_instances: Vec<HttpInstance>,
     throttle: Option<Arc<CpuThrottle>>,
@@ -550,6 +565,7 @@ impl ReplicaPool {
                     state.next_replica_id += 1;
                     state.replicas.push(Replica {
                         id: state.next_replica_id,
+                        started: std::time::SystemTime::now(),
                         in_flight: 0,
                         idle_instances: Vec::new(),
                         throttle: self
@@ -792,6 +808,15 @@ impl ReplicaPool {
             cpu: self.share.usage(now.into_std()),
             cpu_weight_millis: self.share.weight(),
             settings: state.settings.clone(),
+            members: state
+                .replicas
+                .iter()
+                .map(|replica| ReplicaState {
+                    id: replica.id,
+                    started: replica.started,
+                    in_flight: replica.in_flight,
+                })
+                .collect(),
         }
     }
 }

@@ -164,14 +164,22 @@ pub(crate) fn guest_error(
     }
 }
 
-/// Sends what a guest wrote to a stream to the log, a line per event, tagged with the
-/// service's name.
-pub(crate) fn log_output(service: &str, stream: &'static str, pipe: &CappedPipe) {
+/// Sends what a guest wrote to a stream to the service's [`GuestLog`] and the node's log, a
+/// line per event, tagged with the service's name and the replica.
+pub(crate) fn log_output(
+    config: &crate::exec::ServiceConfig,
+    replica: u64,
+    stream: crate::logs::Stream,
+    pipe: &CappedPipe,
+) {
     let overflowed = pipe.overflowed();
     let bytes = pipe.take();
     if bytes.is_empty() {
         return;
     }
+    config.log.append(replica, stream, &bytes, overflowed);
+    let service = config.name.as_str();
+    let stream = stream.as_str();
     let text = String::from_utf8_lossy(&bytes);
     for line in text.lines() {
         tracing::info!(target: "shoal::guest", service, stream, "{line}");

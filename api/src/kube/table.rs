@@ -1,0 +1,209 @@
+//! Server-side printing: the `Table` kubectl asks for with `Accept: …;as=Table;…`, with the
+//! columns kube-apiserver prints for each kind (priority 1 only under `-o wide`). Without it
+//! `kubectl get` falls back to NAME and AGE.
+
+use std::time::SystemTime;
+
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+
+use super::objects::{Kind, age, at, created_ms};
+
+/// Whether the client asked for a Table.
+pub(crate) fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("as=Table"))
+}
+
+fn columns(kind: Kind) -> Value {
+    let column = |name: &str, kind: &str, priority: u8, description: &str| {
+        let format = if name == "Name" { "name" } else { "" };
+        json!({ "name": name, "type": kind, "format": format, "description": description, "priority": priority })
+    };
+    match kind {
+        Kind::Pod => json!([
+            column(
+                "Name",
+                "string",
+                0,
+                "Name must be unique within a namespace."
+            ),
+            column(
+                "Ready",
+                "string",
+                0,
+                "The number of containers that are ready."
+            ),
+            column(
+                "Status",
+                "string",
+                0,
+                "The aggregate status of the containers in this pod."
+            ),
+            column(
+                "Restarts",
+                "string",
+                0,
+                "The number of times the containers have been restarted."
+            ),
+            column("Age", "string", 0, "Time since creation."),
+            column(
+                "IP",
+                "string",
+                1,
+                "The pod's IP: the gateway, which routes to it by name."
+            ),
+            column("Node", "string", 1, "The node the pod runs on."),
+            column("Nominated Node", "string", 1, "Not used by shoal."),
+            column("Readiness Gates", "string", 1, "Not used by shoal."),
+        ]),
+        Kind::Deployment => json!([
+            column(
+                "Name",
+                "string",
+                0,
+                "Name must be unique within a namespace."
+            ),
+            column(
+                "Ready",
+                "string",
+                0,
+                "Ready replicas out of the floor (spec.replicas)."
+            ),
+            column(
+                "Up-to-date",
+                "string",
+                0,
+                "Replicas running the current revision."
+            ),
+            column("Available", "string", 0, "Replicas available to serve."),
+            column("Age", "string", 0, "Time since creation."),
+            column(
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template."
+            ),
+            column(
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template."
+            ),
+            column("Selector", "string", 1, "Label selector for pods."),
+        ]),
+    }
+}
+
+fn text(value: Option<&Value>) -> String {
+    match value {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Number(number)) => number.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn cells(kind: Kind, object: &Value, now: SystemTime) -> Value {
+    let name = text(at(object, "metadata.name"));
+    let age = age(created_ms(object), now);
+    match kind {
+        Kind::Pod => {
+            let container = at(object, "status.containerStatuses").and_then(|list| list.get(0));
+            let ready = container
+                .and_then(|c| c.get("ready"))
+                .and_then(Value::as_bool)
+                == Some(true);
+            let restarts = container
+                .and_then(|c| c.get("restartCount"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let waiting = container.and_then(|c| at(c, "state.waiting.reason"));
+            let terminated = container.and_then(|c| at(c, "state.terminated.reason"));
+            let status = at(object, "status.reason")
+                .or(waiting)
+                .or(terminated)
+                .or(at(object, "status.phase"));
+            let ip = text(at(object, "status.podIP"));
+            json!([
+                name,
+                format!("{}/1", u8::from(ready)),
+                text(status),
+                restarts,
+                age,
+                or_none(ip),
+                or_none(text(at(object, "spec.nodeName"))),
+                "<none>",
+                "<none>",
+            ])
+        }
+        Kind::Deployment => {
+            let count = |field: &str| at(object, field).and_then(Value::as_u64).unwrap_or(0);
+            let containers = at(object, "spec.template.spec.containers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let join = |key: &str| {
+                containers
+                    .iter()
+                    .map(|container| text(container.get(key)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let selector = super::selector::LabelSelector::from_json(
+                at(object, "spec.selector").unwrap_or(&Value::Null),
+            )
+            .map(|selector| selector.to_string())
+            .unwrap_or_default();
+            json!([
+                name,
+                format!(
+                    "{}/{}",
+                    count("status.readyReplicas"),
+                    count("spec.replicas")
+                ),
+                count("status.updatedReplicas"),
+                count("status.availableReplicas"),
+                age,
+                join("name"),
+                join("image"),
+                selector,
+            ])
+        }
+    }
+}
+
+fn or_none(text: String) -> String {
+    if text.is_empty() {
+        "<none>".into()
+    } else {
+        text
+    }
+}
+
+/// The objects as a Table, each row carrying the object's metadata (for `--show-labels`).
+pub(crate) fn table(kind: Kind, resource_version: u64, objects: &[Value]) -> Value {
+    let now = SystemTime::now();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|object| {
+            json!({
+                "cells": cells(kind, object, now),
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": object.get("metadata").cloned().unwrap_or(Value::Null),
+                },
+            })
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": { "resourceVersion": resource_version.to_string() },
+        "columnDefinitions": columns(kind),
+        "rows": rows,
+    })
+}

@@ -1,0 +1,519 @@
+//! The Kubernetes API driven by the real kubectl (`kubectl.1.32`, from the machine, with a
+//! fresh `HOME` so no cached discovery or config leaks in): apply twice, get with columns,
+//! describe, scale, rollout status, get -w, delete; the gateway answering the Deployment's
+//! name throughout; what shoal refuses, named by field; and the API's error shapes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use guest_artifacts::*;
+use serde_json::Value;
+use shoal_tests::{TestNode, json, shoal_bin};
+use tokio::io::AsyncBufReadExt as _;
+
+/// `kubectl.1.32`: on the PATH, or where Debian's Google Cloud SDK package puts it.
+fn kubectl_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("KUBECTL") {
+        return path.into();
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("kubectl.1.32"));
+    let sdk = std::iter::once(PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.32"));
+    on_path.chain(sdk).find(|path| path.exists()).expect(
+        "kubectl.1.32 is missing: these tests drive the real kubectl (the `kubectl` package, \
+         or set KUBECTL to a kubectl 1.29+ binary)",
+    )
+}
+
+/// kubectl against one node, with its own empty HOME.
+struct Kubectl {
+    bin: PathBuf,
+    server: String,
+    home: tempfile::TempDir,
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Kubectl {
+    fn new(node: &TestNode) -> Kubectl {
+        Kubectl {
+            bin: kubectl_bin(),
+            server: node.api.clone(),
+            home: tempfile::tempdir().expect("a HOME for kubectl"),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.bin);
+        command
+            .args(["--server", &self.server])
+            .args(args)
+            .env("HOME", self.home.path())
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn run(&self, args: &[&str]) -> Run {
+        let output = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .expect("kubectl finished within 60 s")
+            .expect("running kubectl");
+        Run {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Runs kubectl and asserts it succeeded; returns its stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args).await;
+        assert!(
+            run.ok,
+            "kubectl {args:?} failed:\n{}\n{}",
+            run.stdout, run.stderr
+        );
+        run.stdout
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.home.path().join(name);
+        std::fs::write(&path, text).expect("writing a manifest");
+        path.to_string_lossy().into_owned()
+    }
+}
+
+async fn upload(node: &TestNode, guest: &str) -> String {
+    let response = node.upload(bytes(guest)).await;
+    assert!(response.status().is_success());
+    let body: Value = response.json().await.expect("upload JSON");
+    body["digest"].as_str().expect("a digest").to_string()
+}
+
+fn manifest(digest: &str, extra_pod_spec: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: hello
+  labels:
+    app: hello
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: hello
+  template:
+    metadata:
+      labels:
+        app: hello
+    spec:
+      runtimeClassName: wasm
+      containers:
+      - name: web
+        image: hello@{digest}
+        env:
+        - name: GREETING
+          value: hi
+        resources:
+          requests:
+            cpu: 100m
+            memory: 32Mi
+          limits:
+            memory: 64Mi
+{extra_pod_spec}"
+    )
+}
+
+/// The lines of a kubectl table whose first cell starts with `prefix`.
+fn rows<'a>(table: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
+    table
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|cells| cells.first().is_some_and(|cell| cell.starts_with(prefix)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_applies_gets_scales_watches_and_deletes_a_deployment() {
+    let node = TestNode::start().await;
+    let kubectl = Kubectl::new(&node);
+    let digest = upload(&node, HELLO_HTTP).await;
+    let path = kubectl.file("hello.yaml", &manifest(&digest, ""));
+
+    let applied = kubectl.ok(&["apply", "-f", &path]).await;
+    assert!(
+        applied.contains("deployment.apps/hello created"),
+        "{applied}"
+    );
+    let again = kubectl.ok(&["apply", "-f", &path]).await;
+    assert!(again.contains("deployment.apps/hello unchanged"), "{again}");
+
+    let rolled = kubectl
+        .ok(&["rollout", "status", "deployment/hello", "--timeout=30s"])
+        .await;
+    assert!(rolled.contains("successfully rolled out"), "{rolled}");
+    let deployments = kubectl.ok(&["get", "deploy"]).await;
+    assert!(
+        deployments.starts_with("NAME") && deployments.contains("UP-TO-DATE"),
+        "{deployments}"
+    );
+    assert_eq!(rows(&deployments, "hello")[0][1], "2/2", "{deployments}");
+    let pods = kubectl.ok(&["get", "po", "-o", "wide"]).await;
+    let pod_rows = rows(&pods, "hello-");
+    assert_eq!(pod_rows.len(), 2, "{pods}");
+    for row in &pod_rows {
+        assert_eq!(&row[1..3], ["1/1", "Running"], "{pods}");
+        assert_eq!(row[5], "127.0.0.1", "the pod IP is the gateway's: {pods}");
+    }
+    let labelled = kubectl
+        .ok(&["get", "pods", "-l", "app=hello", "-o", "name"])
+        .await;
+    assert_eq!(labelled.lines().count(), 2, "{labelled}");
+    let none = kubectl
+        .ok(&["get", "pods", "-l", "app=other", "-o", "name"])
+        .await;
+    assert_eq!(none.trim(), "", "{none}");
+
+    // The gateway routes the Deployment's name.
+    let reply = node.call("hello", "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let described = kubectl.ok(&["describe", "deployment", "hello"]).await;
+    assert!(described.contains("Replicas:"), "{described}");
+    assert!(described.contains("hello@sha256:"), "{described}");
+    let pod_name = pod_rows[0][0];
+    let described_pod = kubectl.ok(&["describe", "pod", pod_name]).await;
+    assert!(
+        described_pod.contains("Status:") && described_pod.contains("Running"),
+        "{described_pod}"
+    );
+    assert!(described_pod.contains("QoS Class:"), "{described_pod}");
+
+    // A watch sees the scale change, as kubectl get -w prints it.
+    let mut watch = kubectl
+        .command(&["get", "deployments", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl get -w");
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let first = lines
+        .next_line()
+        .await
+        .expect("reading the watch")
+        .expect("a header");
+    assert!(first.starts_with("NAME"), "{first}");
+    let scaled = kubectl
+        .ok(&["scale", "deployment", "hello", "--replicas=3"])
+        .await;
+    assert!(scaled.contains("deployment.apps/hello scaled"), "{scaled}");
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("reading the watch") {
+            if line.starts_with("hello") && line.split_whitespace().nth(1) == Some("3/3") {
+                return line;
+            }
+        }
+        panic!("the watch ended before showing 3/3");
+    })
+    .await
+    .expect("the watch showed the scale change within 30 s");
+    assert!(seen.contains("3/3"));
+    watch.kill().await.expect("stopping the watch");
+    let (_, service) = node.get("/v1/services/hello").await;
+    assert_eq!(service["spec"]["scale"]["min"], 3, "{service}");
+    assert_eq!(service["spec"]["labels"]["app"], "hello", "{service}");
+
+    // What a wasm sandbox cannot honour is refused, naming the field.
+    let with_volume = kubectl.file(
+        "volume.yaml",
+        &manifest(
+            &digest,
+            "      volumes:\n      - name: data\n        emptyDir: {}\n",
+        ),
+    );
+    let refused = kubectl.run(&["apply", "-f", &with_volume]).await;
+    assert!(!refused.ok, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("spec.template.spec.volumes"),
+        "{}",
+        refused.stderr
+    );
+
+    let deleted = kubectl.ok(&["delete", "-f", &path]).await;
+    assert!(
+        deleted.contains("deployment.apps \"hello\" deleted"),
+        "{deleted}"
+    );
+    let (status, _) = node.get("/v1/services/hello").await;
+    assert_eq!(status, 404);
+    assert_eq!(node.call("hello", "/").await.status, 404);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shoal_and_kubectl_show_the_same_services() {
+    let node = TestNode::start().await;
+    let kubectl = Kubectl::new(&node);
+    node.deploy("alpha", HELLO_HTTP, json!({})).await;
+    let deployments = kubectl.ok(&["get", "deployments"]).await;
+    assert_eq!(rows(&deployments, "alpha").len(), 1, "{deployments}");
+    let pods = kubectl.ok(&["get", "pods"]).await;
+    assert_eq!(rows(&pods, "alpha-").len(), 1, "{pods}");
+
+    let digest = upload(&node, HELLO_HTTP).await;
+    let path = kubectl.file("beta.yaml", &manifest(&digest, "").replace("hello", "beta"));
+    kubectl.ok(&["apply", "-f", &path]).await;
+    let ps = tokio::process::Command::new(shoal_bin())
+        .args(["ps", "--api", &node.api])
+        .output()
+        .await
+        .expect("running shoal ps");
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        ps.lines()
+            .any(|line| line.trim_start().starts_with("beta ")),
+        "{ps}"
+    );
+    let catalog: Value = node
+        .client
+        .get(format!("{}/v1/catalog/services", node.api))
+        .send()
+        .await
+        .expect("catalog")
+        .json()
+        .await
+        .expect("catalog JSON");
+    assert!(catalog.get("beta").is_some(), "{catalog}");
+    node.stop().await;
+}
+
+async fn send(
+    node: &TestNode,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value) {
+    let response = node
+        .client
+        .request(
+            method.parse().expect("a method"),
+            format!("{}{path}", node.api),
+        )
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn assert_status(answer: &(u16, Value), code: u16, reason: &str, needle: &str) {
+    let (status, body) = answer;
+    assert_eq!(*status, code, "{body}");
+    assert_eq!(body["kind"], "Status", "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["reason"], reason, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(needle),
+        "{needle:?} not in {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_kubernetes_status() {
+    let node = TestNode::start().await;
+    let digest = upload(&node, HELLO_HTTP).await;
+    let pods = "/api/v1/namespaces/default/pods";
+    let deployments = "/apis/apps/v1/namespaces/default/deployments";
+    let json = "application/json";
+
+    assert_status(
+        &send(&node, "POST", deployments, json, "{not json").await,
+        400,
+        "BadRequest",
+        "JSON",
+    );
+    assert_status(
+        &send(
+            &node,
+            "GET",
+            "/apis/batch/v1/namespaces/default/jobs",
+            json,
+            "",
+        )
+        .await,
+        404,
+        "NotFound",
+        "could not find",
+    );
+    assert_status(
+        &send(&node, "GET", "/api/v1/namespaces/prod/pods", json, "").await,
+        404,
+        "NotFound",
+        "\"default\" namespace only",
+    );
+    assert_status(
+        &send(
+            &node,
+            "GET",
+            &format!("{pods}?labelSelector=app%20in%20(a"),
+            json,
+            "",
+        )
+        .await,
+        400,
+        "BadRequest",
+        "",
+    );
+    assert_status(
+        &send(
+            &node,
+            "GET",
+            &format!("{pods}?fieldSelector=spec.color%3Dred"),
+            json,
+            "",
+        )
+        .await,
+        400,
+        "BadRequest",
+        "field label not supported",
+    );
+    assert_status(
+        &send(&node, "GET", &format!("{pods}/missing"), json, "").await,
+        404,
+        "NotFound",
+        "pods \"missing\" not found",
+    );
+
+    // The document's pod, created as the Python client sends it (with labels).
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "my-pod", "labels": { "app": "my-app" } },
+        "spec": { "containers": [{ "name": "my-container", "image": digest, "ports": [{ "containerPort": 80 }],
+            "resources": { "requests": { "cpu": "0.5", "memory": "32Mi" }, "limits": { "cpu": "1", "memory": "64Mi" } } }] },
+    });
+    let created = send(&node, "POST", pods, json, &pod.to_string()).await;
+    assert_eq!(created.0, 201, "{}", created.1);
+    assert_eq!(created.1["status"]["phase"], "Running", "{}", created.1);
+    assert_eq!(created.1["status"]["qosClass"], "Burstable");
+    assert_status(
+        &send(&node, "POST", pods, json, &pod.to_string()).await,
+        409,
+        "AlreadyExists",
+        "already exists",
+    );
+    let mut changed = created.1.clone();
+    changed["spec"]["containers"][0]["image"] = json!("other@".to_string() + &digest);
+    assert_status(
+        &send(
+            &node,
+            "PUT",
+            &format!("{pods}/my-pod"),
+            json,
+            &changed.to_string(),
+        )
+        .await,
+        422,
+        "Invalid",
+        "pod updates may not change",
+    );
+    assert_eq!(node.call("my-pod", "/").await.status, 200);
+
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "web" },
+        "spec": { "replicas": 1, "selector": { "matchLabels": { "app": "web" } },
+            "template": { "metadata": { "labels": { "app": "web" } },
+                "spec": { "containers": [{ "name": "c", "image": digest }] } } },
+    });
+    let created = send(&node, "POST", deployments, json, &deployment.to_string()).await;
+    assert_eq!(created.0, 201, "{}", created.1);
+    // A replace based on a version older than the current one is a conflict.
+    let mut stale = created.1.clone();
+    stale["spec"]["replicas"] = json!(2);
+    let updated = send(
+        &node,
+        "PUT",
+        &format!("{deployments}/web"),
+        json,
+        &stale.to_string(),
+    )
+    .await;
+    assert_eq!(updated.0, 200, "{}", updated.1);
+    stale["spec"]["replicas"] = json!(3);
+    assert_status(
+        &send(
+            &node,
+            "PUT",
+            &format!("{deployments}/web"),
+            json,
+            &stale.to_string(),
+        )
+        .await,
+        409,
+        "Conflict",
+        "has been modified",
+    );
+    // The selector is immutable.
+    let selector = r#"{"spec":{"selector":{"matchLabels":{"app":"other"}},"template":{"metadata":{"labels":{"app":"other"}}}}}"#;
+    assert_status(
+        &send(
+            &node,
+            "PATCH",
+            &format!("{deployments}/web"),
+            "application/merge-patch+json",
+            selector,
+        )
+        .await,
+        422,
+        "Invalid",
+        "spec.selector",
+    );
+    assert_status(
+        &send(
+            &node,
+            "PATCH",
+            &format!("{deployments}/web"),
+            "text/plain",
+            "{}",
+        )
+        .await,
+        415,
+        "UnsupportedMediaType",
+        "unknown format",
+    );
+    // A replica of a Deployment is not deleted alone.
+    let (_, list) = node.get(&format!("{pods}?labelSelector=app%3Dweb")).await;
+    let replica = list["items"][0]["metadata"]["name"]
+        .as_str()
+        .expect("a pod")
+        .to_string();
+    assert_status(
+        &send(&node, "DELETE", &format!("{pods}/{replica}"), json, "").await,
+        405,
+        "MethodNotAllowed",
+        "scale the deployment",
+    );
+    // A bare pod is deleted with its service.
+    let deleted = send(&node, "DELETE", &format!("{pods}/my-pod"), json, "").await;
+    assert_eq!(deleted.0, 200, "{}", deleted.1);
+    assert_eq!(node.call("my-pod", "/").await.status, 404);
+    node.stop().await;
+}
