@@ -517,3 +517,148 @@ async fn bad_input_gets_a_kubernetes_status() {
     assert_eq!(node.call("my-pod", "/").await.status, 404);
     node.stop().await;
 }
+
+/// A Deployment of `guest` named `name`, one replica, with `resources` (YAML at the
+/// container's indentation plus two).
+fn small_manifest(name: &str, digest: &str, resources: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      containers:
+      - name: main
+        image: {digest}
+{resources}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_logs_and_shoal_logs_show_what_guests_wrote() {
+    let node = TestNode::start().await;
+    let kubectl = Kubectl::new(&node);
+    let digest = upload(&node, ECHO_HTTP).await;
+    let path = kubectl.file("talk.yaml", &small_manifest("talk", &digest, ""));
+    kubectl.ok(&["apply", "-f", &path]).await;
+    for text in ["first-line", "second-line"] {
+        let reply = node.call("talk", &format!("/?log={text}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let pod = kubectl
+        .ok(&["get", "pods", "-l", "app=talk", "-o", "name"])
+        .await;
+    let pod = pod.trim().trim_start_matches("pod/").to_string();
+    let logs = kubectl.ok(&["logs", &pod]).await;
+    assert_eq!(
+        logs.lines().collect::<Vec<_>>(),
+        [
+            "first-line",
+            "stderr: first-line",
+            "second-line",
+            "stderr: second-line"
+        ],
+        "{logs}"
+    );
+    let tail = kubectl
+        .ok(&["logs", &pod, "--tail=1", "--timestamps"])
+        .await;
+    let (time, line) = tail
+        .trim()
+        .split_once(' ')
+        .expect("a timestamp, then the line");
+    assert!(humantime::parse_rfc3339_weak(time).is_ok(), "{tail}");
+    assert_eq!(line, "stderr: second-line");
+
+    // Following: the kept lines, then each new one as it is written.
+    let mut follow = kubectl
+        .command(&["logs", "-f", &pod])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        lines.next_line().await.expect("reading").as_deref(),
+        Some("first-line")
+    );
+    assert_eq!(node.call("talk", "/?log=third-line").await.status, 200);
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("reading the log") {
+            if line == "third-line" {
+                return;
+            }
+        }
+        panic!("the log ended before the third line");
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "kubectl logs -f showed the new line within 30 s"
+    );
+    follow.kill().await.expect("stopping kubectl logs -f");
+
+    let shoal_logs = tokio::process::Command::new(shoal_bin())
+        .args(["logs", "talk", "--tail", "2", "--api", &node.api])
+        .output()
+        .await
+        .expect("running shoal logs");
+    let shoal_logs = String::from_utf8_lossy(&shoal_logs.stdout);
+    let shown: Vec<&str> = shoal_logs.lines().collect();
+    assert_eq!(shown.len(), 2, "{shoal_logs}");
+    assert!(
+        shown[0].ends_with("replica-1 stdout: third-line"),
+        "{shoal_logs}"
+    );
+    assert!(
+        shown[1].ends_with("replica-1 stderr: stderr: third-line"),
+        "{shoal_logs}"
+    );
+    let (status, body) = node.get("/v1/services/talk/logs?since=yesterday").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("since"),
+        "{body}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_without_room_is_pending_not_refused() {
+    let node = TestNode::start_with(|config| {
+        config.capacity = Some(shoal::ReplicaResources {
+            memory: 256 << 20,
+            cpu_millis: 1000,
+        });
+    })
+    .await;
+    let kubectl = Kubectl::new(&node);
+    let digest = upload(&node, HELLO_HTTP).await;
+    let resources = "        resources:\n          requests:\n            memory: 1Gi\n";
+    let path = kubectl.file("big.yaml", &small_manifest("big", &digest, resources));
+    let applied = kubectl.ok(&["apply", "-f", &path]).await;
+    assert!(applied.contains("deployment.apps/big created"), "{applied}");
+    let pods = kubectl.ok(&["get", "pods"]).await;
+    let row = &rows(&pods, "big-")[0];
+    assert_eq!(&row[1..3], ["0/1", "Pending"], "{pods}");
+    let (_, pod) = node
+        .get(&format!("/api/v1/namespaces/default/pods/{}", row[0]))
+        .await;
+    assert_eq!(
+        pod["status"]["conditions"][0]["reason"], "Unschedulable",
+        "{pod}"
+    );
+    let events = kubectl.ok(&["get", "events"]).await;
+    assert!(events.contains("FailedScheduling"), "{events}");
+    let described = kubectl.ok(&["describe", "deployment", "big"]).await;
+    assert!(described.contains("FailedScheduling"), "{described}");
+    node.stop().await;
+}

@@ -1010,7 +1010,8 @@ async fn list_events(
     State(node): State<Node>,
     Path(namespace): Path<String>,
     RawQuery(query): RawQuery,
-) -> KubeResult<Json<Value>> {
+    headers: HeaderMap,
+) -> KubeResult<Response> {
     check_namespace(&namespace)?;
     let query = Query::parse(query.as_deref())?;
     let snapshot = Snapshot::read(&node).await?;
@@ -1031,12 +1032,12 @@ async fn list_events(
         }));
     }
     let events = query.select(events, EVENT_FIELDS)?;
-    Ok(Json(objects::list(
-        "EventList",
-        "v1",
-        snapshot.index,
-        events,
-    )))
+    if table::wants_table(&headers) {
+        return Ok(
+            Json(table::table(table::Printed::Event, snapshot.index, &events)).into_response(),
+        );
+    }
+    Ok(Json(objects::list("EventList", "v1", snapshot.index, events)).into_response())
 }
 
 /// A pod's log: what its replica's guests wrote (`container`, `follow`, `tailLines`,

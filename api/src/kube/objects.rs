@@ -196,6 +196,11 @@ pub(crate) fn spec_of(
     let mut spec = ServiceSpec::new(digest);
     spec.args = args;
     spec.env = env;
+    // Kubernetes puts no memory limit on a container that sets none; a sandbox needs one, so
+    // such a container may use at least what it requests.
+    if let (None, Some(request)) = (resources.limits.memory, resources.requests.memory) {
+        spec.limits.memory = spec.limits.memory.max(request);
+    }
     spec.resources = resources;
     spec.labels = labels;
     let annotations = {

@@ -18,10 +18,45 @@ pub(crate) fn wants_table(headers: &HeaderMap) -> bool {
         .any(|accept| accept.contains("as=Table"))
 }
 
-fn columns(kind: Kind) -> Value {
+/// What a table lists: a workload kind, or events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Printed {
+    Workload(Kind),
+    Event,
+}
+
+impl From<Kind> for Printed {
+    fn from(kind: Kind) -> Printed {
+        Printed::Workload(kind)
+    }
+}
+
+fn columns(kind: Printed) -> Value {
     let column = |name: &str, kind: &str, priority: u8, description: &str| {
         let format = if name == "Name" { "name" } else { "" };
         json!({ "name": name, "type": kind, "format": format, "description": description, "priority": priority })
+    };
+    let kind = match kind {
+        Printed::Workload(kind) => kind,
+        Printed::Event => {
+            return json!([
+                column(
+                    "Last Seen",
+                    "string",
+                    0,
+                    "Time since the event was last seen."
+                ),
+                column("Type", "string", 0, "Normal or Warning."),
+                column(
+                    "Reason",
+                    "string",
+                    0,
+                    "Why the event happened, in one word."
+                ),
+                column("Object", "string", 0, "The object it is about."),
+                column("Message", "string", 0, "What happened."),
+            ]);
+        }
     };
     match kind {
         Kind::Pod => json!([
@@ -106,9 +141,26 @@ fn text(value: Option<&Value>) -> String {
     }
 }
 
-fn cells(kind: Kind, object: &Value, now: SystemTime) -> Value {
+fn cells(kind: Printed, object: &Value, now: SystemTime) -> Value {
     let name = text(at(object, "metadata.name"));
     let age = age(created_ms(object), now);
+    let kind = match kind {
+        Printed::Workload(kind) => kind,
+        Printed::Event => {
+            let involved = format!(
+                "{}/{}",
+                text(at(object, "involvedObject.kind")).to_lowercase(),
+                text(at(object, "involvedObject.name"))
+            );
+            return json!([
+                age,
+                text(at(object, "type")),
+                text(at(object, "reason")),
+                involved,
+                text(at(object, "message")),
+            ]);
+        }
+    };
     match kind {
         Kind::Pod => {
             let container = at(object, "status.containerStatuses").and_then(|list| list.get(0));
@@ -184,7 +236,8 @@ fn or_none(text: String) -> String {
 }
 
 /// The objects as a Table, each row carrying the object's metadata (for `--show-labels`).
-pub(crate) fn table(kind: Kind, resource_version: u64, objects: &[Value]) -> Value {
+pub(crate) fn table(kind: impl Into<Printed>, resource_version: u64, objects: &[Value]) -> Value {
+    let kind = kind.into();
     let now = SystemTime::now();
     let rows: Vec<Value> = objects
         .iter()

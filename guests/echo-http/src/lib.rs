@@ -1,8 +1,9 @@
 //! A wasi:http guest that describes the request it received as JSON.
 //!
 //! Tests use it to check what the host forwards: method, path, query, every header in order, and the body.
+//! `?log=TEXT` first writes `TEXT` to stdout and `stderr: TEXT` to stderr (not percent-decoded), which tests read back through the log APIs.
 
-use guest_helper::{read_body, respond};
+use guest_helper::{query_param, read_body, respond};
 use wasi::http::types::{IncomingRequest, Method, ResponseOutparam};
 
 wasi::http::proxy::export!(EchoHttp);
@@ -23,6 +24,10 @@ impl wasi::exports::http::incoming_handler::Guest for EchoHttp {
             .into_iter()
             .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
             .collect();
+        if let Some(text) = query_param(query, "log") {
+            println!("{text}");
+            eprintln!("stderr: {text}");
+        }
         let body = read_body(&request);
         let description = serde_json::json!({
             "method": method_name(&request.method()),
