@@ -114,6 +114,9 @@ struct ModuleView {
     size: u64,
     kind: String,
     created: String,
+    /// The names it was given, which resolve to it while no newer module has them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    names: Vec<String>,
 }
 
 impl From<ModuleRecord> for ModuleView {
@@ -123,6 +126,7 @@ impl From<ModuleRecord> for ModuleView {
             size: record.size,
             kind: record.kind.to_string(),
             created: timestamp(record.created_unix_ms),
+            names: record.names.into_keys().collect(),
         }
     }
 }
@@ -322,10 +326,22 @@ pub(crate) async fn read_module(body: Body, limit: u64) -> ApiResult<Bytes> {
 
 async fn upload_module(
     State(node): State<Node>,
+    RawQuery(query): RawQuery,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<ModuleView>)> {
     let bytes = read_module(body, node.config().max_module_size).await?;
-    let (record, created) = node.add_module(bytes).await?;
+    let mut name = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*key {
+            "name" => name = Some(value.into_owned()),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}: expected name"
+                )));
+            }
+        }
+    }
+    let (record, created) = node.add_named_module(bytes, name.as_deref()).await?;
     Ok((created_or_ok(created), Json(record.into())))
 }
 

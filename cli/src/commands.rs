@@ -294,6 +294,9 @@ pub struct DeployArgs {
     /// An argument for the guest; repeatable.
     #[arg(long = "arg", value_name = "ARG")]
     pub args: Vec<String>,
+    /// Give the uploaded module this name, which a Kubernetes container's `image` can use.
+    #[arg(long, value_name = "NAME")]
+    pub module_name: Option<String>,
 }
 
 /// Flags of `shoal call`.
@@ -393,12 +396,17 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => {
             let bytes = std::fs::read(&args.file)
                 .with_context(|| format!("reading {}", args.file.display()))?;
+            let path = match &args.module_name {
+                Some(name) => {
+                    let query = form_urlencoded::Serializer::new(String::new())
+                        .append_pair("name", name)
+                        .finish();
+                    format!("/v1/modules?{query}")
+                }
+                None => "/v1/modules".to_owned(),
+            };
             let module = client
-                .send(
-                    client
-                        .request(reqwest::Method::POST, "/v1/modules")
-                        .body(bytes),
-                )
+                .send(client.request(reqwest::Method::POST, &path).body(bytes))
                 .await?;
             let mut limits = serde_json::Map::new();
             for (key, value) in [
@@ -485,10 +493,17 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
             if json {
                 print_json(&modules);
             } else {
-                let mut table = table(["DIGEST", "KIND", "SIZE", "CREATED"]);
+                let mut table = table(["DIGEST", "NAMES", "KIND", "SIZE", "CREATED"]);
                 for m in modules.as_array().into_iter().flatten() {
+                    let names: Vec<String> = m["names"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(text)
+                        .collect();
                     table.add_row([
                         text(&m["digest"]),
+                        names.join(","),
                         text(&m["kind"]),
                         text(&m["size"]),
                         text(&m["created"]),

@@ -24,7 +24,7 @@ use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
-pub use shoal_api::{check_exposure, consul, mgmt, peer};
+pub use shoal_api::{check_exposure, consul, kube, mgmt, peer};
 pub use shoal_node::{Node, NodeConfig};
 pub use shoal_runtime::ReplicaResources;
 
@@ -285,7 +285,7 @@ pub async fn serve_with_tls(
     };
     let gateway_server =
         shoal_gateway::serve(node.gateway().clone(), gateway, until_stopped(stopped));
-    let mut api_task = tokio::spawn(async move { api_server.await });
+    let mut api_task = tokio::spawn(api_server);
     let mut gateway_task = tokio::spawn(gateway_server);
 
     tokio::select! {

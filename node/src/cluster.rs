@@ -422,7 +422,8 @@ pub(crate) async fn keep_last_known(node: WeakNode) {
         let Some(strong) = node.upgrade() else { return };
         let index = strong.indexes().change;
         if index != written {
-            let last = LastKnown::new(index, strong.running_records(), &strong.catalog().snapshot);
+            let last = LastKnown::new(index, strong.running_records(), &strong.catalog().snapshot)
+                .with_routes(strong.routes());
             let path = strong.inner.config.data_dir.join(LAST_KNOWN_FILE);
             drop(strong);
             let saved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {

@@ -87,6 +87,36 @@ impl Node {
         Ok(committed.value)
     }
 
+    /// [`add_module`](Node::add_module), then gives the module `name`, which then resolves to
+    /// it ([`module_named`](Node::module_named)) until a newer module is given the name.
+    pub async fn add_named_module(
+        &self,
+        bytes: Bytes,
+        name: Option<&str>,
+    ) -> Result<(ModuleRecord, bool)> {
+        if let Some(name) = name {
+            check_module_name(name)?;
+        }
+        let (record, created) = self.add_module(bytes).await?;
+        let Some(name) = name else {
+            return Ok((record, created));
+        };
+        let committed = self.inner.store.name_module(&record.digest, name).await?;
+        self.wait_applied(committed.index).await?;
+        Ok((committed.value, created))
+    }
+
+    /// The module most recently given `name`.
+    pub async fn module_named(&self, name: &str) -> Result<ModuleRecord> {
+        let modules = self.modules().await?;
+        shoal_registry::module_named(&modules, name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                what: "module",
+                key: name.to_string(),
+            })
+    }
+
     /// A stored module.
     pub async fn module(&self, digest: &Digest) -> Result<ModuleRecord> {
         self.check_running()?;
@@ -319,6 +349,33 @@ impl Node {
         self.check_running()?;
         let limit = limit.unwrap_or(MAX_EVENTS_PER_SERVICE);
         Ok(self.inner.store.events(name, limit).await?)
+    }
+}
+
+/// A module's name: 1 to 128 lowercase letters, digits, `.`, `_`, `-` and `:` (an image's
+/// tag), starting and ending with a letter or digit; never `sha256:…`, which is a digest.
+fn check_module_name(name: &str) -> Result<()> {
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_:".contains(c);
+    let edges_ok =
+        |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let reason = if name.is_empty() || name.len() > 128 {
+        Some("must be 1 to 128 characters")
+    } else if !name.chars().all(allowed)
+        || !edges_ok(name.chars().next())
+        || !edges_ok(name.chars().last())
+    {
+        Some(
+            "must be lowercase letters, digits, '.', '_', '-' and ':', starting and ending with a \
+             letter or digit",
+        )
+    } else if name.starts_with("sha256:") {
+        Some("must not look like a digest")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::invalid("name", format!("{name:?} {reason}"))),
+        None => Ok(()),
     }
 }
 

@@ -42,6 +42,7 @@ mod leader;
 mod logs;
 mod placement;
 mod reconcile;
+mod routes;
 mod status;
 
 use std::collections::HashMap;
@@ -65,9 +66,9 @@ pub use self::deploy::WriteOptions;
 pub use self::discovery::CatalogView;
 pub use self::error::{Conflict, Error, NodeRoom, Result};
 pub use self::status::{
-    Allocation, CompileCounts, Latency, Load, NodeCpu, NodeStatus, ReplicaCounts, RequestCounts,
-    ResourceAmounts, RunningReplica, ScaleView, ServiceAllocation, ServiceCpu, ServiceResources,
-    ServiceStatus, WasmService,
+    Allocation, CompileCounts, FaultView, Latency, Load, NodeCpu, NodeStatus, ReplicaCounts,
+    RequestCounts, ResourceAmounts, RunningReplica, ScaleView, ServiceAllocation, ServiceCpu,
+    ServiceResources, ServiceStatus, WasmService,
 };
 /// A service's guest log, as [`Node::logs`] gives it.
 pub use shoal_runtime::{GuestLog, LogLine, Stream as LogStream};
@@ -153,6 +154,8 @@ struct Inner {
     gateway: Arc<Gateway>,
     /// The wasm services, as the reconcile loop last applied them; only it writes this.
     deployed: ArcSwap<HashMap<ServiceName, Arc<Deployed>>>,
+    /// Routes (Kubernetes Services), as the reconcile loop last applied them.
+    routes: ArcSwap<std::collections::BTreeMap<ServiceName, shoal_registry::RouteRecord>>,
     /// Registered services and checks, as the reconcile loop last applied them.
     catalog: ArcSwap<CatalogView>,
     /// In a cluster, every key as the reconcile loop last applied it: what key/value reads
@@ -251,6 +254,7 @@ impl Node {
                 checks: checks::CheckRunner::default(),
                 events,
                 logs: Mutex::new(HashMap::new()),
+                routes: ArcSwap::default(),
                 admission: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
                 shutting_down: AtomicBool::new(false),

@@ -136,6 +136,7 @@ impl Node {
         let newest = newest(indexes, snapshot.indexes);
         self.apply_catalog(snapshot);
         self.mirror_kv("").await?;
+        self.reload_routes().await?;
         self.publish_routes();
         tracing::info!(
             services = self.inner.deployed.load().len(),
@@ -166,6 +167,10 @@ impl Node {
                 }
             }
             Subject::Kv(key) => self.mirror_kv(key).await?,
+            Subject::Route(_) => {
+                self.reload_routes().await?;
+                self.publish_routes();
+            }
             // Nothing kept in memory follows scale events; the indexes below wake whoever
             // waits for them.
             Subject::Events(_) => {}
@@ -340,6 +345,20 @@ impl Node {
                 Route::Wasm(deployed.pool.clone())
             };
             routes.insert(name.to_string(), route);
+        }
+        // A route leads where the first service its selector picks does, and never
+        // shadows a name that already leads somewhere.
+        for (name, route) in self.inner.routes.load().iter() {
+            if routes.contains_key(name.as_str()) {
+                continue;
+            }
+            let picked = self
+                .selected_services(&route.spec)
+                .into_iter()
+                .find_map(|service| routes.get(service.as_str()).cloned());
+            if let Some(picked) = picked {
+                routes.insert(name.to_string(), picked);
+            }
         }
         self.inner.gateway.publish(RouteTable::new(routes));
     }

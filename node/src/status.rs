@@ -163,6 +163,21 @@ pub struct RunningReplica {
     pub started_unix_ms: Option<u64>,
     /// Requests it is serving (on a peer: unknown, 0).
     pub in_flight: u32,
+    /// Requests whose guest faulted on it, as restarts of its container (on a peer: 0).
+    pub restarts: u32,
+    /// The newest fault: `OOMKilled` for a memory-limit kill, else `Error`.
+    pub last_fault: Option<FaultView>,
+}
+
+/// A guest fault on a replica.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultView {
+    /// `OOMKilled` or `Error`, as Kubernetes names a container's termination.
+    pub reason: &'static str,
+    /// The error, in words.
+    pub message: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
 }
 
 /// A service's replica counts.
@@ -456,12 +471,17 @@ impl Node {
             .map(|replica| RunningReplica {
                 node: node.clone(),
                 id: replica.id,
-                started_unix_ms: replica
-                    .started
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()
-                    .map(|since| since.as_millis() as u64),
+                started_unix_ms: Some(unix_ms(replica.started)),
                 in_flight: replica.in_flight,
+                restarts: replica.restarts,
+                last_fault: replica.last_fault.as_ref().map(|fault| FaultView {
+                    reason: match fault.reason {
+                        shoal_runtime::FaultReason::MemoryLimit => "OOMKilled",
+                        shoal_runtime::FaultReason::Error => "Error",
+                    },
+                    message: fault.message.clone(),
+                    at_unix_ms: unix_ms(fault.at),
+                }),
             })
             .collect();
         for peer in self.peers_running(service) {
@@ -470,6 +490,8 @@ impl Node {
                 id,
                 started_unix_ms: None,
                 in_flight: 0,
+                restarts: 0,
+                last_fault: None,
             }));
         }
         running
@@ -501,4 +523,9 @@ impl WasmService {
             replicas: deployed.pool.replicas(),
         }
     }
+}
+
+fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }

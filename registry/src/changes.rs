@@ -31,7 +31,7 @@ impl Change {
 /// What a change touched; the consumer reads the current state of it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
-    /// A module was stored or deleted.
+    /// A module was stored, named or deleted.
     Module(Digest),
     /// A service was created, updated or deleted.
     Service(ServiceName),
@@ -41,6 +41,8 @@ pub enum Subject {
     Catalog,
     /// A key, or with a recursive delete every key under it, changed.
     Kv(String),
+    /// A route was created, updated or deleted.
+    Route(ServiceName),
 }
 
 /// A stream of changes, as [`Store::watch`](crate::Store::watch) returns it.

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     CheckRecord, Error, EventRecord, ModuleRecord, Registration, Result, RevisionRecord,
-    SCHEMA_VERSION, ServiceRecord,
+    RouteRecord, SCHEMA_VERSION, ServiceRecord,
 };
 
 /// A record type stored as JSON, named in corruption errors.
@@ -24,6 +24,10 @@ impl StoredRecord for ModuleRecord {
 
 impl StoredRecord for ServiceRecord {
     const KIND: &'static str = "service";
+}
+
+impl StoredRecord for RouteRecord {
+    const KIND: &'static str = "route";
 }
 
 impl StoredRecord for EventRecord {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
-use shoal_spec::{ByteSize, Digest, ModuleKind, ServiceName, ServiceSpec};
+use shoal_spec::{ByteSize, Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::{
     CheckDefinition, CheckStatus, Clock, Error, Expect, MAX_EVENTS_PER_SERVICE, MAX_KV_VALUE_SIZE,
@@ -106,6 +106,7 @@ macro_rules! conformance_tests {
             events_survive_reopening,
             registrations_survive_reopening,
             kv_entries_survive_reopening,
+            routes_and_module_names_survive_reopening,
         );
     };
     (volatile: $open:expr) => {
@@ -145,6 +146,10 @@ macro_rules! conformance_tests {
             a_watch_sees_writes_made_while_it_waits,
             writes_report_the_index_a_watch_reaches,
             a_closed_store_refuses_calls,
+            routes_put_get_list_delete,
+            routes_are_written_conditionally_and_validated,
+            a_watch_sees_route_changes,
+            module_names_resolve_to_the_newest_module_given_them,
         );
     };
     (@tests $open:expr; $($test:ident),* $(,)?) => {
@@ -1329,4 +1334,395 @@ pub async fn kv_entries_survive_reopening(mut fx: Fixture) {
         .unwrap();
     assert!(again.index > indexes.change);
     assert_eq!(store.indexes().await.unwrap().kv, again.index);
+}
+
+// Routes and module names.
+
+fn route_spec(app: &str) -> RouteSpec {
+    RouteSpec {
+        selector: [("app".to_owned(), app.to_owned())].into(),
+        kubernetes: Some(serde_json::json!({ "spec": { "ports": [{ "port": 80 }] } })),
+    }
+}
+
+/// Reads the next change of `watch`, waiting at most 10 s.
+async fn next_change(watch: &mut crate::ChangeStream) -> crate::Change {
+    tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("a change within 10 s")
+        .expect("the watch goes on")
+        .expect("the change")
+}
+
+/// Routes are created, read as written, listed by name, updated and deleted; each change
+/// moves the change and catalog indexes, and nothing else. A route may share its name with a
+/// service.
+pub async fn routes_put_get_list_delete(fx: Fixture) {
+    let store = &*fx.store;
+    let (web, api) = (name("web"), name("api"));
+    assert_eq!(store.route(&web).await.unwrap(), None);
+    assert_eq!(store.routes().await.unwrap(), vec![]);
+    // The store leaves precedence to the node: a service of the same name is no obstacle.
+    let module = store_module(store, b"module").await;
+    put(store, "web", ServiceSpec::new(module)).await;
+
+    let before = store.indexes().await.unwrap();
+    let created = store
+        .put_route(&web, route_spec("web"), Expect::Absent)
+        .await
+        .unwrap();
+    let (record, was_created) = created.value.clone();
+    assert!(was_created);
+    assert_eq!(record.version, SCHEMA_VERSION);
+    assert_eq!(record.name, web);
+    assert_eq!(
+        record.spec,
+        route_spec("web"),
+        "the spec reads back as written"
+    );
+    assert_eq!(record.created_unix_ms, fx.clock.now_unix_ms());
+    assert_eq!(record.updated_unix_ms, record.created_unix_ms);
+    assert_eq!(record.change_index, created.index);
+    let after = store.indexes().await.unwrap();
+    assert_eq!(after.change, created.index);
+    assert!(created.index > before.change);
+    assert_eq!(
+        after.catalog, created.index,
+        "a route moves the catalog index"
+    );
+    assert_eq!(
+        (after.health, after.kv),
+        (before.health, before.kv),
+        "a route moves no other area"
+    );
+    assert_eq!(store.route(&web).await.unwrap(), Some(record.clone()));
+
+    let (api_record, _) = store
+        .put_route(&api, route_spec("api"), Expect::Any)
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(
+        store.routes().await.unwrap(),
+        vec![api_record.clone(), record.clone()],
+        "routes are listed by name"
+    );
+
+    // An equal spec changes nothing, whatever the clock says.
+    fx.clock.advance(Duration::from_secs(5));
+    let index = change_index(store).await;
+    let same = store
+        .put_route(
+            &web,
+            route_spec("web"),
+            Expect::Revision(record.change_index),
+        )
+        .await
+        .unwrap();
+    assert_eq!(same.value, (record.clone(), false));
+    assert_eq!(same.index, index);
+    assert_eq!(change_index(store).await, index);
+
+    let updated = store
+        .put_route(
+            &web,
+            route_spec("other"),
+            Expect::Revision(record.change_index),
+        )
+        .await
+        .unwrap();
+    let (updated_record, was_created) = updated.value.clone();
+    assert!(!was_created);
+    assert_eq!(updated_record.spec, route_spec("other"));
+    assert_eq!(updated_record.created_unix_ms, record.created_unix_ms);
+    assert_eq!(updated_record.updated_unix_ms, fx.clock.now_unix_ms());
+    assert_eq!(updated_record.change_index, updated.index);
+    assert!(updated.index > index);
+    assert_eq!(store.indexes().await.unwrap().catalog, updated.index);
+    assert_eq!(
+        store.route(&web).await.unwrap(),
+        Some(updated_record.clone())
+    );
+
+    let deleted = store.delete_route(&web, Expect::Any).await.unwrap();
+    assert_eq!(deleted.value, updated_record);
+    assert!(deleted.index > updated.index);
+    let indexes = store.indexes().await.unwrap();
+    assert_eq!(
+        (indexes.change, indexes.catalog),
+        (deleted.index, deleted.index)
+    );
+    assert_eq!(store.route(&web).await.unwrap(), None);
+    assert_eq!(store.routes().await.unwrap(), vec![api_record]);
+    assert!(
+        store.service(&web).await.unwrap().is_some(),
+        "the service of the same name stays"
+    );
+    match store.delete_route(&web, Expect::Any).await {
+        Err(Error::NotFound { kind, key }) => assert_eq!((kind, key.as_str()), ("route", "web")),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert_eq!(change_index(store).await, deleted.index);
+}
+
+/// A route write whose expectation fails, or whose selector is not a label, writes nothing;
+/// `Expect::Revision` names the route's change index.
+pub async fn routes_are_written_conditionally_and_validated(fx: Fixture) {
+    let store = &*fx.store;
+    let web = name("web");
+    // Updating a route that does not exist is a conflict, not a creation.
+    match store
+        .put_route(&web, route_spec("web"), Expect::Revision(1))
+        .await
+    {
+        Err(Error::Conflict {
+            kind,
+            expected,
+            found,
+            ..
+        }) => assert_eq!(
+            (kind, expected.as_str(), found.as_str()),
+            ("route", "change index 1", "no route")
+        ),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    let first = store
+        .put_route(&web, route_spec("web"), Expect::Absent)
+        .await
+        .unwrap()
+        .value
+        .0;
+    let err = store
+        .put_route(&web, route_spec("x"), Expect::Absent)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "route \"web\" changed meanwhile: expected no route, found change index {}",
+            first.change_index
+        )
+    );
+    // Two writers read the same route: the first wins, the second's read is stale.
+    let second = store
+        .put_route(
+            &web,
+            route_spec("two"),
+            Expect::Revision(first.change_index),
+        )
+        .await
+        .unwrap()
+        .value
+        .0;
+    let index = change_index(store).await;
+    assert!(matches!(
+        store
+            .put_route(
+                &web,
+                route_spec("three"),
+                Expect::Revision(first.change_index)
+            )
+            .await,
+        Err(Error::Conflict { kind: "route", .. })
+    ));
+    assert!(matches!(
+        store
+            .delete_route(&web, Expect::Revision(first.change_index))
+            .await,
+        Err(Error::Conflict { kind: "route", .. })
+    ));
+    assert!(matches!(
+        store.delete_route(&web, Expect::Absent).await,
+        Err(Error::Conflict { kind: "route", .. })
+    ));
+
+    let bad = RouteSpec {
+        selector: [("app".to_owned(), "not a label".to_owned())].into(),
+        kubernetes: None,
+    };
+    for (route, expect) in [(&web, Expect::Any), (&name("bad"), Expect::Absent)] {
+        match store.put_route(route, bad.clone(), expect).await {
+            Err(Error::Invalid(error)) => assert_eq!(error.field, "selector.app"),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+    assert_eq!(change_index(store).await, index, "nothing was written");
+    assert_eq!(store.route(&web).await.unwrap(), Some(second.clone()));
+    assert_eq!(store.route(&name("bad")).await.unwrap(), None);
+
+    // An empty selector is valid: it selects nothing, as a Kubernetes Service's does.
+    let empty = RouteSpec {
+        selector: Default::default(),
+        kubernetes: None,
+    };
+    store
+        .put_route(&name("empty"), empty.clone(), Expect::Absent)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.route(&name("empty")).await.unwrap().unwrap().spec,
+        empty
+    );
+
+    store
+        .delete_route(&web, Expect::Revision(second.change_index))
+        .await
+        .unwrap();
+    assert_eq!(store.route(&web).await.unwrap(), None);
+}
+
+/// Route writes come through the change feed, naming the route, with growing indexes that
+/// moved the catalog area too.
+pub async fn a_watch_sees_route_changes(fx: Fixture) {
+    let store = &*fx.store;
+    let web = name("web");
+    let from = change_index(store).await;
+    let mut watch = store.watch(from);
+    let created = store
+        .put_route(&web, route_spec("web"), Expect::Any)
+        .await
+        .unwrap();
+    // An equal spec changes nothing, so the watch owes nothing for it.
+    store
+        .put_route(&web, route_spec("web"), Expect::Any)
+        .await
+        .unwrap();
+    let updated = store
+        .put_route(&web, route_spec("other"), Expect::Any)
+        .await
+        .unwrap();
+    let deleted = store.delete_route(&web, Expect::Any).await.unwrap();
+    let mut index = from;
+    for expected in [created.index, updated.index, deleted.index] {
+        let change = next_change(&mut watch).await;
+        assert_eq!(change.subject, Subject::Route(web.clone()));
+        assert_eq!(change.index(), expected);
+        assert!(change.index() > index);
+        assert_eq!(change.indexes.catalog, change.index());
+        index = change.index();
+    }
+}
+
+/// A name resolves to the module given it last, and stays on the modules given it before;
+/// naming again changes nothing; storing the same bytes again keeps the names; an unknown
+/// module or an empty name is refused with nothing written.
+pub async fn module_names_resolve_to_the_newest_module_given_them(fx: Fixture) {
+    let store = &*fx.store;
+    let first = store_module(store, b"first").await;
+    let second = store_module(store, b"second").await;
+    let first_stored = store.module(&first).await.unwrap().unwrap();
+    assert!(first_stored.names.is_empty());
+    assert!(crate::module_named(&store.modules().await.unwrap(), "hello").is_none());
+
+    let from = change_index(store).await;
+    let mut watch = store.watch(from);
+    let named = store.name_module(&first, "hello").await.unwrap();
+    assert!(named.index > from);
+    assert_eq!(change_index(store).await, named.index);
+    assert_eq!(
+        named.value.names,
+        [("hello".to_owned(), named.index)].into(),
+        "a name is given at the index of the change that gives it"
+    );
+    assert_eq!(
+        named.value.change_index, first_stored.change_index,
+        "naming does not move the index the module was stored at"
+    );
+    assert_eq!(
+        store.module(&first).await.unwrap(),
+        Some(named.value.clone())
+    );
+    let change = next_change(&mut watch).await;
+    assert_eq!(change.subject, Subject::Module(first.clone()));
+    assert_eq!(change.index(), named.index);
+    let modules = store.modules().await.unwrap();
+    assert_eq!(
+        crate::module_named(&modules, "hello").unwrap().digest,
+        first
+    );
+    assert!(crate::module_named(&modules, "other").is_none());
+
+    let moved = store.name_module(&second, "hello").await.unwrap();
+    assert!(moved.index > named.index);
+    let modules = store.modules().await.unwrap();
+    assert_eq!(
+        crate::module_named(&modules, "hello").unwrap().digest,
+        second
+    );
+    assert_eq!(
+        store.module(&first).await.unwrap().unwrap().names["hello"],
+        named.index,
+        "the older module keeps the name"
+    );
+
+    // Naming again changes nothing.
+    let again = store.name_module(&second, "hello").await.unwrap();
+    assert_eq!(again.index, moved.index);
+    assert_eq!(again.value, moved.value);
+    assert_eq!(change_index(store).await, moved.index);
+
+    // A second name leaves the first where it was given.
+    let greeter = store.name_module(&first, "greeter").await.unwrap();
+    let first_record = store.module(&first).await.unwrap().unwrap();
+    assert_eq!(
+        first_record.names,
+        [
+            ("greeter".to_owned(), greeter.index),
+            ("hello".to_owned(), named.index)
+        ]
+        .into()
+    );
+    let modules = store.modules().await.unwrap();
+    assert_eq!(
+        crate::module_named(&modules, "greeter").unwrap().digest,
+        first
+    );
+    assert_eq!(
+        crate::module_named(&modules, "hello").unwrap().digest,
+        second
+    );
+
+    // Storing the bytes again keeps the names.
+    let stored_again = store
+        .put_module(&first, ModuleKind::Http, Bytes::from_static(b"first"))
+        .await
+        .unwrap();
+    assert_eq!(stored_again.value, (first_record.clone(), false));
+    assert_eq!(stored_again.index, greeter.index);
+
+    let index = change_index(store).await;
+    match store.name_module(&Digest::of(b"absent"), "x").await {
+        Err(Error::NotFound { kind, key }) => {
+            assert_eq!((kind, key), ("module", Digest::of(b"absent").to_string()))
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    match store.name_module(&first, "").await {
+        Err(Error::Invalid(error)) => assert_eq!(error.field, "name"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert_eq!(change_index(store).await, index, "nothing was written");
+    assert_eq!(store.module(&first).await.unwrap(), Some(first_record));
+}
+
+/// Routes and module names are there after reopening.
+pub async fn routes_and_module_names_survive_reopening(mut fx: Fixture) {
+    let store = fx.store.clone();
+    let module = store_module(&*store, b"named").await;
+    let named = store.name_module(&module, "hello").await.unwrap().value;
+    let (route, _) = store
+        .put_route(&name("web"), route_spec("web"), Expect::Any)
+        .await
+        .unwrap()
+        .value;
+    fx.reopen().await;
+    let store = &*fx.store;
+    assert_eq!(store.routes().await.unwrap(), vec![route.clone()]);
+    assert_eq!(store.route(&name("web")).await.unwrap(), Some(route));
+    assert_eq!(store.module(&module).await.unwrap(), Some(named));
+    let modules = store.modules().await.unwrap();
+    assert_eq!(
+        crate::module_named(&modules, "hello").unwrap().digest,
+        module
+    );
 }

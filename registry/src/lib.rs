@@ -3,10 +3,13 @@
 //! cluster's etcd.
 //!
 //! What a store keeps:
-//! - modules: each module's bytes and its [`ModuleRecord`], keyed by digest;
+//! - modules: each module's bytes and its [`ModuleRecord`], keyed by digest, with the names
+//!   it was given (a name resolves to the module given it last, [`module_named`]);
 //! - services: each service's current [`ServiceRecord`], every [`RevisionRecord`] until the
 //!   service is deleted, and its newest [`MAX_EVENTS_PER_SERVICE`] scale events
 //!   ([`EventRecord`]);
+//! - routes: the names the gateway answers for by selecting services by their labels
+//!   ([`RouteRecord`], a Kubernetes Service);
 //! - the Consul catalog: instances registered from outside ([`Registration`]) and their checks
 //!   with their state ([`CheckRecord`]);
 //! - a key/value store ([`KvEntry`]);
@@ -30,7 +33,7 @@
 //! wasmtime, no HTTP. Backends live in their own crates (`registry/redb`).
 //!
 //! # Layout
-//! - `record.rs`: the records of modules, services, revisions and events.
+//! - `record.rs`: the records of modules, services, revisions, routes and events.
 //! - `catalog.rs`: the records of the Consul catalog: registrations and checks.
 //! - `kv.rs`: key/value entries.
 //! - `changes.rs`: [`Change`] and [`ChangeLog`], the change feed a backend without its own
@@ -55,7 +58,7 @@ mod record;
 pub mod snapshot;
 
 use bytes::Bytes;
-use shoal_spec::{Digest, FieldError, ModuleKind, ServiceName, ServiceSpec};
+use shoal_spec::{Digest, FieldError, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 pub use self::catalog::{
     CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, Probe, Registration, TaggedAddress,
@@ -64,8 +67,8 @@ pub use self::catalog::{
 pub use self::changes::{Change, ChangeLog, ChangeStream, Subject};
 pub use self::kv::{KvEntry, MAX_KV_VALUE_SIZE, check_delete, check_put};
 pub use self::record::{
-    EventRecord, MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, SCHEMA_VERSION,
-    ServiceRecord, check_digest, check_unused,
+    EventRecord, MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, RouteRecord, SCHEMA_VERSION,
+    ServiceRecord, check_digest, check_unused, module_named,
 };
 
 /// The errors of every store operation.
@@ -75,10 +78,10 @@ pub use self::record::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The addressed module, service or check does not exist.
+    /// The addressed module, service, route or check does not exist.
     #[error("{kind} \"{key}\" not found")]
     NotFound {
-        /// What was looked for: `"module"`, `"service"` or `"check"`.
+        /// What was looked for: `"module"`, `"service"`, `"route"` or `"check"`.
         kind: &'static str,
         /// The digest, name or ID that was looked for.
         key: String,
@@ -105,11 +108,13 @@ pub enum Error {
     ModuleNotFound(Digest),
     /// A conditional write found something else than it expected: another writer got there
     /// first. Read again and decide again.
-    #[error("service \"{name}\" changed meanwhile: expected {expected}, found {found}")]
+    #[error("{kind} \"{name}\" changed meanwhile: expected {expected}, found {found}")]
     Conflict {
-        /// The service.
+        /// What was written: `"service"` or `"route"`.
+        kind: &'static str,
+        /// Its name.
         name: String,
-        /// What the writer expected, in words (`revision 3`, `no service`).
+        /// What the writer expected, in words (`revision 3`, `no service`, `change index 7`).
         expected: String,
         /// What the store holds, in words.
         found: String,
@@ -175,14 +180,15 @@ pub struct Committed<T> {
     pub index: u64,
 }
 
-/// What a conditional service write expects to find.
+/// What a conditional service or route write expects to find.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
     /// Anything: write unconditionally.
     Any,
-    /// No service of that name.
+    /// Nothing of that name.
     Absent,
-    /// The service at this revision.
+    /// A service at this revision; a route whose `change_index` is this (a route has no
+    /// revision number, and its change index moves with every write to it, in every backend).
     Revision(u64),
 }
 
@@ -190,25 +196,55 @@ impl Expect {
     /// Fails with [`Error::Conflict`] unless `current`, the service `name` as the store holds
     /// it, is what this expects.
     pub fn check(self, name: &ServiceName, current: Option<&ServiceRecord>) -> Result<()> {
+        self.check_version(
+            "service",
+            "revision",
+            name,
+            current.map(|current| current.revision),
+        )
+    }
+
+    /// Fails with [`Error::Conflict`] unless `current`, the route `name` as the store holds
+    /// it, is what this expects; [`Expect::Revision`] is compared with its `change_index`.
+    pub fn check_route(self, name: &ServiceName, current: Option<&RouteRecord>) -> Result<()> {
+        self.check_version(
+            "route",
+            "change index",
+            name,
+            current.map(|current| current.change_index),
+        )
+    }
+
+    fn check_version(
+        self,
+        kind: &'static str,
+        version: &str,
+        name: &ServiceName,
+        current: Option<u64>,
+    ) -> Result<()> {
         let holds = match (self, current) {
             (Expect::Any, _) | (Expect::Absent, None) => true,
-            (Expect::Revision(revision), Some(current)) => current.revision == revision,
+            (Expect::Revision(expected), Some(current)) => current == expected,
             _ => false,
         };
         if holds {
             return Ok(());
         }
-        let describe = |revision: Option<u64>| {
-            revision.map_or_else(|| "no service".to_owned(), |r| format!("revision {r}"))
+        let describe = |found: Option<u64>| {
+            found.map_or_else(
+                || format!("no {kind}"),
+                |found| format!("{version} {found}"),
+            )
         };
         let expected = match self {
-            Expect::Revision(revision) => describe(Some(revision)),
+            Expect::Revision(expected) => describe(Some(expected)),
             _ => describe(None),
         };
         Err(Error::Conflict {
+            kind,
             name: name.to_string(),
             expected,
-            found: describe(current.map(|c| c.revision)),
+            found: describe(current),
         })
     }
 }
@@ -269,6 +305,12 @@ pub trait Store: Send + Sync + 'static {
         bytes: Bytes,
     ) -> Result<Committed<(ModuleRecord, bool)>>;
 
+    /// Gives the stored module `digest` the name `name`, which then resolves to it
+    /// ([`module_named`]) until another module is given it; a module keeps every name it was
+    /// given. Giving a module a name it has changes nothing. [`Error::NotFound`] when the
+    /// module is not stored, [`Error::Invalid`] for an empty name.
+    async fn name_module(&self, digest: &Digest, name: &str) -> Result<Committed<ModuleRecord>>;
+
     /// The record of a stored module.
     async fn module(&self, digest: &Digest) -> Result<Option<ModuleRecord>>;
 
@@ -315,6 +357,39 @@ pub trait Store: Send + Sync + 'static {
         name: &ServiceName,
         expect: Expect,
     ) -> Result<Committed<ServiceRecord>>;
+
+    // Routes.
+
+    /// Creates or updates a route when the store holds what `expect` says, returning its
+    /// record and whether it was created.
+    ///
+    /// A route has no revision number: [`Expect::Revision`] names the route's `change_index`,
+    /// which every write to it moves. The spec is validated first ([`Error::Invalid`]); a spec
+    /// equal to the current one changes nothing. A route changes which names the gateway
+    /// answers, so a write moves the catalog area's index, as a registration does. A route
+    /// may share its name with a service or registered instances: the node decides which
+    /// leads, so the store does not check. Fails with [`Error::Conflict`] when `expect` does
+    /// not hold; then nothing is written.
+    async fn put_route(
+        &self,
+        name: &ServiceName,
+        spec: RouteSpec,
+        expect: Expect,
+    ) -> Result<Committed<(RouteRecord, bool)>>;
+
+    /// The current record of a route.
+    async fn route(&self, name: &ServiceName) -> Result<Option<RouteRecord>>;
+
+    /// Every route, by name.
+    async fn routes(&self) -> Result<Vec<RouteRecord>>;
+
+    /// Deletes a route when `expect` holds (as for [`Store::put_route`]), returning its last
+    /// record; [`Error::NotFound`] when there is none.
+    async fn delete_route(
+        &self,
+        name: &ServiceName,
+        expect: Expect,
+    ) -> Result<Committed<RouteRecord>>;
 
     /// Records a scale decision as the service's next event, keeping the newest
     /// [`MAX_EVENTS_PER_SERVICE`]; it changes the health area only.

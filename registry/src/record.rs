@@ -6,8 +6,10 @@
 //! Every stored record carries a `version` field, [`SCHEMA_VERSION`], so a later shoal can
 //! recognise and migrate what an earlier one wrote.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
-use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
+use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 /// Refuses bytes that `digest` is not the digest of: a content address that does not match
 /// the content would make every later lookup lie, so the cost of hashing again is worth paying.
@@ -61,7 +63,40 @@ pub struct ModuleRecord {
     pub kind: ModuleKind,
     /// When the module was first stored, in milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
-    /// The change index of the change that stored it.
+    /// The change index of the change that stored it (naming it does not move this).
+    pub change_index: u64,
+    /// The names it was given ([`Store::name_module`](crate::Store::name_module)), each with
+    /// the change index at which it was given: a name resolves to the module that was given
+    /// it last ([`module_named`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub names: BTreeMap<String, u64>,
+}
+
+/// The module `name` resolves to: of those given the name, the one given it last.
+pub fn module_named<'a>(modules: &'a [ModuleRecord], name: &str) -> Option<&'a ModuleRecord> {
+    modules
+        .iter()
+        .filter_map(|module| Some((module.names.get(name)?, module)))
+        .max_by_key(|(index, _)| **index)
+        .map(|(_, module)| module)
+}
+
+/// A route: a name the gateway answers for, leading to the services its selector picks (a
+/// Kubernetes Service).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRecord {
+    /// The schema version, [`SCHEMA_VERSION`].
+    pub version: u32,
+    /// The route's name, which is also its key.
+    pub name: ServiceName,
+    /// The current spec.
+    pub spec: RouteSpec,
+    /// When the route was created, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// When the current spec was stored, in milliseconds since the Unix epoch.
+    pub updated_unix_ms: u64,
+    /// The change index of the change that stored the current spec; a route has no revision
+    /// number, so this is what [`Expect::Revision`](crate::Expect::Revision) names for it.
     pub change_index: u64,
 }
 
@@ -124,4 +159,51 @@ pub struct RevisionRecord {
     pub created_unix_ms: u64,
     /// The change index of the change that stored this revision.
     pub change_index: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(bytes: &[u8], names: &[(&str, u64)]) -> ModuleRecord {
+        ModuleRecord {
+            version: SCHEMA_VERSION,
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            kind: ModuleKind::Http,
+            created_unix_ms: 0,
+            change_index: 1,
+            names: names.iter().map(|(n, i)| (n.to_string(), *i)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_name_resolves_to_the_module_given_it_last() {
+        let modules = [
+            module(b"a", &[("hello", 9), ("old", 2)]),
+            module(b"b", &[("hello", 4)]),
+            module(b"c", &[]),
+        ];
+        assert_eq!(
+            module_named(&modules, "hello").map(|m| &m.digest),
+            Some(&Digest::of(b"a"))
+        );
+        assert_eq!(
+            module_named(&modules, "old").map(|m| &m.digest),
+            Some(&Digest::of(b"a"))
+        );
+        assert_eq!(module_named(&modules, "missing"), None);
+        assert_eq!(module_named(&[], "hello"), None);
+    }
+
+    #[test]
+    fn a_module_without_names_reads_and_writes_as_before() {
+        let plain = module(b"a", &[]);
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("names").is_none(), "{json}");
+        let named = module(b"a", &[("hello", 3)]);
+        let read: ModuleRecord =
+            serde_json::from_value(serde_json::to_value(&named).unwrap()).unwrap();
+        assert_eq!(read, named);
+    }
 }

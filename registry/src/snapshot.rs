@@ -4,18 +4,20 @@
 //! changes. Started while the cluster's store cannot be reached, it opens on a
 //! [`SnapshotStore`] instead: it runs and routes what it last knew, answers reads from it, and
 //! refuses every write as [`Error::Unavailable`], so nothing is half-written and a client
-//! knows to retry. Module bytes come from the node's own disk (`blobs`), as they always do.
+//! knows to retry. Module bytes come from the node's own disk (`blobs`), as they always do,
+//! and so do module records: those carry no names in a cluster (the cluster's store keeps
+//! them), so a module name does not resolve while the node runs on what it last knew.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
+use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::{
     CatalogSnapshot, ChangeStream, CheckDefinition, CheckRecord, CheckStatus, Committed, Error,
     EventRecord, Expect, Indexes, KvEntry, ModuleRecord, Registration, Result, RevisionRecord,
-    SCHEMA_VERSION, ServiceRecord, Store,
+    RouteRecord, SCHEMA_VERSION, ServiceRecord, Store,
 };
 
 /// What a node of a cluster last knew of the cluster's state.
@@ -31,6 +33,9 @@ pub struct LastKnown {
     pub registrations: Vec<Registration>,
     /// Every check, with its last state.
     pub checks: Vec<CheckRecord>,
+    /// Every route (Kubernetes Service), by name.
+    #[serde(default)]
+    pub routes: Vec<RouteRecord>,
 }
 
 impl LastKnown {
@@ -42,7 +47,15 @@ impl LastKnown {
             services,
             registrations: catalog.registrations.clone(),
             checks: catalog.checks.clone(),
+            routes: Vec::new(),
         }
+    }
+
+    /// The same, with these routes (sorted by name, as [`Store::routes`] answers).
+    pub fn with_routes(mut self, mut routes: Vec<RouteRecord>) -> Self {
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        self.routes = routes;
+        self
     }
 }
 
@@ -105,6 +118,35 @@ impl Store for SnapshotStore {
     }
 
     async fn delete_module(&self, _digest: &Digest) -> Result<Committed<ModuleRecord>> {
+        Err(read_only())
+    }
+
+    async fn name_module(&self, _digest: &Digest, _name: &str) -> Result<Committed<ModuleRecord>> {
+        Err(read_only())
+    }
+
+    async fn put_route(
+        &self,
+        _name: &ServiceName,
+        _spec: RouteSpec,
+        _expect: Expect,
+    ) -> Result<Committed<(RouteRecord, bool)>> {
+        Err(read_only())
+    }
+
+    async fn route(&self, name: &ServiceName) -> Result<Option<RouteRecord>> {
+        Ok(self.last.routes.iter().find(|r| r.name == *name).cloned())
+    }
+
+    async fn routes(&self) -> Result<Vec<RouteRecord>> {
+        Ok(self.last.routes.clone())
+    }
+
+    async fn delete_route(
+        &self,
+        _name: &ServiceName,
+        _expect: Expect,
+    ) -> Result<Committed<RouteRecord>> {
         Err(read_only())
     }
 

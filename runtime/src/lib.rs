@@ -54,9 +54,9 @@ pub use self::exec::{RequestContext, ServiceConfig};
 pub use self::kernel::TickerPriority;
 pub use self::logs::{GuestLog, LogLine, Stream};
 pub use self::replica::{
-    Autoscaler, Capacity, Decision, EventSink, HeldDemand, Occupancy, PoolStatus, ReplicaPool,
-    ReplicaResources, ReplicaSpec, ReplicaState, Reservation, ScaleEvent, ScaleReason,
-    ScaleSettings, Served, Shortfall,
+    Autoscaler, Capacity, Decision, EventSink, Fault, FaultReason, HeldDemand, Occupancy,
+    PoolStatus, ReplicaPool, ReplicaResources, ReplicaSpec, ReplicaState, Reservation, ScaleEvent,
+    ScaleReason, ScaleSettings, Served, Shortfall,
 };
 pub use self::sandbox::{BoxError, ResponseBody, SandboxLimits};
 pub use self::service::Service;

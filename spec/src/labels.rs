@@ -2,6 +2,28 @@
 //! pick services by them) may use, checked as kube-apiserver checks them, so a label shoal
 //! accepts is one every Kubernetes client accepts too.
 
+use std::collections::BTreeMap;
+
+/// The label every replica of a service carries, naming the service, so a selector can always
+/// pick exactly one service.
+pub const SERVICE_LABEL: &str = "shoal.dev/service";
+
+/// Whether the equality selector `selector` (a Kubernetes Service's) picks the replicas of
+/// the service `service`, labelled `labels`: each of its pairs is among them, counting
+/// [`SERVICE_LABEL`]. An empty selector picks nothing, as a Kubernetes Service's selects no
+/// pods.
+pub fn selects(
+    selector: &BTreeMap<String, String>,
+    service: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    !selector.is_empty()
+        && selector.iter().all(|(key, value)| match key.as_str() {
+            SERVICE_LABEL => value == service,
+            _ => labels.get(key) == Some(value),
+        })
+}
+
 /// Checks a label's key and value.
 ///
 /// A key is an optional prefix (a DNS subdomain of at most 253 characters) and `/`, then a
@@ -80,6 +102,34 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_selector_picks_services_by_every_pair() {
+        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        let selector = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(selects(&selector(&[("app", "web")]), "hello", &labels));
+        assert!(selects(
+            &selector(&[(SERVICE_LABEL, "hello")]),
+            "hello",
+            &labels
+        ));
+        assert!(!selects(
+            &selector(&[("app", "web"), ("tier", "db")]),
+            "hello",
+            &labels
+        ));
+        assert!(!selects(
+            &selector(&[(SERVICE_LABEL, "other")]),
+            "hello",
+            &labels
+        ));
+        assert!(!selects(&selector(&[]), "hello", &labels));
+    }
 
     #[test]
     fn keys_and_values_follow_kubernetes() {

@@ -26,11 +26,13 @@
 mod labels;
 mod name;
 pub mod quantity;
+mod route;
 mod service;
 
-pub use self::labels::{check_label, check_label_key, check_label_value};
+pub use self::labels::{SERVICE_LABEL, check_label, check_label_key, check_label_value, selects};
 pub use self::name::{Digest, ModuleKind, ServiceName};
 pub use self::quantity::{ByteSize, Cpu, Quantity};
+pub use self::route::RouteSpec;
 pub use self::service::{Isolation, Limits, ResourceList, Resources, Scale, ServiceSpec};
 
 use std::fmt;

@@ -98,9 +98,21 @@ async fn upload(node: &TestNode, guest: &str) -> String {
     body["digest"].as_str().expect("a digest").to_string()
 }
 
+/// A Deployment `hello` of `digest` and a Service `hello-svc` selecting its pods.
 fn manifest(digest: &str, extra_pod_spec: &str) -> String {
     format!(
-        "apiVersion: apps/v1
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: hello-svc
+spec:
+  selector:
+    app: hello
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: hello
@@ -154,8 +166,10 @@ async fn kubectl_applies_gets_scales_watches_and_deletes_a_deployment() {
         applied.contains("deployment.apps/hello created"),
         "{applied}"
     );
+    assert!(applied.contains("service/hello-svc created"), "{applied}");
     let again = kubectl.ok(&["apply", "-f", &path]).await;
     assert!(again.contains("deployment.apps/hello unchanged"), "{again}");
+    assert!(again.contains("service/hello-svc unchanged"), "{again}");
 
     let rolled = kubectl
         .ok(&["rollout", "status", "deployment/hello", "--timeout=30s"])
@@ -183,9 +197,36 @@ async fn kubectl_applies_gets_scales_watches_and_deletes_a_deployment() {
         .await;
     assert_eq!(none.trim(), "", "{none}");
 
-    // The gateway routes the Deployment's name.
+    // The gateway routes the Deployment's name, and the Service's, by path and by Host.
     let reply = node.call("hello", "/").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = node.call("hello-svc", "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body, "hello from wasm\n");
+    let by_host = node
+        .client
+        .get(format!("{}/", node.gateway))
+        .header("host", "hello-svc.localhost")
+        .send()
+        .await
+        .expect("a request by Host");
+    assert_eq!(by_host.status(), 200);
+    let services = kubectl.ok(&["get", "svc", "-o", "wide"]).await;
+    let row = &rows(&services, "hello-svc")[0];
+    assert_eq!(
+        &row[1..],
+        [
+            "ClusterIP",
+            "127.0.0.1",
+            "<none>",
+            "80/TCP",
+            row[5],
+            "app=hello"
+        ],
+        "{services}"
+    );
+    let described_svc = kubectl.ok(&["describe", "service", "hello-svc"]).await;
+    assert!(described_svc.contains("app=hello"), "{described_svc}");
 
     let described = kubectl.ok(&["describe", "deployment", "hello"]).await;
     assert!(described.contains("Replicas:"), "{described}");
@@ -252,9 +293,14 @@ async fn kubectl_applies_gets_scales_watches_and_deletes_a_deployment() {
         deleted.contains("deployment.apps \"hello\" deleted"),
         "{deleted}"
     );
+    assert!(
+        deleted.contains("service \"hello-svc\" deleted"),
+        "{deleted}"
+    );
     let (status, _) = node.get("/v1/services/hello").await;
     assert_eq!(status, 404);
     assert_eq!(node.call("hello", "/").await.status, 404);
+    assert_eq!(node.call("hello-svc", "/").await.status, 404);
     node.stop().await;
 }
 
@@ -660,5 +706,137 @@ async fn a_deployment_without_room_is_pending_not_refused() {
     assert!(events.contains("FailedScheduling"), "{events}");
     let described = kubectl.ok(&["describe", "deployment", "big"]).await;
     assert!(described.contains("FailedScheduling"), "{described}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_faults_show_as_restarts_and_oom_kills() {
+    let node = TestNode::start().await;
+    let kubectl = Kubectl::new(&node);
+    let alloc = upload(&node, ALLOC_HTTP).await;
+    let limits = "        resources:\n          limits:\n            memory: 16Mi\n";
+    let path = kubectl.file("alloc.yaml", &small_manifest("alloc", &alloc, limits));
+    kubectl.ok(&["apply", "-f", &path]).await;
+    let fine = node.call("alloc", "/?mb=1").await;
+    assert_eq!(fine.status, 200, "{}", fine.body);
+    let killed = node.call("alloc", "/?mb=64").await;
+    assert_ne!(killed.status, 200, "{}", killed.body);
+    let (_, pods) = node
+        .get("/api/v1/namespaces/default/pods?labelSelector=app%3Dalloc")
+        .await;
+    let status = &pods["items"][0]["status"]["containerStatuses"][0];
+    assert_eq!(status["restartCount"], 1, "{status}");
+    assert_eq!(
+        status["lastState"]["terminated"]["reason"], "OOMKilled",
+        "{status}"
+    );
+    assert_eq!(
+        status["lastState"]["terminated"]["exitCode"], 137,
+        "{status}"
+    );
+    assert!(
+        status["state"]["running"].is_object(),
+        "the replica still serves: {status}"
+    );
+
+    let trap = upload(&node, TRAP_HTTP).await;
+    let path = kubectl.file("trap.yaml", &small_manifest("trap", &trap, ""));
+    kubectl.ok(&["apply", "-f", &path]).await;
+    for _ in 0..2 {
+        assert_eq!(node.call("trap", "/").await.status, 502);
+    }
+    let pods = kubectl.ok(&["get", "pods", "-l", "app=trap"]).await;
+    let row = &rows(&pods, "trap-")[0];
+    assert_eq!(&row[1..4], ["1/1", "Running", "2"], "{pods}");
+    let described = kubectl.ok(&["describe", "pod", row[0]]).await;
+    assert!(
+        described.contains("Last State:") && described.contains("Error"),
+        "{described}"
+    );
+    node.stop().await;
+}
+
+/// The watch events a request with `?watch=true&timeoutSeconds=1` got, in order.
+async fn watch_events(node: &TestNode, path: &str) -> Vec<Value> {
+    let separator = if path.contains('?') { '&' } else { '?' };
+    let body = node
+        .client
+        .get(format!(
+            "{}{path}{separator}watch=true&timeoutSeconds=1",
+            node.api
+        ))
+        .send()
+        .await
+        .expect("a watch")
+        .text()
+        .await
+        .expect("the watch's body");
+    body.lines()
+        .map(|line| serde_json::from_str(line).expect("each event is one JSON line"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watches_resume_from_a_resource_version_or_are_expired() {
+    let temp = tempfile::tempdir().expect("a data directory");
+    let node = TestNode::start_in(temp.path(), |_| {}).await;
+    let deployments = "/apis/apps/v1/namespaces/default/deployments";
+    node.deploy("alpha", HELLO_HTTP, json!({})).await;
+    let (_, list) = node.get(deployments).await;
+    let seen = list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a resourceVersion")
+        .to_string();
+    // From nothing: every object, as ADDED.
+    let events = watch_events(&node, deployments).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (
+            events[0]["type"].as_str(),
+            events[0]["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("alpha"))
+    );
+    // From the list's version: only what changed after it, beta as new; and a service
+    // deleted since, by name.
+    node.deploy("beta", HELLO_HTTP, json!({})).await;
+    node.deploy("gamma", HELLO_HTTP, json!({})).await;
+    let (status, _) = node.get(&format!("{deployments}/gamma")).await;
+    assert_eq!(status, 200);
+    let deleted = node
+        .client
+        .delete(format!("{}{deployments}/gamma", node.api))
+        .send()
+        .await
+        .expect("deleting gamma");
+    assert_eq!(deleted.status(), 200);
+    let events = watch_events(&node, &format!("{deployments}?resourceVersion={seen}")).await;
+    let of = |kind: &str| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|event| event["type"] == kind)
+            .filter_map(|event| event["object"]["metadata"]["name"].as_str())
+            .collect()
+    };
+    assert_eq!(of("ADDED"), ["beta"], "{events:?}");
+    assert_eq!(of("DELETED"), ["gamma"], "{events:?}");
+    assert!(
+        of("MODIFIED").iter().all(|name| *name == "alpha"),
+        "{events:?}"
+    );
+    let newer: u64 = events[0]["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(newer > seen.parse::<u64>().unwrap());
+    // A restarted node keeps no change log from before: an old version is Gone.
+    node.stop().await;
+    let node = TestNode::start_in(temp.path(), |_| {}).await;
+    let events = watch_events(&node, &format!("{deployments}?resourceVersion={seen}")).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "ERROR");
+    assert_eq!(events[0]["object"]["code"], 410);
+    assert_eq!(events[0]["object"]["reason"], "Expired");
     node.stop().await;
 }

@@ -204,6 +204,7 @@ async fn every_listed_route_exists() {
         .iter()
         .chain(shoal::consul::ROUTES)
         .chain(shoal::peer::ROUTES)
+        .chain(shoal::kube::ROUTES)
     {
         let (method, path) = route.split_once(' ').unwrap();
         let path = path
@@ -214,7 +215,8 @@ async fn every_listed_route_exists() {
             .replace("{name}", "nope")
             .replace("{id}", "nope")
             .replace("{key}", "nope")
-            .replace("{state}", "any");
+            .replace("{state}", "any")
+            .replace("{namespace}", "default");
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let reply = Reply::from(
             node.client
@@ -225,7 +227,9 @@ async fn every_listed_route_exists() {
         )
         .await;
         assert!(
-            !reply.body.contains("no such API route") && !reply.body.contains("Invalid URL path"),
+            !reply.body.contains("no such API route")
+                && !reply.body.contains("Invalid URL path")
+                && !reply.body.contains("could not find the requested resource"),
             "{route} is not routed"
         );
         assert_ne!(reply.status, 405, "{route} has the wrong method");
@@ -250,6 +254,7 @@ fn routes_are_documented() {
         .iter()
         .chain(shoal::consul::ROUTES)
         .chain(shoal::peer::ROUTES)
+        .chain(shoal::kube::ROUTES)
     {
         assert!(
             readme.contains(&format!("`{route}`")),

@@ -13,9 +13,20 @@ use serde_json::{Value, json};
 /// The Kubernetes version shoal's API follows.
 pub(crate) const MINOR: &str = "32";
 
-/// Every resource served, as `(group/version, plural, singular, kind, short names, verbs,
-/// namespaced)`; subresources are `plural/sub`.
-const RESOURCES: &[(&str, &str, &str, &str, &[&str], &[&str], bool)] = &[
+/// A resource as legacy discovery lists it: `(group/version, plural, singular, kind, short
+/// names, verbs, namespaced)`; a subresource is `plural/sub`.
+type Resource = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    bool,
+);
+
+/// Every resource served.
+const RESOURCES: &[Resource] = &[
     (
         "v1",
         "namespaces",
@@ -28,6 +39,15 @@ const RESOURCES: &[(&str, &str, &str, &str, &[&str], &[&str], bool)] = &[
     ("v1", "pods", "pod", "Pod", &["po"], &ALL_VERBS, true),
     ("v1", "pods/log", "", "Pod", &[], &["get"], true),
     ("v1", "events", "event", "Event", &["ev"], &["list"], true),
+    (
+        "v1",
+        "services",
+        "service",
+        "Service",
+        &["svc"],
+        &ALL_VERBS,
+        true,
+    ),
     (
         "apps/v1",
         "deployments",
@@ -107,7 +127,7 @@ fn resource_list(group_version: &str) -> Json<Value> {
             if !short.is_empty() {
                 resource["shortNames"] = json!(short);
             }
-            if matches!(*name, "pods" | "deployments" | "replicasets") {
+            if matches!(*name, "pods" | "deployments" | "replicasets" | "services") {
                 resource["categories"] = json!(["all"]);
             }
             if *name == "deployments/scale" {
@@ -172,7 +192,7 @@ fn openapi(group: &str, version_prefix: &str, kinds: &[(&str, &str)]) -> Json<Va
 }
 
 pub(crate) async fn openapi_core() -> Json<Value> {
-    openapi("", "/api/v1", &[("pods", "Pod")])
+    openapi("", "/api/v1", &[("pods", "Pod"), ("services", "Service")])
 }
 
 pub(crate) async fn openapi_apps() -> Json<Value> {

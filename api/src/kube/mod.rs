@@ -57,6 +57,13 @@ pub const ROUTES: &[&str] = &[
     "DELETE /api/v1/namespaces/{namespace}/pods/{name}",
     "GET /api/v1/namespaces/{namespace}/pods/{name}/log",
     "GET /api/v1/namespaces/{namespace}/events",
+    "GET /api/v1/services",
+    "GET /api/v1/namespaces/{namespace}/services",
+    "POST /api/v1/namespaces/{namespace}/services",
+    "GET /api/v1/namespaces/{namespace}/services/{name}",
+    "PUT /api/v1/namespaces/{namespace}/services/{name}",
+    "PATCH /api/v1/namespaces/{namespace}/services/{name}",
+    "DELETE /api/v1/namespaces/{namespace}/services/{name}",
     "GET /apis/apps/v1/deployments",
     "GET /apis/apps/v1/namespaces/{namespace}/deployments",
     "POST /apis/apps/v1/namespaces/{namespace}/deployments",
@@ -74,6 +81,7 @@ pub const ROUTES: &[&str] = &[
 pub fn routes(node: Node) -> Router<Node> {
     let pods = "/api/v1/namespaces/{namespace}/pods";
     let deployments = "/apis/apps/v1/namespaces/{namespace}/deployments";
+    let services = "/api/v1/namespaces/{namespace}/services";
     Router::new()
         .route("/version", get(discovery::version))
         .route("/api", get(discovery::api_versions))
@@ -96,6 +104,15 @@ pub fn routes(node: Node) -> Router<Node> {
         )
         .route(&format!("{pods}/{{name}}/log"), get(pod_log))
         .route("/api/v1/namespaces/{namespace}/events", get(list_events))
+        .route("/api/v1/services", get(list_all_services))
+        .route(services, get(list_services).post(create_service))
+        .route(
+            &format!("{services}/{{name}}"),
+            get(get_service)
+                .put(put_service)
+                .patch(patch_service)
+                .delete(delete_service),
+        )
         .route("/apis/apps/v1/deployments", get(list_all_deployments))
         .route(deployments, get(list_deployments).post(create_deployment))
         .route(
@@ -231,6 +248,8 @@ pub(crate) struct Snapshot {
     pub(crate) index: u64,
     pub(crate) services: Vec<(ServiceRecord, Option<shoal_node::ServiceStatus>)>,
     pub(crate) gateway_ip: String,
+    pub(crate) modules: Vec<shoal_registry::ModuleRecord>,
+    pub(crate) routes: Vec<shoal_registry::RouteRecord>,
 }
 
 impl Snapshot {
@@ -248,10 +267,16 @@ impl Snapshot {
                 (record, status)
             })
             .collect();
+        let modules = node
+            .modules()
+            .await
+            .map_err(|error| KubeError::from_node(error, "modules", ""))?;
         Ok(Snapshot {
             index,
             services,
             gateway_ip: gateway_ip(node),
+            modules,
+            routes: node.routes(),
         })
     }
 
@@ -261,6 +286,7 @@ impl Snapshot {
             status: status.as_ref(),
             index: self.index,
             gateway_ip: &self.gateway_ip,
+            modules: &self.modules,
         })
     }
 
@@ -272,6 +298,11 @@ impl Snapshot {
                 .map(|view| view.deployment())
                 .collect(),
             Kind::Pod => self.views().flat_map(|view| view.pods()).collect(),
+            Kind::Service => self
+                .routes
+                .iter()
+                .map(|route| objects::service_object(route, self.index, &self.gateway_ip))
+                .collect(),
         }
     }
 }
@@ -321,7 +352,7 @@ async fn list(
     let query = Query::parse(query.as_deref())?;
     let fields = match kind {
         Kind::Pod => POD_FIELDS,
-        Kind::Deployment => DEPLOYMENT_FIELDS,
+        Kind::Deployment | Kind::Service => DEPLOYMENT_FIELDS,
     };
     if query.watch {
         query
@@ -338,6 +369,7 @@ async fn list(
     let list_kind = match kind {
         Kind::Pod => "PodList",
         Kind::Deployment => "DeploymentList",
+        Kind::Service => "ServiceList",
     };
     Ok(Json(objects::list(
         list_kind,
@@ -496,7 +528,7 @@ fn check_object(
 fn kube_field(kind: Kind, field: &str) -> String {
     let pod = match kind {
         Kind::Deployment => "spec.template.spec",
-        Kind::Pod => "spec",
+        Kind::Pod | Kind::Service => "spec",
     };
     let container = format!("{pod}.containers[0]");
     match field.split_once('.').map_or(field, |(head, _)| head) {
@@ -516,22 +548,42 @@ fn kube_field(kind: Kind, field: &str) -> String {
     }
 }
 
-/// Writes `object` as the service `name`: the one write path of this API.
+/// Writes `object` as the service (or, for a Service, the route) `name`: the one write path of
+/// this API.
 async fn write(
     node: &Node,
     kind: Kind,
     name: &str,
     object: &Value,
     options: WriteOptions,
-) -> KubeResult<ServiceRecord> {
+) -> KubeResult<()> {
     let service: ServiceName = objects::parse_name(kind, name)?;
-    let spec = objects::spec_of(kind, name, object, objects::image_digest)?;
+    if kind == Kind::Service {
+        let spec = objects::route_spec_of(name, object)?;
+        return match node.write_route(service, spec, options).await {
+            Ok(_) => Ok(()),
+            Err(shoal_node::Error::Invalid(field)) => Err(KubeError::invalid(
+                kind.name(),
+                name,
+                &format!("spec.{}", field.field),
+                field.reason,
+            )),
+            Err(error) => Err(KubeError::from_node(error, kind.resource(), name)),
+        };
+    }
+    let modules = node
+        .modules()
+        .await
+        .map_err(|error| KubeError::from_node(error, kind.resource(), name))?;
+    let spec = objects::spec_of(kind, name, object, |image| {
+        objects::resolve_image(image, &modules)
+    })?;
     let options = WriteOptions {
         admit_pending: true,
         ..options
     };
     match node.write_service(service, spec, options).await {
-        Ok((record, _)) => Ok(record),
+        Ok(_) => Ok(()),
         Err(shoal_node::Error::Invalid(field)) => Err(KubeError::invalid(
             kind.name(),
             name,
@@ -567,9 +619,20 @@ async fn create(
     let query = Query::parse(query.as_deref())?;
     let object = read_body(&body)?;
     let name = check_object(kind, &object, &namespace, None)?;
+    if query.dry_run && kind == Kind::Service {
+        objects::parse_name(kind, &name)?;
+        objects::route_spec_of(&name, &object)?;
+        return Ok((StatusCode::CREATED, Json(object)).into_response());
+    }
     if query.dry_run {
         objects::parse_name(kind, &name)?;
-        objects::spec_of(kind, &name, &object, objects::image_digest)?;
+        let modules = node
+            .modules()
+            .await
+            .map_err(|error| KubeError::from_node(error, kind.resource(), &name))?;
+        objects::spec_of(kind, &name, &object, |image| {
+            objects::resolve_image(image, &modules)
+        })?;
         return Ok((StatusCode::CREATED, Json(object)).into_response());
     }
     write(
@@ -607,9 +670,20 @@ async fn create_deployment(
     create(node, Kind::Deployment, namespace, query, headers, body).await
 }
 
-/// The service behind a workload object: 404 unless it is of `kind`.
-async fn service_of(node: &Node, kind: Kind, name: &str) -> KubeResult<ServiceRecord> {
+/// The service behind a workload object (404 unless it is of `kind`); for a Service, 404
+/// unless the route exists.
+async fn service_of(node: &Node, kind: Kind, name: &str) -> KubeResult<Option<ServiceRecord>> {
     let not_found = || KubeError::not_found(kind.resource(), name);
+    if kind == Kind::Service {
+        return match node
+            .routes()
+            .iter()
+            .any(|route| route.name.as_str() == name)
+        {
+            true => Ok(None),
+            false => Err(not_found()),
+        };
+    }
     let service: ServiceName = name.parse().map_err(|_| not_found())?;
     let record = node.service(&service).await.map_err(|error| match error {
         shoal_node::Error::NotFound { .. } => not_found(),
@@ -618,7 +692,7 @@ async fn service_of(node: &Node, kind: Kind, name: &str) -> KubeResult<ServiceRe
     if Kind::of(&record) != kind {
         return Err(not_found());
     }
-    Ok(record)
+    Ok(Some(record))
 }
 
 /// Refuses a change to what Kubernetes does not let an update change.
@@ -634,6 +708,7 @@ fn check_immutable(kind: Kind, name: &str, current: &Value, updated: &Value) -> 
                 ));
             }
         }
+        Kind::Service => {}
         Kind::Pod => {
             if at(current, "spec") != at(updated, "spec") {
                 return Err(KubeError::invalid(
@@ -695,9 +770,10 @@ async fn replace(
     check_namespace(&namespace)?;
     let object = read_body(&body)?;
     check_object(kind, &object, &namespace, Some(&name))?;
-    service_of(&node, kind, &name).await?;
+    let written = was_written(service_of(&node, kind, &name).await?);
     let (_, current) = find(&node, kind, &name).await?;
     let seen = resource_version_of(&object)?;
+    let current = if written { current } else { object.clone() };
     update(&node, kind, &name, &current, object, seen, &headers).await
 }
 
@@ -757,7 +833,7 @@ async fn patch_object(
     body: Bytes,
 ) -> KubeResult<Response> {
     check_namespace(&namespace)?;
-    service_of(&node, kind, &name).await?;
+    let written = was_written(service_of(&node, kind, &name).await?);
     let (_, current) = find(&node, kind, &name).await?;
     let patched = apply_patch(&headers, &current, &body)?;
     check_object(kind, &patched, &namespace, Some(&name))?;
@@ -768,7 +844,15 @@ async fn patch_object(
         true => None,
         false => resource_version_of(&patched)?,
     };
+    // A service deployed through the management API has no Deployment written yet: its
+    // first one may choose its selector.
+    let current = if written { current } else { patched.clone() };
     update(&node, kind, &name, &current, patched, seen, &headers).await
+}
+
+/// Whether a Kubernetes object was written for the service (a route always was).
+fn was_written(record: Option<ServiceRecord>) -> bool {
+    record.is_none_or(|record| record.spec.kubernetes.is_some())
 }
 
 async fn patch_pod(
@@ -798,9 +882,14 @@ async fn delete_workload(
     check_namespace(&namespace)?;
     let record = service_of(&node, kind, &name).await?;
     let (_, mut object) = find(&node, kind, &name).await?;
-    node.delete_service(&record.name)
-        .await
-        .map_err(|error| KubeError::from_node(error, kind.resource(), &name))?;
+    let deleted = match record {
+        Some(record) => node.delete_service(&record.name).await.map(|_| ()),
+        None => {
+            let route: ServiceName = objects::parse_name(kind, &name)?;
+            node.delete_route(&route).await.map(|_| ())
+        }
+    };
+    deleted.map_err(|error| KubeError::from_node(error, kind.resource(), &name))?;
     object["metadata"]["deletionTimestamp"] = json!(objects::rfc3339(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1124,4 +1213,72 @@ async fn pod_log(
         .logs(&service)
         .map_err(|error| KubeError::from_node(error, "pods", &name))?;
     Ok(crate::logs::respond(log, logs))
+}
+
+async fn list_all_services(
+    State(node): State<Node>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> KubeResult<Response> {
+    list(node, None, Kind::Service, query, headers).await
+}
+
+async fn list_services(
+    State(node): State<Node>,
+    Path(namespace): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> KubeResult<Response> {
+    list(node, Some(namespace), Kind::Service, query, headers).await
+}
+
+async fn create_service(
+    State(node): State<Node>,
+    Path(namespace): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> KubeResult<Response> {
+    create(node, Kind::Service, namespace, query, headers, body).await
+}
+
+async fn get_service(
+    State(node): State<Node>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> KubeResult<Response> {
+    check_namespace(&namespace)?;
+    let (index, object) = find(&node, Kind::Service, &name).await?;
+    Ok(answer(
+        Kind::Service,
+        index,
+        object,
+        &headers,
+        StatusCode::OK,
+    ))
+}
+
+async fn put_service(
+    State(node): State<Node>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> KubeResult<Response> {
+    replace(node, Kind::Service, namespace, name, headers, body).await
+}
+
+async fn patch_service(
+    State(node): State<Node>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> KubeResult<Response> {
+    patch_object(node, Kind::Service, namespace, name, headers, body).await
+}
+
+async fn delete_service(
+    State(node): State<Node>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> KubeResult<Response> {
+    delete_workload(node, Kind::Service, namespace, name).await
 }

@@ -23,8 +23,7 @@ use super::status::{KubeError, KubeResult};
 /// The one namespace shoal serves.
 pub(crate) const NAMESPACE: &str = "default";
 
-/// The label every pod of a service carries, so a selector can always pick one service.
-pub(crate) const SERVICE_LABEL: &str = "shoal.dev/service";
+pub(crate) use shoal_spec::SERVICE_LABEL;
 
 /// Knative's autoscaling annotations, which shoal's autoscaler (Knative's KPA) understands.
 const MIN_SCALE: &str = "autoscaling.knative.dev/min-scale";
@@ -33,11 +32,12 @@ const TARGET: &str = "autoscaling.knative.dev/target";
 const SCALE_DOWN_DELAY: &str = "autoscaling.knative.dev/scale-down-delay";
 const WINDOW: &str = "autoscaling.knative.dev/window";
 
-/// The kinds of workload object a service can be.
+/// The kinds of object served: the two a service can be, and the Service, which is a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Deployment,
     Pod,
+    Service,
 }
 
 impl Kind {
@@ -46,6 +46,7 @@ impl Kind {
         match self {
             Kind::Deployment => "deployments.apps",
             Kind::Pod => "pods",
+            Kind::Service => "services",
         }
     }
 
@@ -53,13 +54,14 @@ impl Kind {
         match self {
             Kind::Deployment => "Deployment",
             Kind::Pod => "Pod",
+            Kind::Service => "Service",
         }
     }
 
     pub(crate) fn api_version(self) -> &'static str {
         match self {
             Kind::Deployment => "apps/v1",
-            Kind::Pod => "v1",
+            Kind::Pod | Kind::Service => "v1",
         }
     }
 
@@ -67,7 +69,7 @@ impl Kind {
     fn template_paths(self) -> (&'static str, &'static str) {
         match self {
             Kind::Deployment => ("spec.template.metadata", "spec.template.spec"),
-            Kind::Pod => ("metadata", "spec"),
+            Kind::Pod | Kind::Service => ("metadata", "spec"),
         }
     }
 
@@ -218,6 +220,11 @@ pub(crate) fn spec_of(
         }
         Kind::Deployment => read_scale(object, &annotations, &mut spec)
             .map_err(|(field, reason)| invalid(&field, reason))?,
+        Kind::Service => {
+            return Err(KubeError::bad_request(
+                "a Service runs nothing: it is a route",
+            ));
+        }
     }
     spec.kubernetes = Some(strip_server_fields(object));
     Ok(spec)
@@ -480,6 +487,8 @@ pub(crate) struct View<'a> {
     pub(crate) index: u64,
     /// The gateway's IP, which is each pod's IP: the gateway routes to every replica.
     pub(crate) gateway_ip: &'a str,
+    /// Every stored module, which images name.
+    pub(crate) modules: &'a [shoal_registry::ModuleRecord],
 }
 
 pub(crate) fn rfc3339(unix_ms: u64) -> String {
@@ -560,7 +569,7 @@ impl View<'_> {
             .get("image")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if !image.contains(spec.module.hex()) {
+        if resolve_image(image, self.modules).as_ref() != Ok(&spec.module) {
             container["image"] = json!(spec.module.to_string());
         }
         let written_env: BTreeMap<String, String> = container
@@ -591,19 +600,18 @@ impl View<'_> {
             .flatten()
             .filter_map(Value::as_str)
             .collect();
-        if written_args != spec.args.iter().map(String::as_str).collect::<Vec<_>>() {
-            if let Some(map) = container.as_object_mut() {
-                map.remove("command");
-                map.insert("args".into(), json!(spec.args));
-            }
+        if written_args != spec.args.iter().map(String::as_str).collect::<Vec<_>>()
+            && let Some(map) = container.as_object_mut()
+        {
+            map.remove("command");
+            map.insert("args".into(), json!(spec.args));
         }
-        let written_resources = read_container_resources(&container);
-        if written_resources.as_ref() != Some(&spec.resources) {
-            container["resources"] = serde_json::to_value(&spec.resources).unwrap_or_default();
-        }
-        if container.get("resources").is_none() {
-            container["resources"] = json!({});
-        }
+        // Quantities in their canonical form, as kube-apiserver answers them ("0.5" is 500m).
+        container["resources"] = if spec.resources.is_empty() {
+            json!({})
+        } else {
+            serde_json::to_value(&spec.resources).unwrap_or_default()
+        };
         for (key, default) in [
             ("imagePullPolicy", "IfNotPresent"),
             ("terminationMessagePath", "/dev/termination-log"),
@@ -775,7 +783,7 @@ impl View<'_> {
             let status = match replica {
                 Some(replica) => {
                     spec["nodeName"] = json!(replica.node);
-                    self.running_pod_status(&pod_spec, started)
+                    self.running_pod_status(&pod_spec, started, replica)
                 }
                 None => self.pending_pod_status(),
             };
@@ -819,20 +827,40 @@ impl View<'_> {
             .collect()
     }
 
-    fn container_status(&self, pod_spec: &Value, state: Value, ready: bool) -> Value {
+    fn container_status(&self, pod_spec: &Value, replica: &RunningReplica, started: &str) -> Value {
         let container = &pod_spec["containers"][0];
-        json!([{
+        let mut status = json!({
             "name": container["name"],
             "image": container["image"],
             "imageID": self.spec().module.to_string(),
-            "ready": ready,
-            "started": ready,
-            "restartCount": 0,
-            "state": state,
-        }])
+            "ready": true,
+            "started": true,
+            "restartCount": replica.restarts,
+            "state": { "running": { "startedAt": started } },
+        });
+        // A guest fault killed the instance a request ran in: the container's last state, as
+        // the kubelet shows a crashed container's.
+        if let Some(fault) = &replica.last_fault {
+            let exit_code = if fault.reason == "OOMKilled" { 137 } else { 1 };
+            status["lastState"] = json!({
+                "terminated": {
+                    "exitCode": exit_code,
+                    "reason": fault.reason,
+                    "message": fault.message,
+                    "startedAt": started,
+                    "finishedAt": rfc3339(fault.at_unix_ms),
+                }
+            });
+        }
+        json!([status])
     }
 
-    fn running_pod_status(&self, pod_spec: &Value, started_unix_ms: u64) -> Value {
+    fn running_pod_status(
+        &self,
+        pod_spec: &Value,
+        started_unix_ms: u64,
+        replica: &RunningReplica,
+    ) -> Value {
         let started = rfc3339(started_unix_ms);
         let condition = |kind: &str| json!({ "type": kind, "status": "True", "lastTransitionTime": started, "lastProbeTime": null });
         let conditions = ["Initialized", "Ready", "ContainersReady", "PodScheduled"].map(condition);
@@ -844,11 +872,7 @@ impl View<'_> {
             "podIPs": [{ "ip": self.gateway_ip }],
             "startTime": started,
             "qosClass": qos_class(&self.spec().resources),
-            "containerStatuses": self.container_status(
-                pod_spec,
-                json!({ "running": { "startedAt": started } }),
-                true,
-            ),
+            "containerStatuses": self.container_status(pod_spec, replica, &started),
         })
     }
 
@@ -869,14 +893,6 @@ impl View<'_> {
     }
 }
 
-fn read_container_resources(container: &Value) -> Option<Resources> {
-    let resources = container.get("resources")?;
-    Some(Resources {
-        requests: read_resource_list(resources.get("requests"), "").ok()?,
-        limits: read_resource_list(resources.get("limits"), "").ok()?,
-    })
-}
-
 /// Kubernetes' QoS class, from the container's requests and limits.
 fn qos_class(resources: &Resources) -> &'static str {
     if resources.is_empty() {
@@ -895,6 +911,125 @@ fn qos_class(resources: &Resources) -> &'static str {
     } else {
         "Burstable"
     }
+}
+
+/// A Service read from a request, as the route it becomes. Only what the gateway can do is
+/// taken: `type: ClusterIP` (the default), an equality selector, ports with numbers in range.
+pub(crate) fn route_spec_of(name: &str, object: &Value) -> KubeResult<shoal_spec::RouteSpec> {
+    let invalid = |field: &str, reason: String| KubeError::invalid("Service", name, field, reason);
+    if !object.is_object() {
+        return Err(KubeError::bad_request("the body must be a JSON object"));
+    }
+    match at(object, "spec.type").and_then(Value::as_str) {
+        None | Some("ClusterIP") => {}
+        Some(other) => {
+            return Err(invalid(
+                "spec.type",
+                format!(
+                    "Unsupported value: {other:?}: shoal's gateway is the one way in: \
+                     supported values: \"ClusterIP\""
+                ),
+            ));
+        }
+    }
+    let selector = match at(object, "spec.selector") {
+        None => BTreeMap::new(),
+        Some(Value::Object(map)) => {
+            let mut selector = BTreeMap::new();
+            for (key, value) in map {
+                let value = value.as_str().ok_or_else(|| {
+                    invalid(&format!("spec.selector.{key}"), "must be a string".into())
+                })?;
+                shoal_spec::check_label(key, value)
+                    .map_err(|reason| invalid("spec.selector", reason))?;
+                selector.insert(key.clone(), value.to_string());
+            }
+            selector
+        }
+        Some(_) => return Err(invalid("spec.selector", "must be a map of labels".into())),
+    };
+    for (idx, port) in at(object, "spec.ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let number = port.get("port").and_then(Value::as_u64);
+        if !number.is_some_and(|port| (1..=65535).contains(&port)) {
+            return Err(invalid(
+                &format!("spec.ports[{idx}].port"),
+                "Invalid value: must be between 1 and 65535, inclusive".into(),
+            ));
+        }
+    }
+    Ok(shoal_spec::RouteSpec {
+        selector,
+        kubernetes: Some(strip_server_fields(object)),
+    })
+}
+
+/// A route as a Service: the object as written, with the gateway's address as its cluster
+/// IP and defaults filled in as kube-apiserver fills them.
+pub(crate) fn service_object(
+    route: &shoal_registry::RouteRecord,
+    index: u64,
+    gateway_ip: &str,
+) -> Value {
+    let stored = route.spec.kubernetes.clone().unwrap_or_else(|| json!({}));
+    let mut metadata = stored
+        .get("metadata")
+        .cloned()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    let name = route.name.as_str();
+    metadata["name"] = json!(name);
+    metadata["namespace"] = json!(NAMESPACE);
+    metadata["uid"] = json!(uid(&["Service", name, &route.created_unix_ms.to_string()]));
+    metadata["resourceVersion"] = json!(index.to_string());
+    metadata["creationTimestamp"] = json!(rfc3339(route.created_unix_ms));
+    let mut spec = stored
+        .get("spec")
+        .cloned()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    spec["selector"] = json!(route.spec.selector);
+    let ports: Vec<Value> = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut port| {
+            if port.get("protocol").is_none() {
+                port["protocol"] = json!("TCP");
+            }
+            if port.get("targetPort").is_none() {
+                port["targetPort"] = port["port"].clone();
+            }
+            port
+        })
+        .collect();
+    spec["ports"] = json!(ports);
+    spec["type"] = json!("ClusterIP");
+    spec["clusterIP"] = json!(gateway_ip);
+    spec["clusterIPs"] = json!([gateway_ip]);
+    for (key, default) in [
+        ("sessionAffinity", json!("None")),
+        ("ipFamilies", json!(["IPv4"])),
+        ("ipFamilyPolicy", json!("SingleStack")),
+        ("internalTrafficPolicy", json!("Cluster")),
+    ] {
+        if spec.get(key).is_none() {
+            spec[key] = default;
+        }
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": spec,
+        "status": { "loadBalancer": {} },
+    })
 }
 
 /// A scale event of the service behind `deployment` as a Kubernetes Event on it.
@@ -995,11 +1130,11 @@ pub(crate) fn age(created_unix_ms: u64, now: SystemTime) -> String {
     let (minutes, hours, days) = (seconds / 60, seconds / 3600, seconds / 86_400);
     match () {
         _ if seconds < 120 => format!("{seconds}s"),
-        _ if minutes < 10 && seconds % 60 != 0 => format!("{minutes}m{}s", seconds % 60),
+        _ if minutes < 10 && !seconds.is_multiple_of(60) => format!("{minutes}m{}s", seconds % 60),
         _ if hours < 3 => format!("{minutes}m"),
-        _ if hours < 8 && minutes % 60 != 0 => format!("{hours}h{}m", minutes % 60),
+        _ if hours < 8 && !minutes.is_multiple_of(60) => format!("{hours}h{}m", minutes % 60),
         _ if hours < 48 => format!("{hours}h"),
-        _ if hours < 24 * 8 && hours % 24 != 0 => format!("{days}d{}h", hours % 24),
+        _ if hours < 24 * 8 && !hours.is_multiple_of(24) => format!("{days}d{}h", hours % 24),
         _ => format!("{days}d"),
     }
 }
@@ -1013,15 +1148,30 @@ pub(crate) fn created_ms(object: &Value) -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
-/// Resolves an image to a stored module: `sha256:<hex>` or `anything@sha256:<hex>`.
-pub(crate) fn image_digest(image: &str) -> Result<Digest, String> {
+/// Resolves an image to a stored module: `sha256:<hex>` or `anything@sha256:<hex>` names
+/// it by digest; anything else is the name of an uploaded module (`POST /v1/modules?name=`),
+/// tried as written and then without a `:latest` tag. Nothing is pulled from a registry.
+pub(crate) fn resolve_image(
+    image: &str,
+    modules: &[shoal_registry::ModuleRecord],
+) -> Result<Digest, String> {
     let digest = image.rsplit_once('@').map_or(image, |(_, digest)| digest);
-    digest.parse::<Digest>().map_err(|_| {
-        format!(
-            "Invalid value: {image:?}: shoal runs uploaded modules: name one as sha256:<hex> \
-             (or name@sha256:<hex>); nothing is pulled from a registry"
-        )
-    })
+    if digest.starts_with("sha256:") {
+        return digest
+            .parse::<Digest>()
+            .map_err(|error| format!("Invalid value: {image:?}: {error}"));
+    }
+    let untagged = image.strip_suffix(":latest").unwrap_or(image);
+    shoal_registry::module_named(modules, image)
+        .or_else(|| shoal_registry::module_named(modules, untagged))
+        .map(|module| module.digest.clone())
+        .ok_or_else(|| {
+            format!(
+                "Invalid value: {image:?}: no uploaded module has this name: upload one with \
+                 POST /v1/modules?name={untagged} (or shoal deploy --module-name), or name it \
+                 by digest (sha256:<hex>); nothing is pulled from a registry"
+            )
+        })
 }
 
 #[cfg(test)]
@@ -1046,7 +1196,7 @@ mod tests {
     }
 
     fn resolve(image: &str) -> Result<Digest, String> {
-        image_digest(image)
+        resolve_image(image, &[])
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub(crate) struct KubeError {
     pub(crate) reason: &'static str,
     pub(crate) message: String,
     /// The object the failure is about, `(kind, name)`, and the fields at fault.
-    pub(crate) details: Option<Details>,
+    pub(crate) details: Option<Box<Details>>,
 }
 
 #[derive(Debug, Default)]
@@ -85,7 +85,7 @@ impl KubeError {
 
     /// Names the object the error is about in `details`.
     pub(crate) fn about(mut self, kind: &str, name: &str) -> Self {
-        let details = self.details.get_or_insert_with(Details::default);
+        let details = self.details.get_or_insert_with(Box::default);
         details.kind = kind.to_string();
         details.name = name.to_string();
         self

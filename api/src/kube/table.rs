@@ -95,6 +95,37 @@ fn columns(kind: Printed) -> Value {
             column("Nominated Node", "string", 1, "Not used by shoal."),
             column("Readiness Gates", "string", 1, "Not used by shoal."),
         ]),
+        Kind::Service => {
+            json!([
+                column(
+                    "Name",
+                    "string",
+                    0,
+                    "Name must be unique within a namespace."
+                ),
+                column(
+                    "Type",
+                    "string",
+                    0,
+                    "How the service is exposed: ClusterIP, the gateway."
+                ),
+                column(
+                    "Cluster-IP",
+                    "string",
+                    0,
+                    "The gateway's address, which routes the name."
+                ),
+                column("External-IP", "string", 0, "Not used by shoal."),
+                column("Port(s)", "string", 0, "The service's ports."),
+                column("Age", "string", 0, "Time since creation."),
+                column(
+                    "Selector",
+                    "string",
+                    1,
+                    "The labels of the pods it routes to."
+                ),
+            ])
+        }
         Kind::Deployment => json!([
             column(
                 "Name",
@@ -189,6 +220,29 @@ fn cells(kind: Printed, object: &Value, now: SystemTime) -> Value {
                 or_none(text(at(object, "spec.nodeName"))),
                 "<none>",
                 "<none>",
+            ])
+        }
+        Kind::Service => {
+            let ports: Vec<String> = at(object, "spec.ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|port| format!("{}/{}", text(port.get("port")), text(port.get("protocol"))))
+                .collect();
+            let selector: Vec<String> = at(object, "spec.selector")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(key, value)| format!("{key}={}", text(Some(value))))
+                .collect();
+            json!([
+                name,
+                text(at(object, "spec.type")),
+                text(at(object, "spec.clusterIP")),
+                "<none>",
+                or_none(ports.join(",")),
+                age,
+                or_none(selector.join(",")),
             ])
         }
         Kind::Deployment => {

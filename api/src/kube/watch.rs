@@ -163,18 +163,45 @@ pub(super) async fn serve(
         },
         _ => None,
     };
+    let touched = match (from, touched) {
+        (Some(from), Some(names)) => Some(classify(&node, from, names).await),
+        _ => None,
+    };
     tokio::spawn(async move {
         let now = watcher.select(&snapshot);
         // From nothing, every object is new; from the current index, nothing is; from an older
-        // one, what changed since is sent again as it is now.
+        // one, what changed since is sent as it is now: ADDED if it was created since, else
+        // MODIFIED (and DELETED, named only, for a Deployment or Service deleted since).
         let mut sent: Sent = match (from, &touched) {
             (None, _) => Sent::new(),
             (Some(_), None) => now.clone(),
-            (Some(_), Some(touched)) => now
-                .iter()
-                .filter(|(_, object)| !touched.iter().any(|service| belongs_to(object, service)))
-                .map(|(name, object)| (name.clone(), object.clone()))
-                .collect(),
+            (Some(_), Some(touched)) => {
+                let mut sent = Sent::new();
+                for (name, object) in &now {
+                    match touched
+                        .iter()
+                        .find(|(service, _)| belongs_to(object, service))
+                    {
+                        None => {
+                            sent.insert(name.clone(), object.clone());
+                        }
+                        // Known before, so changed: a placeholder that differs from it.
+                        Some((_, Since::Before)) => {
+                            sent.insert(name.clone(), Value::Null);
+                        }
+                        Some(_) => {}
+                    }
+                }
+                let by_name = matches!(watcher.kind, Kind::Deployment | Kind::Service);
+                if by_name && watcher.query.label_selector.is_empty() {
+                    for (service, since) in touched {
+                        if *since == Since::Gone && !now.contains_key(service) {
+                            sent.insert(service.clone(), named_only(watcher.kind, service));
+                        }
+                    }
+                }
+                sent
+            }
         };
         if !watcher.send_changes(&mut sent, now, snapshot.index).await {
             return;
@@ -216,12 +243,14 @@ fn stream_response(
         .into_response()
 }
 
-/// Whether `object` (a Deployment or Pod) shows the service `service`.
+/// Whether `object` shows the service (or route) `service`: a Pod by its label, a Deployment
+/// or a Service by its name.
 fn belongs_to(object: &Value, service: &str) -> bool {
-    at(object, "metadata.labels")
-        .and_then(|labels| labels.get(super::objects::SERVICE_LABEL))
-        .and_then(Value::as_str)
-        == Some(service)
+    at(object, "metadata.name").and_then(Value::as_str) == Some(service)
+        || at(object, "metadata.labels")
+            .and_then(|labels| labels.get(super::objects::SERVICE_LABEL))
+            .and_then(Value::as_str)
+            == Some(service)
 }
 
 /// The services that changed after `from` up to `until`, from the store's feed; `Err` when
@@ -232,7 +261,9 @@ async fn changed_since(node: &Node, from: u64, until: u64) -> Result<Vec<String>
     while let Ok(Some(change)) = tokio::time::timeout(Duration::from_secs(5), feed.next()).await {
         let change = change.map_err(|_| ())?;
         let index = change.index();
-        if let Subject::Service(name) | Subject::Events(name) = change.subject {
+        if let Subject::Service(name) | Subject::Events(name) | Subject::Route(name) =
+            change.subject
+        {
             touched.push(name.to_string());
         }
         if index >= until {
@@ -240,4 +271,54 @@ async fn changed_since(node: &Node, from: u64, until: u64) -> Result<Vec<String>
         }
     }
     Ok(touched)
+}
+
+/// Whether a service touched since a watch's version was there before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Since {
+    /// It existed at the version: its changes are MODIFIED.
+    Before,
+    /// It was created after: ADDED.
+    Created,
+    /// It exists no more.
+    Gone,
+}
+
+/// Sorts the services (and routes) touched after `from` by whether they existed then: a
+/// service's first revision is its creation.
+async fn classify(node: &Node, from: u64, names: Vec<String>) -> Vec<(String, Since)> {
+    let mut classified: Vec<(String, Since)> = Vec::new();
+    for name in names {
+        if classified.iter().any(|(known, _)| *known == name) {
+            continue;
+        }
+        let Ok(service) = name.parse::<shoal_spec::ServiceName>() else {
+            continue;
+        };
+        let created = match node.revisions(&service).await {
+            Ok(revisions) => revisions.first().map(|first| first.change_index),
+            // A route keeps no creation index: its changes are MODIFIED.
+            Err(_) => node
+                .routes()
+                .into_iter()
+                .find(|route| route.name == service)
+                .map(|_| 0),
+        };
+        let since = match created {
+            Some(index) if index > from => Since::Created,
+            Some(_) => Since::Before,
+            None => Since::Gone,
+        };
+        classified.push((name, since));
+    }
+    classified
+}
+
+/// The last state of an object gone before a resumed watch could read it: its name.
+fn named_only(kind: Kind, name: &str) -> Value {
+    json!({
+        "apiVersion": kind.api_version(),
+        "kind": kind.name(),
+        "metadata": { "name": name, "namespace": super::objects::NAMESPACE },
+    })
 }

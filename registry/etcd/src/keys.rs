@@ -3,8 +3,9 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `modules/<digest>` | the [`ModuleRecord`](shoal_registry::ModuleRecord); no bytes |
+//! | `modules/<digest>` | the [`ModuleRecord`](shoal_registry::ModuleRecord); no bytes; the name given last stored as 0, meaning the key's `mod_revision` |
 //! | `services/<name>` | the current [`ServiceRecord`](shoal_registry::ServiceRecord) |
+//! | `routes/<name>` | the [`RouteRecord`](shoal_registry::RouteRecord) |
 //! | `revisions/<name>/<revision:020>` | each [`RevisionRecord`](shoal_registry::RevisionRecord) |
 //! | `events/<name>/<seq:020>` | each kept [`EventRecord`](shoal_registry::EventRecord) |
 //! | `catalog/reg/<id>`, `catalog/check/<id>` | registrations and checks |
@@ -83,6 +84,14 @@ impl Keys {
 
     pub(crate) fn services(&self) -> String {
         format!("{}services/", self.root)
+    }
+
+    pub(crate) fn route(&self, name: &ServiceName) -> String {
+        format!("{}routes/{name}", self.root)
+    }
+
+    pub(crate) fn routes(&self) -> String {
+        format!("{}routes/", self.root)
     }
 
     pub(crate) fn revision(&self, name: &ServiceName, revision: u64) -> String {
@@ -220,6 +229,7 @@ pub(crate) fn encode_change(subject: &Subject, nonce: &str) -> String {
         Subject::Events(name) => format!("events:{name}"),
         Subject::Catalog => "catalog".to_owned(),
         Subject::Kv(key) => format!("kv:{key}"),
+        Subject::Route(name) => format!("route:{name}"),
     };
     format!("{nonce}\n{subject}")
 }
@@ -242,6 +252,7 @@ pub(crate) fn decode_subject(value: &[u8]) -> Option<Subject> {
         "service" => rest.parse().ok().map(Subject::Service),
         "events" => rest.parse().ok().map(Subject::Events),
         "kv" => Some(Subject::Kv(rest.to_owned())),
+        "route" => rest.parse().ok().map(Subject::Route),
         _ => None,
     }
 }
@@ -257,7 +268,8 @@ mod tests {
         for subject in [
             Subject::Module(digest),
             Subject::Service(name.clone()),
-            Subject::Events(name),
+            Subject::Events(name.clone()),
+            Subject::Route(name),
             Subject::Catalog,
             Subject::Kv("a/b:c".into()),
             Subject::Kv(String::new()),

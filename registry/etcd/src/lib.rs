@@ -42,9 +42,9 @@ use shoal_registry::codec::{StoredRecord, decode};
 use shoal_registry::{
     CatalogSnapshot, ChangeStream, CheckDefinition, CheckRecord, CheckStatus, Clock, Committed,
     Error, EventRecord, Expect, Indexes, KvEntry, ModuleRecord, Registration, Result,
-    RevisionRecord, ServiceRecord, Store, Subject, SystemClock,
+    RevisionRecord, RouteRecord, ServiceRecord, Store, Subject, SystemClock,
 };
-use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
+use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::conn::{Connection, Retry};
 
@@ -421,6 +421,35 @@ impl Store for EtcdStore {
 
     async fn module(&self, digest: &Digest) -> Result<Option<ModuleRecord>> {
         self.module_record(digest).await
+    }
+
+    async fn name_module(&self, digest: &Digest, name: &str) -> Result<Committed<ModuleRecord>> {
+        self.name_module_record(digest, name).await
+    }
+
+    async fn put_route(
+        &self,
+        name: &ServiceName,
+        spec: RouteSpec,
+        expect: Expect,
+    ) -> Result<Committed<(RouteRecord, bool)>> {
+        self.put_route_record(name, spec, expect).await
+    }
+
+    async fn route(&self, name: &ServiceName) -> Result<Option<RouteRecord>> {
+        self.route_record(name).await
+    }
+
+    async fn routes(&self) -> Result<Vec<RouteRecord>> {
+        self.route_records().await
+    }
+
+    async fn delete_route(
+        &self,
+        name: &ServiceName,
+        expect: Expect,
+    ) -> Result<Committed<RouteRecord>> {
+        self.delete_route_record(name, expect).await
     }
 
     async fn module_bytes(&self, digest: &Digest) -> Result<Option<Bytes>> {

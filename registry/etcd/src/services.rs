@@ -1,13 +1,14 @@
-//! Modules, services, their revisions and their scale events, as etcd transactions.
+//! Modules and their names, services, their revisions and their scale events, and routes, as
+//! etcd transactions.
 
 use bytes::Bytes;
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, SortOrder, SortTarget, TxnOp};
 use shoal_registry::codec::encode;
 use shoal_registry::{
     Committed, Error, EventRecord, Expect, MAX_EVENTS_PER_SERVICE, ModuleRecord, Registration,
-    Result, RevisionRecord, SCHEMA_VERSION, ServiceRecord, Subject,
+    Result, RevisionRecord, RouteRecord, SCHEMA_VERSION, ServiceRecord, Subject,
 };
-use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
+use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::keys::Area;
 use crate::{EtcdStore, Get, Write, record, revision};
@@ -42,6 +43,7 @@ impl EtcdStore {
                 kind,
                 created_unix_ms: self.shared.clock.now_unix_ms(),
                 change_index: 0,
+                names: Default::default(),
             };
             let write = Write {
                 subject: Subject::Module(digest.clone()),
@@ -56,6 +58,158 @@ impl EtcdStore {
                     value: (module, true),
                     index,
                 }
+            }))
+        })
+        .await
+    }
+
+    pub(crate) async fn name_module_record(
+        &self,
+        digest: &Digest,
+        name: &str,
+    ) -> Result<Committed<ModuleRecord>> {
+        if name.is_empty() {
+            return Err(Error::Invalid(shoal_spec::FieldError::new(
+                "name",
+                "must not be empty",
+            )));
+        }
+        let key = self.keys().module(digest);
+        self.decide(|| async {
+            let snapshot = self
+                .read(vec![Get::key(key.clone()), self.get_change_index()])
+                .await?;
+            let Some(found) = snapshot.one(0) else {
+                return Err(Error::NotFound {
+                    kind: "module",
+                    key: digest.to_string(),
+                });
+            };
+            // The name given last was filled in from the key's revision; the one given now
+            // becomes the one the key's next revision stands for.
+            let mut module = module_from(found)?;
+            if module.names.contains_key(name) {
+                return Ok(Some(Committed {
+                    value: module,
+                    index: snapshot.change_index(1),
+                }));
+            }
+            module.names.insert(name.to_owned(), NAMED_BY_THIS_WRITE);
+            let write = Write {
+                subject: Subject::Module(digest.clone()),
+                areas: &[],
+                compares: vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    snapshot.mod_revision(0),
+                )],
+                ops: vec![TxnOp::put(key.clone(), encode(&module), None)],
+            };
+            Ok(self.commit(write).await?.map(|index| {
+                let mut module = module.clone();
+                if let Some(given) = module.names.get_mut(name) {
+                    *given = index;
+                }
+                Committed {
+                    value: module,
+                    index,
+                }
+            }))
+        })
+        .await
+    }
+
+    pub(crate) async fn put_route_record(
+        &self,
+        name: &ServiceName,
+        spec: RouteSpec,
+        expect: Expect,
+    ) -> Result<Committed<(RouteRecord, bool)>> {
+        spec.validate().map_err(Error::from)?;
+        let key = self.keys().route(name);
+        self.decide(|| async {
+            let snapshot = self
+                .read(vec![Get::key(key.clone()), self.get_change_index()])
+                .await?;
+            let current = snapshot.one(0).map(route_from).transpose()?;
+            expect.check_route(name, current.as_ref())?;
+            if let Some(current) = current.as_ref().filter(|current| current.spec == spec) {
+                return Ok(Some(Committed {
+                    value: (current.clone(), false),
+                    index: snapshot.change_index(1),
+                }));
+            }
+            let now = self.shared.clock.now_unix_ms();
+            let mut route = RouteRecord {
+                version: SCHEMA_VERSION,
+                name: name.clone(),
+                spec: spec.clone(),
+                created_unix_ms: current
+                    .as_ref()
+                    .map_or(now, |current| current.created_unix_ms),
+                updated_unix_ms: now,
+                change_index: 0,
+            };
+            let write = Write {
+                subject: Subject::Route(name.clone()),
+                areas: &[Area::Catalog],
+                compares: vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    snapshot.mod_revision(0),
+                )],
+                ops: vec![TxnOp::put(key.clone(), encode(&route), None)],
+            };
+            Ok(self.commit(write).await?.map(|index| {
+                route.change_index = index;
+                Committed {
+                    value: (route, current.is_none()),
+                    index,
+                }
+            }))
+        })
+        .await
+    }
+
+    pub(crate) async fn route_record(&self, name: &ServiceName) -> Result<Option<RouteRecord>> {
+        let snapshot = self.read(vec![Get::key(self.keys().route(name))]).await?;
+        snapshot.one(0).map(route_from).transpose()
+    }
+
+    pub(crate) async fn route_records(&self) -> Result<Vec<RouteRecord>> {
+        let snapshot = self.read(vec![Get::prefix(self.keys().routes())]).await?;
+        snapshot.ranges[0].iter().map(route_from).collect()
+    }
+
+    pub(crate) async fn delete_route_record(
+        &self,
+        name: &ServiceName,
+        expect: Expect,
+    ) -> Result<Committed<RouteRecord>> {
+        let key = self.keys().route(name);
+        self.decide(|| async {
+            let snapshot = self.read(vec![Get::key(key.clone())]).await?;
+            let current = snapshot.one(0).map(route_from).transpose()?;
+            expect.check_route(name, current.as_ref())?;
+            let Some(route) = current else {
+                return Err(Error::NotFound {
+                    kind: "route",
+                    key: name.to_string(),
+                });
+            };
+            let write = Write {
+                subject: Subject::Route(name.clone()),
+                areas: &[Area::Catalog],
+                compares: vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    snapshot.mod_revision(0),
+                )],
+                ops: vec![TxnOp::delete(key.clone(), None)],
+            };
+            Ok(self.commit(write).await?.map(|index| Committed {
+                value: route.clone(),
+                index,
             }))
         })
         .await
@@ -401,10 +555,31 @@ impl EtcdStore {
     }
 }
 
+/// Where a module record's newest name says "the index this key was last written at": a
+/// transaction cannot write the revision it commits at, and only a naming rewrites a module's
+/// key once it exists, so the key's `mod_revision` is the index that name was given at.
+const NAMED_BY_THIS_WRITE: u64 = 0;
+
 fn module_from(kv: &etcd_client::KeyValue) -> Result<ModuleRecord> {
     let mut module: ModuleRecord = record(kv)?;
     module.change_index = revision(kv.create_revision());
+    fill_name_index(&mut module, kv);
     Ok(module)
+}
+
+/// Replaces [`NAMED_BY_THIS_WRITE`] in `module`'s names by the revision `kv` was written at.
+fn fill_name_index(module: &mut ModuleRecord, kv: &etcd_client::KeyValue) {
+    for given in module.names.values_mut() {
+        if *given == NAMED_BY_THIS_WRITE {
+            *given = revision(kv.mod_revision());
+        }
+    }
+}
+
+fn route_from(kv: &etcd_client::KeyValue) -> Result<RouteRecord> {
+    let mut route: RouteRecord = record(kv)?;
+    route.change_index = revision(kv.mod_revision());
+    Ok(route)
 }
 
 fn service_from(kv: &etcd_client::KeyValue) -> Result<ServiceRecord> {

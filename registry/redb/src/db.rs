@@ -1,11 +1,11 @@
 //! [`Db`]: the synchronous core of the redb store, the transactions over the tables in
-//! `tables.rs` for modules, services and their revisions, and each service's bounded history
-//! of scale events (`catalog.rs` and `kv.rs` add theirs).
+//! `tables.rs` for modules and their names, services and their revisions, each service's
+//! bounded history of scale events, and routes (`catalog.rs` and `kv.rs` add theirs).
 //!
 //! **Invariants:**
 //! every change is exactly one redb write transaction, committed with redb's default (durable)
 //! commit, so an acknowledged change survives `kill -9`;
-//! every change of configuration (modules and services) increments the change index in that
+//! every change of configuration (modules, their names, services and routes) increments the change index in that
 //! same transaction, and a request that changes nothing (an existing module, an unchanged spec,
 //! a failed check) commits nothing;
 //! recording a scale event is a write too, an observation rather than configuration, which
@@ -22,13 +22,14 @@ use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use shoal_registry::codec::StoredRecord;
 use shoal_registry::{
     Change, ChangeLog, Clock, Committed, Error, EventRecord, Expect, Indexes,
-    MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, SCHEMA_VERSION, ServiceRecord, Subject,
+    MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, RouteRecord, SCHEMA_VERSION,
+    ServiceRecord, Subject,
 };
-use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
+use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::tables::{
     CHANGE_INDEX_KEY, CHECKS, EVENTS, INDEX_CATALOG_KEY, INDEX_HEALTH_KEY, INDEX_KV_KEY, KV, META,
-    MODULE_BYTES, MODULES, REGISTRATIONS, REVISIONS, SERVICES,
+    MODULE_BYTES, MODULES, REGISTRATIONS, REVISIONS, ROUTES, SERVICES,
 };
 
 /// One redb database holding a node's state, and the log of its changes.
@@ -57,6 +58,7 @@ impl Db {
             txn.open_table(MODULES)?;
             txn.open_table(MODULE_BYTES)?;
             txn.open_table(SERVICES)?;
+            txn.open_table(ROUTES)?;
             txn.open_table(REVISIONS)?;
             txn.open_table(EVENTS)?;
             txn.open_table(REGISTRATIONS)?;
@@ -113,6 +115,7 @@ impl Db {
                 kind,
                 created_unix_ms: self.clock.now_unix_ms(),
                 change_index: bump_change_index(txn, &[])?,
+                names: Default::default(),
             };
             modules.insert(digest.as_str(), encode(&record).as_slice())?;
             txn.open_table(MODULE_BYTES)?
@@ -123,6 +126,112 @@ impl Db {
             tracing::debug!(%digest, %kind, size = bytes.len(), index = committed.index, "stored module");
         }
         Ok(committed)
+    }
+
+    /// Gives a stored module a name; see
+    /// [`Store::name_module`](shoal_registry::Store::name_module).
+    pub(crate) fn name_module(
+        &self,
+        digest: &Digest,
+        name: &str,
+    ) -> DbResult<Committed<ModuleRecord>> {
+        if name.is_empty() {
+            return Err(
+                Error::Invalid(shoal_spec::FieldError::new("name", "must not be empty")).into(),
+            );
+        }
+        self.write(Subject::Module(digest.clone()), |txn| {
+            let mut modules = txn.open_table(MODULES)?;
+            let mut record: ModuleRecord = match modules.get(digest.as_str())? {
+                Some(value) => decode(value.value(), digest.as_str())?,
+                None => return Err(module_not_found(digest).into()),
+            };
+            if record.names.contains_key(name) {
+                return Ok(Write::Abort(record));
+            }
+            let index = bump_change_index(txn, &[])?;
+            record.names.insert(name.to_owned(), index);
+            modules.insert(digest.as_str(), encode(&record).as_slice())?;
+            Ok(Write::Commit(record))
+        })
+    }
+
+    /// Creates or updates a route when `expect` holds; see
+    /// [`Store::put_route`](shoal_registry::Store::put_route).
+    pub(crate) fn put_route(
+        &self,
+        name: &ServiceName,
+        spec: RouteSpec,
+        expect: Expect,
+    ) -> DbResult<Committed<(RouteRecord, bool)>> {
+        spec.validate().map_err(Error::from)?;
+        self.write(Subject::Route(name.clone()), |txn| {
+            let mut routes = txn.open_table(ROUTES)?;
+            let current = routes
+                .get(name.as_str())?
+                .map(|value| decode::<RouteRecord>(value.value(), name.as_str()))
+                .transpose()?;
+            expect.check_route(name, current.as_ref())?;
+            if let Some(current) = current.as_ref().filter(|current| current.spec == spec) {
+                return Ok(Write::Abort((current.clone(), false)));
+            }
+            let change_index = bump_change_index(txn, &[Area::Catalog])?;
+            let now = self.clock.now_unix_ms();
+            let record = RouteRecord {
+                version: SCHEMA_VERSION,
+                name: name.clone(),
+                spec,
+                created_unix_ms: current
+                    .as_ref()
+                    .map_or(now, |current| current.created_unix_ms),
+                updated_unix_ms: now,
+                change_index,
+            };
+            routes.insert(name.as_str(), encode(&record).as_slice())?;
+            Ok(Write::Commit((record, current.is_none())))
+        })
+    }
+
+    /// The current record of a route.
+    pub(crate) fn route(&self, name: &ServiceName) -> DbResult<Option<RouteRecord>> {
+        let txn = self.database.begin_read()?;
+        let routes = txn.open_table(ROUTES)?;
+        let record = routes
+            .get(name.as_str())?
+            .map(|value| decode(value.value(), name.as_str()))
+            .transpose()?;
+        Ok(record)
+    }
+
+    /// Every route, by name.
+    pub(crate) fn routes(&self) -> DbResult<Vec<RouteRecord>> {
+        self.read_all(ROUTES)
+    }
+
+    /// Deletes a route when `expect` holds, returning its last record.
+    pub(crate) fn delete_route(
+        &self,
+        name: &ServiceName,
+        expect: Expect,
+    ) -> DbResult<Committed<RouteRecord>> {
+        self.write(Subject::Route(name.clone()), |txn| {
+            let mut routes = txn.open_table(ROUTES)?;
+            let current: Option<RouteRecord> = routes
+                .get(name.as_str())?
+                .map(|value| decode(value.value(), name.as_str()))
+                .transpose()?;
+            expect.check_route(name, current.as_ref())?;
+            let Some(record) = current else {
+                return Err(Error::NotFound {
+                    kind: "route",
+                    key: name.to_string(),
+                }
+                .into());
+            };
+            routes.remove(name.as_str())?;
+            bump_change_index(txn, &[Area::Catalog])?;
+            Ok(Write::Commit(record))
+        })
     }
 
     /// The record of a stored module.
@@ -575,4 +684,11 @@ pub(crate) use shoal_registry::codec::encode;
 /// Decodes the record stored under `key`; see [`shoal_registry::codec::decode`].
 pub(crate) fn decode<R: StoredRecord>(bytes: &[u8], key: &str) -> DbResult<R> {
     Ok(shoal_registry::codec::decode(bytes, key)?)
+}
+
+fn module_not_found(digest: &Digest) -> Error {
+    Error::NotFound {
+        kind: "module",
+        key: digest.to_string(),
+    }
 }

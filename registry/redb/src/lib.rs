@@ -30,9 +30,9 @@ use redb::backends::InMemoryBackend;
 use shoal_registry::{
     CatalogSnapshot, ChangeLog, ChangeStream, CheckDefinition, CheckRecord, CheckStatus, Clock,
     Committed, Error, EventRecord, Expect, Indexes, KvEntry, ModuleRecord, Registration, Result,
-    RevisionRecord, ServiceRecord, Store, SystemClock,
+    RevisionRecord, RouteRecord, ServiceRecord, Store, SystemClock,
 };
-use shoal_spec::{Digest, ModuleKind, ServiceName, ServiceSpec};
+use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::db::Db;
 
@@ -148,6 +148,11 @@ impl Store for RedbStore {
         self.call(move |db| db.module(&digest)).await
     }
 
+    async fn name_module(&self, digest: &Digest, name: &str) -> Result<Committed<ModuleRecord>> {
+        let (digest, name) = (digest.clone(), name.to_owned());
+        self.call(move |db| db.name_module(&digest, &name)).await
+    }
+
     async fn module_bytes(&self, digest: &Digest) -> Result<Option<Bytes>> {
         let digest = digest.clone();
         let bytes = self.call(move |db| db.module_bytes(&digest)).await?;
@@ -172,6 +177,34 @@ impl Store for RedbStore {
         let name = name.clone();
         self.call(move |db| db.put_service(&name, spec, expect))
             .await
+    }
+
+    async fn put_route(
+        &self,
+        name: &ServiceName,
+        spec: RouteSpec,
+        expect: Expect,
+    ) -> Result<Committed<(RouteRecord, bool)>> {
+        let name = name.clone();
+        self.call(move |db| db.put_route(&name, spec, expect)).await
+    }
+
+    async fn route(&self, name: &ServiceName) -> Result<Option<RouteRecord>> {
+        let name = name.clone();
+        self.call(move |db| db.route(&name)).await
+    }
+
+    async fn routes(&self) -> Result<Vec<RouteRecord>> {
+        self.call(|db| db.routes()).await
+    }
+
+    async fn delete_route(
+        &self,
+        name: &ServiceName,
+        expect: Expect,
+    ) -> Result<Committed<RouteRecord>> {
+        let name = name.clone();
+        self.call(move |db| db.delete_route(&name, expect)).await
     }
 
     async fn service(&self, name: &ServiceName) -> Result<Option<ServiceRecord>> {
@@ -468,7 +501,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn files_from_before_events_gain_the_table() {
+    async fn files_from_before_events_and_routes_gain_the_tables() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shoal.redb");
         {
@@ -492,6 +525,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.events(&name("web"), 10).await.unwrap(), vec![]);
+        assert_eq!(store.routes().await.unwrap(), vec![]);
         let event = store
             .record_event(&name("web"), 0, 1, "cold start".into())
             .await
@@ -541,5 +575,56 @@ mod tests {
             Some(Err(Error::Compacted { requested, .. })) if requested == start
         ));
         assert!(watch.next().await.is_none());
+    }
+
+    /// `SnapshotStore` lives in shoal-registry, which has no store of its own to keep module
+    /// bytes in, so it is tested here, over this one.
+    #[tokio::test]
+    async fn a_snapshot_store_answers_routes_from_what_it_last_knew_and_refuses_route_writes() {
+        use shoal_registry::snapshot::{LastKnown, SnapshotStore};
+        use shoal_spec::RouteSpec;
+
+        // A last-known file written before routes were kept reads as knowing none.
+        let old: LastKnown = serde_json::from_str(
+            r#"{"version":1,"change_index":7,"services":[],"registrations":[],"checks":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.routes, vec![]);
+        let route = |text: &str| RouteRecord {
+            version: shoal_registry::SCHEMA_VERSION,
+            name: name(text),
+            spec: RouteSpec {
+                selector: [("app".to_owned(), text.to_owned())].into(),
+                kubernetes: None,
+            },
+            created_unix_ms: 1,
+            updated_unix_ms: 1,
+            change_index: 5,
+        };
+        let last = old.with_routes(vec![route("web"), route("api")]);
+        let blobs = Arc::new(RedbStore::in_memory(Options::default()).unwrap());
+        let module = store_module(&blobs, b"module").await;
+        let store = SnapshotStore::new(last, blobs);
+        assert_eq!(
+            store.routes().await.unwrap(),
+            vec![route("api"), route("web")],
+            "routes are listed by name"
+        );
+        assert_eq!(store.route(&name("web")).await.unwrap(), Some(route("web")));
+        assert_eq!(store.route(&name("other")).await.unwrap(), None);
+        assert!(matches!(
+            store
+                .put_route(&name("web"), route("x").spec, Expect::Any)
+                .await,
+            Err(Error::Unavailable(_))
+        ));
+        assert!(matches!(
+            store.delete_route(&name("web"), Expect::Any).await,
+            Err(Error::Unavailable(_))
+        ));
+        assert!(matches!(
+            store.name_module(&module, "hello").await,
+            Err(Error::Unavailable(_))
+        ));
     }
 }

@@ -6,7 +6,7 @@
 //! Renaming a table or changing its key or value type is a schema change: old files would no
 //! longer open.
 //! Adding a table is not: opening a registry creates any table its file lacks, which is how
-//! files written before [`EVENTS`] existed gain it.
+//! files written before [`EVENTS`] or [`ROUTES`] existed gain them.
 
 use redb::TableDefinition;
 
@@ -20,6 +20,9 @@ pub(crate) const MODULE_BYTES: TableDefinition<'_, &str, &[u8]> =
 /// The current record of each service ([`ServiceRecord`](crate::ServiceRecord) as JSON), keyed
 /// by service name.
 pub(crate) const SERVICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("services");
+
+/// Route name → [`RouteRecord`](shoal_registry::RouteRecord) as versioned JSON.
+pub(crate) const ROUTES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("routes");
 
 /// Every revision of every service ([`RevisionRecord`](crate::RevisionRecord) as JSON), keyed by
 /// (service name, revision), so one service's revisions are a contiguous range in order.

@@ -31,6 +31,11 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
+    /// The replica the request runs on.
+    pub(super) fn replica_id(&self) -> u64 {
+        self.replica_id
+    }
+
     pub(super) fn new(pool: Arc<ReplicaPool>, grant: Grant, started: Instant) -> Lease {
         Lease {
             pool,

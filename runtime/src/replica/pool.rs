@@ -158,6 +158,31 @@ pub struct ReplicaState {
     pub started: std::time::SystemTime,
     /// Requests it is serving.
     pub in_flight: u32,
+    /// Requests whose guest faulted on it (trapped, ran out of fuel or time, hit its memory
+    /// limit): its instance died as a crashed container does.
+    pub restarts: u32,
+    /// The newest such fault.
+    pub last_fault: Option<Fault>,
+}
+
+/// A guest fault on a replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// What kind.
+    pub reason: FaultReason,
+    /// The error, in words.
+    pub message: String,
+    /// When.
+    pub at: std::time::SystemTime,
+}
+
+/// What kind of fault: Kubernetes tells a memory-limit kill (`OOMKilled`) from the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultReason {
+    /// The guest hit its memory limit.
+    MemoryLimit,
+    /// It trapped, ran out of fuel or time, or exited with an error.
+    Error,
 }
 
 /// A service's replicas, queue and autoscaler.
@@ -177,6 +202,9 @@ struct Replica {
     id: u64,
     /// When it started, on the wall clock (what the Kubernetes API shows as a pod's start).
     started: std::time::SystemTime,
+    /// Guest faults in its requests, which the Kubernetes API counts as restarts.
+    restarts: u32,
+    last_fault: Option<Fault>,
     in_flight: u32,
     idle_instances: Vec<HttpInstance>,
     throttle: Option<Arc<CpuThrottle>>,
@@ -459,11 +487,15 @@ impl ReplicaPool {
             cold_start,
             queued: arrived.elapsed(),
         };
+        let replica_id = lease.replica_id();
         let response = self
             .service
             .handle_checked_out(request, context, lease)
-            .await?;
-        Ok((response, served))
+            .await;
+        if let Err(error) = &response {
+            self.note_fault(replica_id, error);
+        }
+        Ok((response?, served))
     }
 
     async fn acquire(self: &Arc<Self>, arrived: Instant) -> Result<(Lease, bool)> {
@@ -540,6 +572,27 @@ impl ReplicaPool {
         Lease::new(self.clone(), grant, started)
     }
 
+    /// Counts a guest fault against the replica it ran on, as a restart of its container: the
+    /// instance it ran in is gone, as a crashed container is.
+    fn note_fault(&self, replica_id: u64, error: &Error) {
+        let reason = match error {
+            Error::MemoryLimit { .. } => FaultReason::MemoryLimit,
+            Error::Trap(_) | Error::OutOfFuel { .. } | Error::Timeout { .. } | Error::Exit(_) => {
+                FaultReason::Error
+            }
+            _ => return,
+        };
+        let mut state = self.lock();
+        if let Some(replica) = state.replicas.iter_mut().find(|r| r.id == replica_id) {
+            replica.restarts += 1;
+            replica.last_fault = Some(Fault {
+                reason,
+                message: error.to_string(),
+                at: std::time::SystemTime::now(),
+            });
+        }
+    }
+
     /// Takes a slot on the least loaded replica with room.
     fn take_free(&self, state: &mut State) -> Option<Grant> {
         let concurrency = state.settings.concurrency;
@@ -566,6 +619,8 @@ impl ReplicaPool {
                     state.replicas.push(Replica {
                         id: state.next_replica_id,
                         started: std::time::SystemTime::now(),
+                        restarts: 0,
+                        last_fault: None,
                         in_flight: 0,
                         idle_instances: Vec::new(),
                         throttle: self
@@ -815,6 +870,8 @@ impl ReplicaPool {
                     id: replica.id,
                     started: replica.started,
                     in_flight: replica.in_flight,
+                    restarts: replica.restarts,
+                    last_fault: replica.last_fault.clone(),
                 })
                 .collect(),
         }
