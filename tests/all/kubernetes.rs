@@ -753,6 +753,15 @@ async fn guest_faults_show_as_restarts_and_oom_kills() {
         described.contains("Last State:") && described.contains("Error"),
         "{described}"
     );
+    assert!(
+        described.contains("guest trapped"),
+        "the fault is an event on the pod: {described}"
+    );
+    let events = kubectl.ok(&["get", "events"]).await;
+    assert!(
+        events.contains("OOMKilled") && events.contains("pod/alloc-"),
+        "{events}"
+    );
     node.stop().await;
 }
 

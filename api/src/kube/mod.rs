@@ -1119,6 +1119,11 @@ async fn list_events(
                 snapshot.index,
             )
         }));
+        events.extend(
+            view.pods()
+                .iter()
+                .filter_map(|pod| objects::fault_event(pod, snapshot.index)),
+        );
     }
     let events = query.select(events, EVENT_FIELDS)?;
     if table::wants_table(&headers) {

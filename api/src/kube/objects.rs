@@ -1106,6 +1106,48 @@ pub(crate) fn event(
     })
 }
 
+/// A pod's newest guest fault as a Warning Event on the pod (`OOMKilled` or `Failed`), counted
+/// as often as the pod restarted; `None` for a pod without one.
+pub(crate) fn fault_event(pod: &Value, index: u64) -> Option<Value> {
+    let status = at(pod, "status.containerStatuses")?.get(0)?;
+    let terminated = at(status, "lastState.terminated")?;
+    let name = at(pod, "metadata.name")?.as_str()?;
+    let reason = if terminated["reason"] == "OOMKilled" {
+        "OOMKilled"
+    } else {
+        "Failed"
+    };
+    let time = terminated["finishedAt"].clone();
+    Some(json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": format!("{name}.fault"),
+            "namespace": NAMESPACE,
+            "uid": uid(&["Event", name, "fault"]),
+            "resourceVersion": index.to_string(),
+            "creationTimestamp": time,
+        },
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": name,
+            "namespace": NAMESPACE,
+            "uid": at(pod, "metadata.uid"),
+            "fieldPath": format!("spec.containers{{{}}}", status["name"].as_str().unwrap_or_default()),
+        },
+        "reason": reason,
+        "message": format!("a request's guest failed: {}", terminated["message"].as_str().unwrap_or_default()),
+        "type": "Warning",
+        "count": status["restartCount"],
+        "firstTimestamp": time,
+        "lastTimestamp": time,
+        "source": { "component": "shoal-runtime" },
+        "reportingComponent": "shoal-runtime",
+        "reportingInstance": "",
+    }))
+}
+
 /// A list object (`PodList`, `DeploymentList`).
 pub(crate) fn list(kind: &str, api_version: &str, index: u64, items: Vec<Value>) -> Value {
     json!({
