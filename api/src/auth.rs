@@ -40,26 +40,41 @@ fn bearer(request: &Request) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
+/// What a request's `Authorization: Bearer` says against the node's token.
+enum Bearer {
+    /// The node has no token, or the request carries it: let it through.
+    Pass,
+    /// No bearer token.
+    Missing,
+    /// A bearer token that is not the node's.
+    Wrong,
+}
+
+fn check_bearer(node: &Node, request: &Request) -> Bearer {
+    let Some(token) = &node.config().token else {
+        return Bearer::Pass;
+    };
+    match bearer(request) {
+        Some(presented) if matches(presented, token) => Bearer::Pass,
+        Some(_) => Bearer::Wrong,
+        None => Bearer::Missing,
+    }
+}
+
 /// The management API's rule: `Authorization: Bearer <token>`, else 401.
 pub(crate) async fn require_bearer(
     State(node): State<Node>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = &node.config().token else {
-        return next.run(request).await;
+    let message = match check_bearer(&node, &request) {
+        Bearer::Pass => return next.run(request).await,
+        Bearer::Wrong => "the bearer token is wrong",
+        Bearer::Missing => {
+            "this node requires a token: send Authorization: Bearer <token> (shoal --token or SHOAL_TOKEN)"
+        }
     };
-    match bearer(&request) {
-        Some(presented) if matches(presented, token) => next.run(request).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is wrong")
-            .into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this node requires a token: send Authorization: Bearer <token> (shoal --token or SHOAL_TOKEN)",
-        )
-        .into_response(),
-    }
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response()
 }
 
 /// The Kubernetes API's rule: `Authorization: Bearer <token>` (kubectl sends it only over
@@ -69,12 +84,9 @@ pub(crate) async fn require_kube_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = &node.config().token else {
-        return next.run(request).await;
-    };
-    match bearer(&request) {
-        Some(presented) if matches(presented, token) => next.run(request).await,
-        _ => crate::kube::unauthorized().into_response(),
+    match check_bearer(&node, &request) {
+        Bearer::Pass => next.run(request).await,
+        Bearer::Missing | Bearer::Wrong => crate::kube::unauthorized().into_response(),
     }
 }
 

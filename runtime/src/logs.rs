@@ -111,16 +111,7 @@ impl GuestLog {
     /// first.
     pub fn lines(&self, select: impl Fn(&LogLine) -> bool, tail: Option<usize>) -> Vec<LogLine> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut lines: Vec<LogLine> = state
-            .lines
-            .iter()
-            .rev()
-            .filter(|line| select(line))
-            .take(tail.unwrap_or(usize::MAX))
-            .cloned()
-            .collect();
-        lines.reverse();
-        lines
+        state.tail(select, tail)
     }
 
     /// The kept lines (as [`GuestLog::lines`]) and every line appended after them, for
@@ -131,8 +122,13 @@ impl GuestLog {
         tail: Option<usize>,
     ) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let receiver = self.live.subscribe();
-        let mut lines: Vec<LogLine> = state
+        (state.tail(select, tail), self.live.subscribe())
+    }
+}
+
+impl Buffer {
+    fn tail(&self, select: impl Fn(&LogLine) -> bool, tail: Option<usize>) -> Vec<LogLine> {
+        let mut lines: Vec<LogLine> = self
             .lines
             .iter()
             .rev()
@@ -141,7 +137,7 @@ impl GuestLog {
             .cloned()
             .collect();
         lines.reverse();
-        (lines, receiver)
+        lines
     }
 }
 

@@ -19,9 +19,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-import venv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import venvs  # noqa: E402  (tests/venvs.py)
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SHOAL = os.environ.get("SHOAL_BIN", os.path.join(ROOT, "target", "debug", "shoal"))
 CLIENTS = {"py-consul": "py-consul==1.8.0", "python-consul": "python-consul==1.1.0"}
@@ -30,16 +31,7 @@ SEED_PORT = 8500
 
 def environment(name, requirement):
     """A virtual environment with one client installed, created once and reused."""
-    path = os.path.join(ROOT, "target", "consul-venvs", name)
-    python = os.path.join(path, "bin", "python")
-    marker = os.path.join(path, "installed")
-    if not os.path.exists(marker) or open(marker).read() != requirement:
-        venv.create(path, clear=True, with_pip=True)
-        subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement],
-                       check=True)
-        with open(marker, "w") as f:
-            f.write(requirement)
-    return python
+    return venvs.environment("consul-venvs", name, requirement)
 
 
 def free_port():

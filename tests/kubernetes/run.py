@@ -20,9 +20,10 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-import venv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import venvs  # noqa: E402  (tests/venvs.py)
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SHOAL = os.environ.get("SHOAL_BIN", os.path.join(ROOT, "target", "debug", "shoal"))
 CLIENT = "kubernetes==37.0.2"
@@ -31,16 +32,7 @@ TOKEN = "k8s-test-token"
 
 def environment():
     """A virtual environment with the client installed, created once and reused."""
-    path = os.path.join(ROOT, "target", "kube-venvs", "kubernetes")
-    python = os.path.join(path, "bin", "python")
-    marker = os.path.join(path, "installed")
-    if not os.path.exists(marker) or open(marker).read() != CLIENT:
-        venv.create(path, clear=True, with_pip=True)
-        subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", CLIENT],
-                       check=True)
-        with open(marker, "w") as f:
-            f.write(CLIENT)
-    return python
+    return venvs.environment("kube-venvs", "kubernetes", CLIENT)
 
 
 def guest(name):

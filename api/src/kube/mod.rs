@@ -93,34 +93,37 @@ pub fn routes(node: Node) -> Router<Node> {
         .route("/openapi/v3/apis/apps/v1", get(discovery::openapi_apps))
         .route("/api/v1/namespaces", get(list_namespaces))
         .route("/api/v1/namespaces/{namespace}", get(get_namespace))
-        .route("/api/v1/pods", get(list_all_pods))
-        .route(pods, get(list_pods).post(create_pod))
+        .route("/api/v1/pods", get(list_all::<POD>))
+        .route(pods, get(list_in::<POD>).post(create_in::<POD>))
         .route(
             &format!("{pods}/{{name}}"),
-            get(get_pod)
-                .put(put_pod)
-                .patch(patch_pod)
+            get(get_one::<POD>)
+                .put(put_one::<POD>)
+                .patch(patch_one::<POD>)
                 .delete(delete_pod),
         )
         .route(&format!("{pods}/{{name}}/log"), get(pod_log))
         .route("/api/v1/namespaces/{namespace}/events", get(list_events))
-        .route("/api/v1/services", get(list_all_services))
-        .route(services, get(list_services).post(create_service))
+        .route("/api/v1/services", get(list_all::<SERVICE>))
+        .route(services, get(list_in::<SERVICE>).post(create_in::<SERVICE>))
         .route(
             &format!("{services}/{{name}}"),
-            get(get_service)
-                .put(put_service)
-                .patch(patch_service)
-                .delete(delete_service),
+            get(get_one::<SERVICE>)
+                .put(put_one::<SERVICE>)
+                .patch(patch_one::<SERVICE>)
+                .delete(delete_one::<SERVICE>),
         )
-        .route("/apis/apps/v1/deployments", get(list_all_deployments))
-        .route(deployments, get(list_deployments).post(create_deployment))
+        .route("/apis/apps/v1/deployments", get(list_all::<DEPLOYMENT>))
+        .route(
+            deployments,
+            get(list_in::<DEPLOYMENT>).post(create_in::<DEPLOYMENT>),
+        )
         .route(
             &format!("{deployments}/{{name}}"),
-            get(get_deployment)
-                .put(put_deployment)
-                .patch(patch_deployment)
-                .delete(delete_deployment),
+            get(get_one::<DEPLOYMENT>)
+                .put(put_one::<DEPLOYMENT>)
+                .patch(patch_one::<DEPLOYMENT>)
+                .delete(delete_one::<DEPLOYMENT>),
         )
         .route(
             &format!("{deployments}/{{name}}/scale"),
@@ -380,40 +383,6 @@ async fn list(
     .into_response())
 }
 
-async fn list_all_pods(
-    State(node): State<Node>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> KubeResult<Response> {
-    list(node, None, Kind::Pod, query, headers).await
-}
-
-async fn list_pods(
-    State(node): State<Node>,
-    Path(namespace): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> KubeResult<Response> {
-    list(node, Some(namespace), Kind::Pod, query, headers).await
-}
-
-async fn list_all_deployments(
-    State(node): State<Node>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> KubeResult<Response> {
-    list(node, None, Kind::Deployment, query, headers).await
-}
-
-async fn list_deployments(
-    State(node): State<Node>,
-    Path(namespace): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> KubeResult<Response> {
-    list(node, Some(namespace), Kind::Deployment, query, headers).await
-}
-
 /// One object, as JSON or as a one-row Table.
 fn answer(
     kind: Kind,
@@ -438,32 +407,6 @@ async fn find(node: &Node, kind: Kind, name: &str) -> KubeResult<(u64, Value)> {
     found
         .map(|object| (snapshot.index, object))
         .ok_or_else(|| KubeError::not_found(kind.resource(), name))
-}
-
-async fn get_pod(
-    State(node): State<Node>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> KubeResult<Response> {
-    check_namespace(&namespace)?;
-    let (index, object) = find(&node, Kind::Pod, &name).await?;
-    Ok(answer(Kind::Pod, index, object, &headers, StatusCode::OK))
-}
-
-async fn get_deployment(
-    State(node): State<Node>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> KubeResult<Response> {
-    check_namespace(&namespace)?;
-    let (index, object) = find(&node, Kind::Deployment, &name).await?;
-    Ok(answer(
-        Kind::Deployment,
-        index,
-        object,
-        &headers,
-        StatusCode::OK,
-    ))
 }
 
 /// Reads a request body as a JSON object.
@@ -650,26 +593,6 @@ async fn create(
     Ok(answer(kind, index, object, &headers, StatusCode::CREATED))
 }
 
-async fn create_pod(
-    State(node): State<Node>,
-    Path(namespace): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> KubeResult<Response> {
-    create(node, Kind::Pod, namespace, query, headers, body).await
-}
-
-async fn create_deployment(
-    State(node): State<Node>,
-    Path(namespace): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> KubeResult<Response> {
-    create(node, Kind::Deployment, namespace, query, headers, body).await
-}
-
 /// The service behind a workload object (404 unless it is of `kind`); for a Service, 404
 /// unless the route exists.
 async fn service_of(node: &Node, kind: Kind, name: &str) -> KubeResult<Option<ServiceRecord>> {
@@ -777,24 +700,6 @@ async fn replace(
     update(&node, kind, &name, &current, object, seen, &headers).await
 }
 
-async fn put_pod(
-    State(node): State<Node>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> KubeResult<Response> {
-    replace(node, Kind::Pod, namespace, name, headers, body).await
-}
-
-async fn put_deployment(
-    State(node): State<Node>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> KubeResult<Response> {
-    replace(node, Kind::Deployment, namespace, name, headers, body).await
-}
-
 fn patch_kind(headers: &HeaderMap) -> KubeResult<patch::PatchKind> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -855,24 +760,6 @@ fn was_written(record: Option<ServiceRecord>) -> bool {
     record.is_none_or(|record| record.spec.kubernetes.is_some())
 }
 
-async fn patch_pod(
-    State(node): State<Node>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> KubeResult<Response> {
-    patch_object(node, Kind::Pod, namespace, name, headers, body).await
-}
-
-async fn patch_deployment(
-    State(node): State<Node>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> KubeResult<Response> {
-    patch_object(node, Kind::Deployment, namespace, name, headers, body).await
-}
-
 async fn delete_workload(
     node: Node,
     kind: Kind,
@@ -922,13 +809,6 @@ async fn delete_pod(
         .about("pods", &name));
     }
     delete_workload(node, Kind::Pod, namespace, name).await
-}
-
-async fn delete_deployment(
-    State(node): State<Node>,
-    Path((namespace, name)): Path<(String, String)>,
-) -> KubeResult<Response> {
-    delete_workload(node, Kind::Deployment, namespace, name).await
 }
 
 /// A Deployment's `Scale` (autoscaling/v1): its floor, and the replicas running.
@@ -1220,70 +1100,81 @@ async fn pod_log(
     Ok(crate::logs::respond(log, logs))
 }
 
-async fn list_all_services(
+// The handlers, one per verb, for the kind their tag names (`POD`, `DEPLOYMENT`, `SERVICE`).
+
+const POD: u8 = 0;
+const DEPLOYMENT: u8 = 1;
+const SERVICE: u8 = 2;
+
+impl Kind {
+    const fn from_tag(tag: u8) -> Kind {
+        match tag {
+            POD => Kind::Pod,
+            DEPLOYMENT => Kind::Deployment,
+            _ => Kind::Service,
+        }
+    }
+}
+
+async fn list_all<const K: u8>(
     State(node): State<Node>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> KubeResult<Response> {
-    list(node, None, Kind::Service, query, headers).await
+    list(node, None, Kind::from_tag(K), query, headers).await
 }
 
-async fn list_services(
+async fn list_in<const K: u8>(
     State(node): State<Node>,
     Path(namespace): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> KubeResult<Response> {
-    list(node, Some(namespace), Kind::Service, query, headers).await
+    list(node, Some(namespace), Kind::from_tag(K), query, headers).await
 }
 
-async fn create_service(
+async fn create_in<const K: u8>(
     State(node): State<Node>,
     Path(namespace): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> KubeResult<Response> {
-    create(node, Kind::Service, namespace, query, headers, body).await
+    create(node, Kind::from_tag(K), namespace, query, headers, body).await
 }
 
-async fn get_service(
+async fn get_one<const K: u8>(
     State(node): State<Node>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> KubeResult<Response> {
     check_namespace(&namespace)?;
-    let (index, object) = find(&node, Kind::Service, &name).await?;
-    Ok(answer(
-        Kind::Service,
-        index,
-        object,
-        &headers,
-        StatusCode::OK,
-    ))
+    let kind = Kind::from_tag(K);
+    let (index, object) = find(&node, kind, &name).await?;
+    Ok(answer(kind, index, object, &headers, StatusCode::OK))
 }
 
-async fn put_service(
+async fn put_one<const K: u8>(
     State(node): State<Node>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> KubeResult<Response> {
-    replace(node, Kind::Service, namespace, name, headers, body).await
+    replace(node, Kind::from_tag(K), namespace, name, headers, body).await
 }
 
-async fn patch_service(
+async fn patch_one<const K: u8>(
     State(node): State<Node>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> KubeResult<Response> {
-    patch_object(node, Kind::Service, namespace, name, headers, body).await
+    patch_object(node, Kind::from_tag(K), namespace, name, headers, body).await
 }
 
-async fn delete_service(
+async fn delete_one<const K: u8>(
     State(node): State<Node>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> KubeResult<Response> {
-    delete_workload(node, Kind::Service, namespace, name).await
+    delete_workload(node, Kind::from_tag(K), namespace, name).await
 }

@@ -420,72 +420,24 @@ impl Parser {
     }
 }
 
-const NAME_RULE: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with \
-                         an alphanumeric character";
-
-/// A label name: at most 63 characters of `[A-Za-z0-9._-]`, starting and ending alphanumeric.
-fn is_label_name(text: &str) -> bool {
-    let alphanumeric_at = |character: Option<char>| {
-        character.is_some_and(|character| character.is_ascii_alphanumeric())
-    };
-    text.len() <= 63
-        && alphanumeric_at(text.chars().next())
-        && alphanumeric_at(text.chars().last())
-        && text.chars().all(|character| {
-            character.is_ascii_alphanumeric() || matches!(character, '-' | '_' | '.')
-        })
-}
-
-/// A lowercase RFC 1123 subdomain: dot-separated labels of `[a-z0-9-]`, each starting and
-/// ending alphanumeric, at most 253 characters in all.
-fn is_dns_subdomain(text: &str) -> bool {
-    let is_label = |label: &str| {
-        let alphanumeric =
-            |character: char| character.is_ascii_lowercase() || character.is_ascii_digit();
-        label.starts_with(alphanumeric)
-            && label.ends_with(alphanumeric)
-            && label
-                .chars()
-                .all(|character| alphanumeric(character) || character == '-')
-    };
-    !text.is_empty() && text.len() <= 253 && text.split('.').all(is_label)
-}
-
+/// A key as Kubernetes labels take it (shoal_spec's rule, the same as kube-apiserver's).
 fn validate_key(key: &str) -> Result<(), String> {
-    let invalid = |reason: &str| format!("key: Invalid value: {key:?}: {reason}");
-    let (prefix, name) = match key.split_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, key),
-    };
-    if let Some(prefix) = prefix
-        && !is_dns_subdomain(prefix)
-    {
-        return Err(invalid(
-            "prefix part must be a lowercase RFC 1123 subdomain of at most 253 characters",
-        ));
-    }
-    if name.is_empty() {
-        return Err(invalid("name part must be non-empty"));
-    }
-    if name.len() > 63 {
-        return Err(invalid("name part must be no more than 63 characters"));
-    }
-    if !is_label_name(name) {
-        return Err(invalid(&format!("name part {NAME_RULE}")));
-    }
-    Ok(())
+    shoal_spec::check_label_key(key).map_err(|reason| {
+        let reason = reason
+            .strip_prefix(&format!("key {key:?}: "))
+            .unwrap_or(&reason);
+        format!("key: Invalid value: {key:?}: {reason}")
+    })
 }
 
+/// A value as Kubernetes labels take it.
 fn validate_value(key: &str, value: &str) -> Result<(), String> {
-    if value.is_empty() || is_label_name(value) {
-        return Ok(());
-    }
-    let reason = if value.len() > 63 {
-        "must be no more than 63 characters".to_owned()
-    } else {
-        format!("a valid label must be an empty string or {NAME_RULE}")
-    };
-    Err(format!("values[{key}]: Invalid value: {value:?}: {reason}"))
+    shoal_spec::check_label_value(value).map_err(|reason| {
+        let reason = reason
+            .strip_prefix(&format!("value {value:?}: "))
+            .unwrap_or(&reason);
+        format!("values[{key}]: Invalid value: {value:?}: {reason}")
+    })
 }
 
 /// A field selector: its requirements, ANDed; none selects everything.
@@ -667,10 +619,10 @@ mod tests {
             ("app > 3", "found '>', expected: in, notin, =, ==, !="),
             ("-app=x", "key: Invalid value: \"-app\""),
             ("app-=x", "key: Invalid value: \"app-\""),
-            ("Example.com/app=x", "prefix part"),
-            ("/app=x", "prefix part"),
+            ("Example.com/app=x", "prefix \"Example.com\""),
+            ("/app=x", "prefix must be a DNS subdomain"),
             ("a/b/c=x", "key: Invalid value: \"a/b/c\""),
-            ("example.com/=x", "name part must be non-empty"),
+            ("example.com/=x", "name part must not be empty"),
             (&format!("{long}=x"), "no more than 63 characters"),
             (&format!("app={long}"), "values[app]: Invalid value"),
             ("app=-x", "values[app]: Invalid value: \"-x\""),
