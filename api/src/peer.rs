@@ -26,6 +26,7 @@ use crate::error::{ApiError, ApiResult};
 pub const ROUTES: &[&str] = &[
     "GET /v1/peer/modules/{digest}",
     "PUT /v1/peer/modules/{digest}",
+    "GET /v1/peer/logs/{name}",
 ];
 
 /// The peer routes, behind the cluster's secret.
@@ -35,6 +36,7 @@ pub(crate) fn routes(node: Node) -> Router<Node> {
             "/v1/peer/modules/{digest}",
             get(module_bytes).put(keep_module_bytes),
         )
+        .route("/v1/peer/logs/{name}", get(service_log))
         .layer(middleware::from_fn_with_state(node, require_peer))
 }
 
@@ -94,4 +96,36 @@ async fn keep_module_bytes(
     let bytes = crate::mgmt::read_module(body, node.config().max_module_size).await?;
     node.keep_module_bytes(&digest, query.kind, bytes).await?;
     Ok(StatusCode::CREATED)
+}
+
+/// What this node's replicas of a service wrote, for a peer answering `kubectl logs` for a pod
+/// that runs here: `replica`, `tail`, `since` (RFC 3339), `follow`, `timestamps`.
+async fn service_log(
+    State(node): State<Node>,
+    Path(name): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> ApiResult<Response> {
+    let name: shoal_spec::ServiceName = name.parse()?;
+    let mut logs = crate::logs::LogQuery {
+        replica: None,
+        since: None,
+        tail: None,
+        follow: false,
+        timestamps: false,
+        origin: false,
+    };
+    let bad = |key: &str| ApiError::bad_request(format!("invalid {key}"));
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "replica" => logs.replica = Some(value.parse().map_err(|_| bad("replica"))?),
+            "tail" => logs.tail = Some(value.parse().map_err(|_| bad("tail"))?),
+            "since" => {
+                logs.since = Some(crate::logs::parse_since(&value).map_err(ApiError::bad_request)?)
+            }
+            "follow" => logs.follow = value == "true",
+            "timestamps" => logs.timestamps = value == "true",
+            _ => {}
+        }
+    }
+    Ok(crate::logs::respond(node.logs(&name)?, logs))
 }

@@ -173,14 +173,16 @@ pub struct UpArgs {
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration, requires = "etcd")]
     pub node_ttl: Duration,
     /// Serve the management API over TLS with this PEM certificate chain (and --tls-key).
-    #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
+    /// Not with --etcd yet: the nodes of a cluster reach each other's API over plain http.
+    #[arg(long, requires = "tls_key", conflicts_with_all = ["tls_self_signed", "etcd"])]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Serve the management API over TLS with a self-signed certificate, made on first use
     /// into the data directory (tls/cert.pem), which `shoal kubeconfig` hands to clients.
-    #[arg(long)]
+    /// Not with --etcd yet.
+    #[arg(long, conflicts_with = "etcd")]
     pub tls_self_signed: bool,
 }
 

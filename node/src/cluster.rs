@@ -202,6 +202,46 @@ impl Node {
         peers
     }
 
+    /// What the guests of `service` on the live peer `peer` wrote, streamed from its peer log
+    /// route with `query` (`replica`, `tail`, `since`, `follow`, `timestamps`), for a pod whose
+    /// replica runs there. [`Error::NotFound`] when `peer` is not a live member.
+    pub async fn peer_log(
+        &self,
+        peer: &str,
+        service: &shoal_spec::ServiceName,
+        query: &str,
+    ) -> Result<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>> {
+        use futures::StreamExt as _;
+        let (Some(joined), Some((_, api))) = (
+            &self.inner.cluster,
+            self.peers().into_iter().find(|(name, _)| name == peer),
+        ) else {
+            return Err(Error::NotFound {
+                what: "node",
+                key: peer.to_owned(),
+            });
+        };
+        let response = self
+            .inner
+            .http
+            .get(format!("http://{api}/v1/peer/logs/{service}?{query}"))
+            .bearer_auth(joined.membership.secret())
+            .send()
+            .await
+            .map_err(|error| Error::Unavailable(format!("node {peer} did not answer: {error}")))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            return Err(Error::Unavailable(format!(
+                "node {peer} answered {status}: {text}"
+            )));
+        }
+        Ok(response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(std::io::Error::other))
+            .boxed())
+    }
+
     /// Copies a module being uploaded to one other live node, so that the upload, once
     /// acknowledged, survives the loss of either disk. Nothing to do on a node alone or the
     /// only live node; [`Error::Unavailable`] when live peers exist and none took the bytes.

@@ -542,3 +542,92 @@ async fn a_node_advertises_the_address_it_is_told_and_refuses_an_unreachable_one
         format!("127.0.0.2:{}", port(&node.gateway))
     );
 }
+
+/// The Kubernetes API of a cluster: a Deployment applied on one node spreads over both, every
+/// node shows its pods where they run, its Service routes from any node, and `kubectl logs`
+/// on one node reads a pod that runs on the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_sees_one_cluster_from_any_node() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let prefix = prefix_for(dirs[0].path());
+    let bin = shoal_bin();
+    let n1 = ChildNode::start_with(&bin, dirs[0].path(), &cluster_flags(&prefix, "n1")).await;
+    let n2 = ChildNode::start_with(&bin, dirs[1].path(), &cluster_flags(&prefix, "n2")).await;
+    until_nodes(&n1, "n1 sees both alive", |nodes| {
+        nodes.len() == 2 && nodes.iter().all(|node| node["alive"] == true)
+    })
+    .await;
+    let digest = n1
+        .upload(guest_artifacts::bytes(guest_artifacts::ECHO_HTTP))
+        .await["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let on_n1 = crate::kubernetes::Kubectl::for_server(&n1.api);
+    let on_n2 = crate::kubernetes::Kubectl::for_server(&n2.api);
+    // Each replica requests 600m of a node's one cpu: two fit on two nodes only.
+    let manifest = format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: talk
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: talk
+  template:
+    metadata:
+      labels:
+        app: talk
+    spec:
+      containers:
+      - name: main
+        image: {digest}
+        resources:
+          requests:
+            cpu: 600m
+            memory: 32Mi
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: chat
+spec:
+  selector:
+    app: talk
+  ports:
+  - port: 80
+"
+    );
+    let path = on_n1.file("talk.yaml", &manifest);
+    on_n1.ok(&["apply", "-f", &path]).await;
+    let rolled = on_n2
+        .ok(&["rollout", "status", "deployment/talk", "--timeout=60s"])
+        .await;
+    assert!(rolled.contains("successfully rolled out"), "{rolled}");
+    let pods = on_n2.ok(&["get", "pods", "-o", "wide"]).await;
+    let rows = crate::kubernetes::rows(&pods, "talk-");
+    let mut nodes: Vec<&str> = rows.iter().map(|row| row[6]).collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["n1", "n2"], "{pods}");
+    assert!(rows.iter().all(|row| row[2] == "Running"), "{pods}");
+
+    // The Service routes from the node that did not take the manifest; the request is
+    // served on n2 (a local replica first), and its log read through n1.
+    let reply = reqwest::get(format!("{}/chat/?log=from-the-cluster", n2.gateway))
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let seen_from_n1 = on_n1.ok(&["get", "pods", "-o", "wide"]).await;
+    let on_n2_row = crate::kubernetes::rows(&seen_from_n1, "talk-")
+        .into_iter()
+        .find(|row| row[6] == "n2")
+        .map(|row| row[0].to_owned())
+        .expect("n1 lists the pod on n2");
+    let logs = on_n1.ok(&["logs", &on_n2_row]).await;
+    assert!(logs.contains("from-the-cluster"), "{logs}");
+    for node in [n1, n2] {
+        node.kill9().await;
+    }
+}

@@ -28,7 +28,7 @@ fn kubectl_bin() -> PathBuf {
 }
 
 /// kubectl against one node, with its own empty HOME.
-struct Kubectl {
+pub(crate) struct Kubectl {
     bin: PathBuf,
     server: String,
     home: tempfile::TempDir,
@@ -42,9 +42,14 @@ struct Run {
 
 impl Kubectl {
     fn new(node: &TestNode) -> Kubectl {
+        Kubectl::for_server(&node.api)
+    }
+
+    /// kubectl against the API at `server`.
+    pub(crate) fn for_server(server: &str) -> Kubectl {
         Kubectl {
             bin: kubectl_bin(),
-            server: node.api.clone(),
+            server: server.to_owned(),
             home: tempfile::tempdir().expect("a HOME for kubectl"),
         }
     }
@@ -74,7 +79,7 @@ impl Kubectl {
     }
 
     /// Runs kubectl and asserts it succeeded; returns its stdout.
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         let run = self.run(args).await;
         assert!(
             run.ok,
@@ -84,7 +89,7 @@ impl Kubectl {
         run.stdout
     }
 
-    fn file(&self, name: &str, text: &str) -> String {
+    pub(crate) fn file(&self, name: &str, text: &str) -> String {
         let path = self.home.path().join(name);
         std::fs::write(&path, text).expect("writing a manifest");
         path.to_string_lossy().into_owned()
@@ -146,7 +151,7 @@ spec:
 }
 
 /// The lines of a kubectl table whose first cell starts with `prefix`.
-fn rows<'a>(table: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
+pub(crate) fn rows<'a>(table: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
     table
         .lines()
         .map(|line| line.split_whitespace().collect::<Vec<_>>())

@@ -1081,11 +1081,32 @@ async fn pod_log(
     let node_name = &node.config().node_name;
     let replica = match replica {
         Some(replica) if replica.node == *node_name => replica,
+        // On a peer, which reports how many replicas it runs, not which: what its replicas
+        // of the service wrote.
         Some(replica) => {
-            return Err(KubeError::bad_request(format!(
-                "pod \"{name}\" runs on node \"{}\": read its log there",
-                replica.node
-            )));
+            // Built apart: the serializer is not Send, so it may not live across an await.
+            let query = {
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                query.append_pair("follow", &logs.follow.to_string());
+                query.append_pair("timestamps", &logs.timestamps.to_string());
+                if let Some(tail) = logs.tail {
+                    query.append_pair("tail", &tail.to_string());
+                }
+                if let Some(since) = logs.since {
+                    let since = humantime::format_rfc3339_nanos(since).to_string();
+                    query.append_pair("since", &since);
+                }
+                query.finish()
+            };
+            let body = node
+                .peer_log(&replica.node, &service, &query)
+                .await
+                .map_err(|error| KubeError::from_node(error, "pods", &name))?;
+            return Ok((
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                axum::body::Body::from_stream(body),
+            )
+                .into_response());
         }
         None => {
             return Err(KubeError::bad_request(format!(
