@@ -132,6 +132,9 @@ spec:
     metadata:
       labels:
         app: hello
+      annotations:
+        autoscaling.knative.dev/max-scale: \"5\"
+        autoscaling.knative.dev/target: \"3\"
     spec:
       runtimeClassName: wasm
       containers:
@@ -276,6 +279,9 @@ async fn kubectl_applies_gets_scales_watches_and_deletes_a_deployment() {
     let (_, service) = node.get("/v1/services/hello").await;
     assert_eq!(service["spec"]["scale"]["min"], 3, "{service}");
     assert_eq!(service["spec"]["labels"]["app"], "hello", "{service}");
+    // Knative's annotations set the autoscaler's bounds; kubectl scale moved the floor.
+    assert_eq!(service["spec"]["scale"]["max"], 5, "{service}");
+    assert_eq!(service["spec"]["concurrency"], 3, "{service}");
 
     // What a wasm sandbox cannot honour is refused, naming the field.
     let with_volume = kubectl.file(
