@@ -43,6 +43,8 @@ pub enum Subject {
     Kv(String),
     /// A route was created, updated or deleted.
     Route(ServiceName),
+    /// A service waiting for its module was created, updated or deleted.
+    Waiting(ServiceName),
 }
 
 /// A stream of changes, as [`Store::watch`](crate::Store::watch) returns it.

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     CheckRecord, Error, EventRecord, ModuleRecord, Registration, Result, RevisionRecord,
-    RouteRecord, SCHEMA_VERSION, ServiceRecord,
+    RouteRecord, SCHEMA_VERSION, ServiceRecord, WaitingRecord,
 };
 
 /// A record type stored as JSON, named in corruption errors.
@@ -28,6 +28,10 @@ impl StoredRecord for ServiceRecord {
 
 impl StoredRecord for RouteRecord {
     const KIND: &'static str = "route";
+}
+
+impl StoredRecord for WaitingRecord {
+    const KIND: &'static str = "waiting service";
 }
 
 impl StoredRecord for EventRecord {

@@ -107,6 +107,7 @@ macro_rules! conformance_tests {
             registrations_survive_reopening,
             kv_entries_survive_reopening,
             routes_and_module_names_survive_reopening,
+            waiting_services_survive_reopening,
         );
     };
     (volatile: $open:expr) => {
@@ -150,6 +151,7 @@ macro_rules! conformance_tests {
             routes_are_written_conditionally_and_validated,
             a_watch_sees_route_changes,
             module_names_resolve_to_the_newest_module_given_them,
+            waiting_services_put_list_delete_conditionally,
         );
     };
     (@tests $open:expr; $($test:ident),* $(,)?) => {
@@ -1725,4 +1727,162 @@ pub async fn routes_and_module_names_survive_reopening(mut fx: Fixture) {
         crate::module_named(&modules, "hello").unwrap().digest,
         module
     );
+}
+
+// Services waiting for their module.
+
+fn waiting_spec(value: &str) -> ServiceSpec {
+    // No module is stored with this digest: the store does not look.
+    spec_with_env(&Digest::of(b"not stored"), value)
+}
+
+/// A waiting service is written with no module stored, read back as written, listed by name,
+/// written conditionally on its change index, validated, seen by a watch, and deleted; an equal
+/// write changes nothing.
+pub async fn waiting_services_put_list_delete_conditionally(fx: Fixture) {
+    let store = &*fx.store;
+    let (web, api) = (name("web"), name("api"));
+    assert_eq!(store.waiting().await.unwrap(), vec![]);
+    let from = change_index(store).await;
+    let mut watch = store.watch(from);
+    let before = store.indexes().await.unwrap();
+
+    let created = store
+        .put_waiting(&web, "hello:latest", waiting_spec("hi"), Expect::Absent)
+        .await
+        .unwrap();
+    let (record, was_created) = created.value.clone();
+    assert!(was_created);
+    assert_eq!(record.version, SCHEMA_VERSION);
+    assert_eq!(
+        (
+            record.name.clone(),
+            record.image.as_str(),
+            record.spec.clone()
+        ),
+        (web.clone(), "hello:latest", waiting_spec("hi"))
+    );
+    assert_eq!(record.created_unix_ms, fx.clock.now_unix_ms());
+    assert_eq!(record.change_index, created.index);
+    let after = store.indexes().await.unwrap();
+    assert_eq!(after.change, created.index);
+    assert_eq!(
+        (after.catalog, after.health, after.kv),
+        (before.catalog, before.health, before.kv),
+        "a waiting service moves no Consul area"
+    );
+
+    let again = store
+        .put_waiting(&web, "hello:latest", waiting_spec("hi"), Expect::Any)
+        .await
+        .unwrap();
+    assert_eq!(again.value, (record.clone(), false), "an equal write");
+    assert_eq!(change_index(store).await, created.index, "commits nothing");
+
+    let conflict = store
+        .put_waiting(&web, "hello", waiting_spec("hi"), Expect::Absent)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            conflict,
+            Error::Conflict {
+                kind: "waiting service",
+                ..
+            }
+        ),
+        "{conflict}"
+    );
+    let stale = store
+        .put_waiting(
+            &web,
+            "hello",
+            waiting_spec("hi"),
+            Expect::Revision(created.index + 100),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, Error::Conflict { .. }), "{stale}");
+    let mut invalid = waiting_spec("hi");
+    invalid.env.insert("A=B".into(), "x".into());
+    let refused = store
+        .put_waiting(&web, "hello", invalid, Expect::Any)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Invalid(_)), "{refused}");
+    assert_eq!(
+        change_index(store).await,
+        created.index,
+        "refusals write nothing"
+    );
+
+    let updated = store
+        .put_waiting(
+            &web,
+            "hello:v2",
+            waiting_spec("hi"),
+            Expect::Revision(created.index),
+        )
+        .await
+        .unwrap();
+    assert!(!updated.value.1);
+    assert_eq!(updated.value.0.image, "hello:v2");
+    assert_eq!(updated.value.0.created_unix_ms, record.created_unix_ms);
+    store
+        .put_waiting(&api, "api", waiting_spec("x"), Expect::Any)
+        .await
+        .unwrap();
+    let names: Vec<_> = store
+        .waiting()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.name)
+        .collect();
+    assert_eq!(names, [api.clone(), web.clone()]);
+
+    let stale = store
+        .delete_waiting(&web, Expect::Revision(created.index))
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, Error::Conflict { .. }), "{stale}");
+    let deleted = store
+        .delete_waiting(&web, Expect::Revision(updated.index))
+        .await
+        .unwrap();
+    assert_eq!(deleted.value.image, "hello:v2");
+    let missing = store.delete_waiting(&web, Expect::Any).await.unwrap_err();
+    assert!(
+        matches!(
+            missing,
+            Error::NotFound {
+                kind: "waiting service",
+                ..
+            }
+        ),
+        "{missing}"
+    );
+    for expected in [created.index, updated.index] {
+        let change = next_change(&mut watch).await;
+        assert_eq!(change.subject, Subject::Waiting(web.clone()));
+        assert_eq!(change.index(), expected);
+    }
+    assert_eq!(next_change(&mut watch).await.subject, Subject::Waiting(api));
+    let change = next_change(&mut watch).await;
+    assert_eq!(
+        (change.index(), change.subject),
+        (deleted.index, Subject::Waiting(web))
+    );
+}
+
+/// A waiting service is durable.
+pub async fn waiting_services_survive_reopening(mut fx: Fixture) {
+    let (record, _) = fx
+        .store
+        .put_waiting(&name("web"), "hello", waiting_spec("hi"), Expect::Any)
+        .await
+        .unwrap()
+        .value;
+    fx.reopen().await;
+    assert_eq!(fx.store.waiting().await.unwrap(), vec![record]);
 }

@@ -10,6 +10,8 @@
 //!   ([`EventRecord`]);
 //! - routes: the names the gateway answers for by selecting services by their labels
 //!   ([`RouteRecord`], a Kubernetes Service);
+//! - services waiting for their module: written with an image that names no stored module
+//!   yet ([`WaitingRecord`], a Pod in `ErrImagePull`);
 //! - the Consul catalog: instances registered from outside ([`Registration`]) and their checks
 //!   with their state ([`CheckRecord`]);
 //! - a key/value store ([`KvEntry`]);
@@ -68,7 +70,7 @@ pub use self::changes::{Change, ChangeLog, ChangeStream, Subject};
 pub use self::kv::{KvEntry, MAX_KV_VALUE_SIZE, check_delete, check_put};
 pub use self::record::{
     EventRecord, MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, RouteRecord, SCHEMA_VERSION,
-    ServiceRecord, check_digest, check_unused, module_named,
+    ServiceRecord, WaitingRecord, check_digest, check_unused, module_named, module_of_image,
 };
 
 /// The errors of every store operation.
@@ -81,7 +83,8 @@ pub enum Error {
     /// The addressed module, service, route or check does not exist.
     #[error("{kind} \"{key}\" not found")]
     NotFound {
-        /// What was looked for: `"module"`, `"service"`, `"route"` or `"check"`.
+        /// What was looked for: `"module"`, `"service"`, `"route"`, `"waiting service"` or
+        /// `"check"`.
         kind: &'static str,
         /// The digest, name or ID that was looked for.
         key: String,
@@ -110,7 +113,7 @@ pub enum Error {
     /// first. Read again and decide again.
     #[error("{kind} \"{name}\" changed meanwhile: expected {expected}, found {found}")]
     Conflict {
-        /// What was written: `"service"` or `"route"`.
+        /// What was written: `"service"`, `"route"` or `"waiting service"`.
         kind: &'static str,
         /// Its name.
         name: String,
@@ -209,6 +212,18 @@ impl Expect {
     pub fn check_route(self, name: &ServiceName, current: Option<&RouteRecord>) -> Result<()> {
         self.check_version(
             "route",
+            "change index",
+            name,
+            current.map(|current| current.change_index),
+        )
+    }
+
+    /// Fails with [`Error::Conflict`] unless `current`, the waiting service `name` as the
+    /// store holds it, is what this expects; [`Expect::Revision`] is compared with its
+    /// `change_index`.
+    pub fn check_waiting(self, name: &ServiceName, current: Option<&WaitingRecord>) -> Result<()> {
+        self.check_version(
+            "waiting service",
             "change index",
             name,
             current.map(|current| current.change_index),
@@ -390,6 +405,35 @@ pub trait Store: Send + Sync + 'static {
         name: &ServiceName,
         expect: Expect,
     ) -> Result<Committed<RouteRecord>>;
+
+    // Services waiting for their module.
+
+    /// Creates or updates the service `name` waiting for the module `image` names, when the
+    /// store holds what `expect` says ([`Expect::Revision`] names the record's
+    /// `change_index`), returning its record and whether it was created.
+    ///
+    /// The spec is validated first ([`Error::Invalid`]); an image and spec equal to the
+    /// current ones change nothing. The store does not look at modules or services: the node
+    /// writes a waiting service when the image resolves to nothing, and turns it into a service
+    /// when it does. Fails with [`Error::Conflict`] when `expect` does not hold.
+    async fn put_waiting(
+        &self,
+        name: &ServiceName,
+        image: &str,
+        spec: ServiceSpec,
+        expect: Expect,
+    ) -> Result<Committed<(WaitingRecord, bool)>>;
+
+    /// Every service waiting for its module, by name.
+    async fn waiting(&self) -> Result<Vec<WaitingRecord>>;
+
+    /// Deletes the waiting service `name` when `expect` holds, returning its last record;
+    /// [`Error::NotFound`] when there is none.
+    async fn delete_waiting(
+        &self,
+        name: &ServiceName,
+        expect: Expect,
+    ) -> Result<Committed<WaitingRecord>>;
 
     /// Records a scale decision as the service's next event, keeping the newest
     /// [`MAX_EVENTS_PER_SERVICE`]; it changes the health area only.

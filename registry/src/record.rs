@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
+use shoal_spec::{Digest, ImageRef, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 /// Refuses bytes that `digest` is not the digest of: a content address that does not match
 /// the content would make every later lookup lie, so the cost of hashing again is worth paying.
@@ -79,6 +79,44 @@ pub fn module_named<'a>(modules: &'a [ModuleRecord], name: &str) -> Option<&'a M
         .filter_map(|module| Some((module.names.get(name)?, module)))
         .max_by_key(|(index, _)| **index)
         .map(|(_, module)| module)
+}
+
+/// The module `image` names among `modules`: by digest, or the module given one of its names
+/// most recently.
+pub fn module_of_image<'a>(
+    modules: &'a [ModuleRecord],
+    image: &ImageRef,
+) -> Option<&'a ModuleRecord> {
+    match image {
+        ImageRef::Digest(digest) => modules.iter().find(|module| module.digest == *digest),
+        ImageRef::Name(_) => image
+            .names()
+            .into_iter()
+            .find_map(|name| module_named(modules, name)),
+    }
+}
+
+/// A service waiting for its module: written with an image that names no stored module yet
+/// (a Kubernetes Pod in `ErrImagePull`). It runs nothing and holds no resources; once a module
+/// is stored or named so that the image names it, the node makes it a service and deletes
+/// this record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingRecord {
+    /// The schema version, [`SCHEMA_VERSION`].
+    pub version: u32,
+    /// The service's name, which is also its key.
+    pub name: ServiceName,
+    /// The image as written: a digest or a module name ([`ImageRef`]).
+    pub image: String,
+    /// The spec the service will run; its `module` is replaced by the module the image names.
+    pub spec: ServiceSpec,
+    /// When the record was created, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// When the current spec was stored, in milliseconds since the Unix epoch.
+    pub updated_unix_ms: u64,
+    /// The change index of the change that stored it, what
+    /// [`Expect::Revision`](crate::Expect::Revision) names for it.
+    pub change_index: u64,
 }
 
 /// A route: a name the gateway answers for, leading to the services its selector picks (a

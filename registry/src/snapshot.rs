@@ -17,7 +17,7 @@ use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 use crate::{
     CatalogSnapshot, ChangeStream, CheckDefinition, CheckRecord, CheckStatus, Committed, Error,
     EventRecord, Expect, Indexes, KvEntry, ModuleRecord, Registration, Result, RevisionRecord,
-    RouteRecord, SCHEMA_VERSION, ServiceRecord, Store,
+    RouteRecord, SCHEMA_VERSION, ServiceRecord, Store, WaitingRecord,
 };
 
 /// What a node of a cluster last knew of the cluster's state.
@@ -147,6 +147,30 @@ impl Store for SnapshotStore {
         _name: &ServiceName,
         _expect: Expect,
     ) -> Result<Committed<RouteRecord>> {
+        Err(read_only())
+    }
+
+    async fn put_waiting(
+        &self,
+        _name: &ServiceName,
+        _image: &str,
+        _spec: ServiceSpec,
+        _expect: Expect,
+    ) -> Result<Committed<(WaitingRecord, bool)>> {
+        Err(read_only())
+    }
+
+    /// Not kept in [`LastKnown`]: nothing waiting runs, and it cannot be resolved while
+    /// writes are refused.
+    async fn waiting(&self) -> Result<Vec<WaitingRecord>> {
+        Ok(Vec::new())
+    }
+
+    async fn delete_waiting(
+        &self,
+        _name: &ServiceName,
+        _expect: Expect,
+    ) -> Result<Committed<WaitingRecord>> {
         Err(read_only())
     }
 

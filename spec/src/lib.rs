@@ -16,6 +16,7 @@
 //!
 //! # Layout
 //! - `name.rs`: [`Digest`], [`ServiceName`], [`ModuleKind`].
+//! - `image.rs`: [`ImageRef`], the module a Kubernetes image names.
 //! - `service.rs`: [`ServiceSpec`] and its parts.
 //! - `quantity.rs`: Kubernetes quantities, byte sizes, cpu, and durations.
 
@@ -23,12 +24,14 @@
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod image;
 mod labels;
 mod name;
 pub mod quantity;
 mod route;
 mod service;
 
+pub use self::image::ImageRef;
 pub use self::labels::{SERVICE_LABEL, check_label, check_label_key, check_label_value, selects};
 pub use self::name::{Digest, ModuleKind, ServiceName};
 pub use self::quantity::{ByteSize, Cpu, Quantity};

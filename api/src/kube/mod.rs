@@ -27,7 +27,7 @@ use axum::{Json, Router, middleware};
 use serde_json::{Value, json};
 use shoal_node::{Node, WriteOptions};
 use shoal_registry::ServiceRecord;
-use shoal_spec::ServiceName;
+use shoal_spec::{ServiceName, ServiceSpec};
 
 use self::objects::{Kind, NAMESPACE, View, at};
 use self::selector::{FieldSelector, LabelSelector};
@@ -631,18 +631,35 @@ fn check_immutable(kind: Kind, name: &str, current: &Value, updated: &Value) -> 
                 ));
             }
         }
-        Kind::Service => {}
-        Kind::Pod => {
-            if at(current, "spec") != at(updated, "spec") {
-                return Err(KubeError::invalid(
-                    kind.name(),
-                    name,
-                    "spec",
-                    "Forbidden: pod updates may not change fields other than metadata \
-                     (labels, annotations); create a Deployment to change what runs",
-                ));
-            }
-        }
+        Kind::Service | Kind::Pod => {}
+    }
+    Ok(())
+}
+
+/// Refuses a change to what a bare Pod runs. Kubernetes compares the pod spec; this compares
+/// the specs the two objects convert to, so that re-applying the same manifest (which spells
+/// `cpu: 0.5` where the rendered pod says `500m`) changes nothing instead of failing.
+async fn check_pod_unchanged(node: &Node, name: &str, updated: &Value) -> KubeResult<()> {
+    let Some(current) = service_of(node, Kind::Pod, name).await? else {
+        return Ok(());
+    };
+    let modules = node
+        .modules()
+        .await
+        .map_err(|error| KubeError::from_node(error, Kind::Pod.resource(), name))?;
+    let mut spec = objects::spec_of(Kind::Pod, name, updated, |image| {
+        objects::resolve_image(image, &modules)
+    })?;
+    spec.normalize();
+    let runs = |spec: &ServiceSpec| (spec.replica_template(), spec.scale.clone());
+    if runs(&spec) != runs(&current.spec) {
+        return Err(KubeError::invalid(
+            Kind::Pod.name(),
+            name,
+            "spec",
+            "Forbidden: pod updates may not change fields other than metadata \
+             (labels, annotations); create a Deployment to change what runs",
+        ));
     }
     Ok(())
 }
@@ -658,6 +675,9 @@ async fn update(
     headers: &HeaderMap,
 ) -> KubeResult<Response> {
     check_immutable(kind, name, current, &updated)?;
+    if kind == Kind::Pod {
+        check_pod_unchanged(node, name, &updated).await?;
+    }
     let options = WriteOptions {
         update_only: true,
         unchanged_since,

@@ -6,6 +6,7 @@
 //! | `modules/<digest>` | the [`ModuleRecord`](shoal_registry::ModuleRecord); no bytes; the name given last stored as 0, meaning the key's `mod_revision` |
 //! | `services/<name>` | the current [`ServiceRecord`](shoal_registry::ServiceRecord) |
 //! | `routes/<name>` | the [`RouteRecord`](shoal_registry::RouteRecord) |
+//! | `waiting/<name>` | the [`WaitingRecord`](shoal_registry::WaitingRecord) of a service waiting for its module |
 //! | `revisions/<name>/<revision:020>` | each [`RevisionRecord`](shoal_registry::RevisionRecord) |
 //! | `events/<name>/<seq:020>` | each kept [`EventRecord`](shoal_registry::EventRecord) |
 //! | `catalog/reg/<id>`, `catalog/check/<id>` | registrations and checks |
@@ -92,6 +93,14 @@ impl Keys {
 
     pub(crate) fn routes(&self) -> String {
         format!("{}routes/", self.root)
+    }
+
+    pub(crate) fn waiting(&self, name: &ServiceName) -> String {
+        format!("{}waiting/{name}", self.root)
+    }
+
+    pub(crate) fn waitings(&self) -> String {
+        format!("{}waiting/", self.root)
     }
 
     pub(crate) fn revision(&self, name: &ServiceName, revision: u64) -> String {
@@ -230,6 +239,7 @@ pub(crate) fn encode_change(subject: &Subject, nonce: &str) -> String {
         Subject::Catalog => "catalog".to_owned(),
         Subject::Kv(key) => format!("kv:{key}"),
         Subject::Route(name) => format!("route:{name}"),
+        Subject::Waiting(name) => format!("waiting:{name}"),
     };
     format!("{nonce}\n{subject}")
 }
@@ -253,6 +263,7 @@ pub(crate) fn decode_subject(value: &[u8]) -> Option<Subject> {
         "events" => rest.parse().ok().map(Subject::Events),
         "kv" => Some(Subject::Kv(rest.to_owned())),
         "route" => rest.parse().ok().map(Subject::Route),
+        "waiting" => rest.parse().ok().map(Subject::Waiting),
         _ => None,
     }
 }
@@ -269,7 +280,8 @@ mod tests {
             Subject::Module(digest),
             Subject::Service(name.clone()),
             Subject::Events(name.clone()),
-            Subject::Route(name),
+            Subject::Route(name.clone()),
+            Subject::Waiting(name),
             Subject::Catalog,
             Subject::Kv("a/b:c".into()),
             Subject::Kv(String::new()),

@@ -42,7 +42,7 @@ use shoal_registry::codec::{StoredRecord, decode};
 use shoal_registry::{
     CatalogSnapshot, ChangeStream, CheckDefinition, CheckRecord, CheckStatus, Clock, Committed,
     Error, EventRecord, Expect, Indexes, KvEntry, ModuleRecord, Registration, Result,
-    RevisionRecord, RouteRecord, ServiceRecord, Store, Subject, SystemClock,
+    RevisionRecord, RouteRecord, ServiceRecord, Store, Subject, SystemClock, WaitingRecord,
 };
 use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
@@ -450,6 +450,28 @@ impl Store for EtcdStore {
         expect: Expect,
     ) -> Result<Committed<RouteRecord>> {
         self.delete_route_record(name, expect).await
+    }
+
+    async fn put_waiting(
+        &self,
+        name: &ServiceName,
+        image: &str,
+        spec: ServiceSpec,
+        expect: Expect,
+    ) -> Result<Committed<(WaitingRecord, bool)>> {
+        self.put_waiting_record(name, image, spec, expect).await
+    }
+
+    async fn waiting(&self) -> Result<Vec<WaitingRecord>> {
+        self.waiting_records().await
+    }
+
+    async fn delete_waiting(
+        &self,
+        name: &ServiceName,
+        expect: Expect,
+    ) -> Result<Committed<WaitingRecord>> {
+        self.delete_waiting_record(name, expect).await
     }
 
     async fn module_bytes(&self, digest: &Digest) -> Result<Option<Bytes>> {

@@ -1,12 +1,14 @@
-//! Modules and their names, services, their revisions and their scale events, and routes, as
+//! Modules and their names, services, their revisions and their scale events, routes and
+//! services waiting for their module, as
 //! etcd transactions.
 
 use bytes::Bytes;
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, SortOrder, SortTarget, TxnOp};
+use shoal_registry::codec::StoredRecord;
 use shoal_registry::codec::encode;
 use shoal_registry::{
     Committed, Error, EventRecord, Expect, MAX_EVENTS_PER_SERVICE, ModuleRecord, Registration,
-    Result, RevisionRecord, RouteRecord, SCHEMA_VERSION, ServiceRecord, Subject,
+    Result, RevisionRecord, RouteRecord, SCHEMA_VERSION, ServiceRecord, Subject, WaitingRecord,
 };
 use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
@@ -126,46 +128,158 @@ impl EtcdStore {
         expect: Expect,
     ) -> Result<Committed<(RouteRecord, bool)>> {
         spec.validate().map_err(Error::from)?;
-        let key = self.keys().route(name);
+        self.put_named(
+            self.keys().route(name),
+            Subject::Route(name.clone()),
+            &[Area::Catalog],
+            route_from,
+            |current| expect.check_route(name, current),
+            |current| current.spec == spec,
+            |current, now| RouteRecord {
+                version: SCHEMA_VERSION,
+                name: name.clone(),
+                spec: spec.clone(),
+                created_unix_ms: current.map_or(now, |current| current.created_unix_ms),
+                updated_unix_ms: now,
+                change_index: 0,
+            },
+            |route, index| route.change_index = index,
+        )
+        .await
+    }
+
+    pub(crate) async fn put_waiting_record(
+        &self,
+        name: &ServiceName,
+        image: &str,
+        spec: ServiceSpec,
+        expect: Expect,
+    ) -> Result<Committed<(WaitingRecord, bool)>> {
+        spec.validate().map_err(Error::from)?;
+        self.put_named(
+            self.keys().waiting(name),
+            Subject::Waiting(name.clone()),
+            &[],
+            waiting_from,
+            |current| expect.check_waiting(name, current),
+            |current| current.image == image && current.spec == spec,
+            |current, now| WaitingRecord {
+                version: SCHEMA_VERSION,
+                name: name.clone(),
+                image: image.to_owned(),
+                spec: spec.clone(),
+                created_unix_ms: current.map_or(now, |current| current.created_unix_ms),
+                updated_unix_ms: now,
+                change_index: 0,
+            },
+            |waiting, index| waiting.change_index = index,
+        )
+        .await
+    }
+
+    pub(crate) async fn waiting_records(&self) -> Result<Vec<WaitingRecord>> {
+        let snapshot = self.read(vec![Get::prefix(self.keys().waitings())]).await?;
+        snapshot.ranges[0].iter().map(waiting_from).collect()
+    }
+
+    pub(crate) async fn delete_waiting_record(
+        &self,
+        name: &ServiceName,
+        expect: Expect,
+    ) -> Result<Committed<WaitingRecord>> {
+        self.delete_named(
+            name,
+            self.keys().waiting(name),
+            Subject::Waiting(name.clone()),
+            &[],
+            waiting_from,
+            |current| expect.check_waiting(name, current),
+        )
+        .await
+    }
+
+    /// Writes the record `build` makes at `key`, when `check` accepts the current one and
+    /// `unchanged` does not; answers the record (its change index set by `indexed`) and
+    /// whether it was created.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_named<R: StoredRecord + Clone>(
+        &self,
+        key: String,
+        subject: Subject,
+        areas: &'static [Area],
+        from: fn(&etcd_client::KeyValue) -> Result<R>,
+        check: impl Fn(Option<&R>) -> Result<()>,
+        unchanged: impl Fn(&R) -> bool,
+        build: impl Fn(Option<&R>, u64) -> R,
+        indexed: impl Fn(&mut R, u64),
+    ) -> Result<Committed<(R, bool)>> {
         self.decide(|| async {
             let snapshot = self
                 .read(vec![Get::key(key.clone()), self.get_change_index()])
                 .await?;
-            let current = snapshot.one(0).map(route_from).transpose()?;
-            expect.check_route(name, current.as_ref())?;
-            if let Some(current) = current.as_ref().filter(|current| current.spec == spec) {
+            let current = snapshot.one(0).map(from).transpose()?;
+            check(current.as_ref())?;
+            if let Some(current) = current.as_ref().filter(|current| unchanged(current)) {
                 return Ok(Some(Committed {
                     value: (current.clone(), false),
                     index: snapshot.change_index(1),
                 }));
             }
-            let now = self.shared.clock.now_unix_ms();
-            let mut route = RouteRecord {
-                version: SCHEMA_VERSION,
-                name: name.clone(),
-                spec: spec.clone(),
-                created_unix_ms: current
-                    .as_ref()
-                    .map_or(now, |current| current.created_unix_ms),
-                updated_unix_ms: now,
-                change_index: 0,
-            };
+            let mut record = build(current.as_ref(), self.shared.clock.now_unix_ms());
             let write = Write {
-                subject: Subject::Route(name.clone()),
-                areas: &[Area::Catalog],
+                subject: subject.clone(),
+                areas,
                 compares: vec![Compare::mod_revision(
                     key.clone(),
                     CompareOp::Equal,
                     snapshot.mod_revision(0),
                 )],
-                ops: vec![TxnOp::put(key.clone(), encode(&route), None)],
+                ops: vec![TxnOp::put(key.clone(), encode(&record), None)],
             };
             Ok(self.commit(write).await?.map(|index| {
-                route.change_index = index;
+                indexed(&mut record, index);
                 Committed {
-                    value: (route, current.is_none()),
+                    value: (record, current.is_none()),
                     index,
                 }
+            }))
+        })
+        .await
+    }
+
+    /// Deletes the record at `key` when `check` accepts it, returning it.
+    async fn delete_named<R: StoredRecord + Clone>(
+        &self,
+        name: &ServiceName,
+        key: String,
+        subject: Subject,
+        areas: &'static [Area],
+        from: fn(&etcd_client::KeyValue) -> Result<R>,
+        check: impl Fn(Option<&R>) -> Result<()>,
+    ) -> Result<Committed<R>> {
+        self.decide(|| async {
+            let snapshot = self.read(vec![Get::key(key.clone())]).await?;
+            let current = snapshot.one(0).map(from).transpose()?;
+            check(current.as_ref())?;
+            let Some(record) = current else {
+                return Err(Error::NotFound {
+                    kind: R::KIND,
+                    key: name.to_string(),
+                });
+            };
+            let write = Write {
+                subject: subject.clone(),
+                areas,
+                compares: vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    snapshot.mod_revision(0),
+                )],
+                ops: vec![TxnOp::delete(key.clone(), None)],
+            };
+            Ok(self.commit(write).await?.map(|index| Committed {
+                value: record.clone(),
+                index,
             }))
         })
         .await
@@ -186,32 +300,14 @@ impl EtcdStore {
         name: &ServiceName,
         expect: Expect,
     ) -> Result<Committed<RouteRecord>> {
-        let key = self.keys().route(name);
-        self.decide(|| async {
-            let snapshot = self.read(vec![Get::key(key.clone())]).await?;
-            let current = snapshot.one(0).map(route_from).transpose()?;
-            expect.check_route(name, current.as_ref())?;
-            let Some(route) = current else {
-                return Err(Error::NotFound {
-                    kind: "route",
-                    key: name.to_string(),
-                });
-            };
-            let write = Write {
-                subject: Subject::Route(name.clone()),
-                areas: &[Area::Catalog],
-                compares: vec![Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    snapshot.mod_revision(0),
-                )],
-                ops: vec![TxnOp::delete(key.clone(), None)],
-            };
-            Ok(self.commit(write).await?.map(|index| Committed {
-                value: route.clone(),
-                index,
-            }))
-        })
+        self.delete_named(
+            name,
+            self.keys().route(name),
+            Subject::Route(name.clone()),
+            &[Area::Catalog],
+            route_from,
+            |current| expect.check_route(name, current),
+        )
         .await
     }
 
@@ -580,6 +676,12 @@ fn route_from(kv: &etcd_client::KeyValue) -> Result<RouteRecord> {
     let mut route: RouteRecord = record(kv)?;
     route.change_index = revision(kv.mod_revision());
     Ok(route)
+}
+
+fn waiting_from(kv: &etcd_client::KeyValue) -> Result<WaitingRecord> {
+    let mut waiting: WaitingRecord = record(kv)?;
+    waiting.change_index = revision(kv.mod_revision());
+    Ok(waiting)
 }
 
 fn service_from(kv: &etcd_client::KeyValue) -> Result<ServiceRecord> {

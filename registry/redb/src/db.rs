@@ -23,13 +23,13 @@ use shoal_registry::codec::StoredRecord;
 use shoal_registry::{
     Change, ChangeLog, Clock, Committed, Error, EventRecord, Expect, Indexes,
     MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, RouteRecord, SCHEMA_VERSION,
-    ServiceRecord, Subject,
+    ServiceRecord, Subject, WaitingRecord,
 };
 use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::tables::{
     CHANGE_INDEX_KEY, CHECKS, EVENTS, INDEX_CATALOG_KEY, INDEX_HEALTH_KEY, INDEX_KV_KEY, KV, META,
-    MODULE_BYTES, MODULES, REGISTRATIONS, REVISIONS, ROUTES, SERVICES,
+    MODULE_BYTES, MODULES, REGISTRATIONS, REVISIONS, ROUTES, SERVICES, WAITING,
 };
 
 /// One redb database holding a node's state, and the log of its changes.
@@ -59,6 +59,7 @@ impl Db {
             txn.open_table(MODULE_BYTES)?;
             txn.open_table(SERVICES)?;
             txn.open_table(ROUTES)?;
+            txn.open_table(WAITING)?;
             txn.open_table(REVISIONS)?;
             txn.open_table(EVENTS)?;
             txn.open_table(REGISTRATIONS)?;
@@ -165,31 +166,22 @@ impl Db {
         expect: Expect,
     ) -> DbResult<Committed<(RouteRecord, bool)>> {
         spec.validate().map_err(Error::from)?;
-        self.write(Subject::Route(name.clone()), |txn| {
-            let mut routes = txn.open_table(ROUTES)?;
-            let current = routes
-                .get(name.as_str())?
-                .map(|value| decode::<RouteRecord>(value.value(), name.as_str()))
-                .transpose()?;
-            expect.check_route(name, current.as_ref())?;
-            if let Some(current) = current.as_ref().filter(|current| current.spec == spec) {
-                return Ok(Write::Abort((current.clone(), false)));
-            }
-            let change_index = bump_change_index(txn, &[Area::Catalog])?;
-            let now = self.clock.now_unix_ms();
-            let record = RouteRecord {
+        self.put_named(
+            ROUTES,
+            Subject::Route(name.clone()),
+            &[Area::Catalog],
+            name,
+            |current: Option<&RouteRecord>| expect.check_route(name, current),
+            |current| current.spec == spec,
+            |current, change_index, now| RouteRecord {
                 version: SCHEMA_VERSION,
                 name: name.clone(),
-                spec,
-                created_unix_ms: current
-                    .as_ref()
-                    .map_or(now, |current| current.created_unix_ms),
+                spec: spec.clone(),
+                created_unix_ms: current.map_or(now, |current| current.created_unix_ms),
                 updated_unix_ms: now,
                 change_index,
-            };
-            routes.insert(name.as_str(), encode(&record).as_slice())?;
-            Ok(Write::Commit((record, current.is_none())))
-        })
+            },
+        )
     }
 
     /// The current record of a route.
@@ -214,22 +206,119 @@ impl Db {
         name: &ServiceName,
         expect: Expect,
     ) -> DbResult<Committed<RouteRecord>> {
-        self.write(Subject::Route(name.clone()), |txn| {
-            let mut routes = txn.open_table(ROUTES)?;
-            let current: Option<RouteRecord> = routes
+        self.delete_named(
+            ROUTES,
+            Subject::Route(name.clone()),
+            &[Area::Catalog],
+            name,
+            |current| expect.check_route(name, current),
+        )
+    }
+
+    /// Creates or updates a service waiting for its module when `expect` holds; see
+    /// [`Store::put_waiting`](shoal_registry::Store::put_waiting).
+    pub(crate) fn put_waiting(
+        &self,
+        name: &ServiceName,
+        image: &str,
+        spec: ServiceSpec,
+        expect: Expect,
+    ) -> DbResult<Committed<(WaitingRecord, bool)>> {
+        spec.validate().map_err(Error::from)?;
+        self.put_named(
+            WAITING,
+            Subject::Waiting(name.clone()),
+            &[],
+            name,
+            |current: Option<&WaitingRecord>| expect.check_waiting(name, current),
+            |current| current.image == image && current.spec == spec,
+            |current, change_index, now| WaitingRecord {
+                version: SCHEMA_VERSION,
+                name: name.clone(),
+                image: image.to_owned(),
+                spec: spec.clone(),
+                created_unix_ms: current.map_or(now, |current| current.created_unix_ms),
+                updated_unix_ms: now,
+                change_index,
+            },
+        )
+    }
+
+    /// Every service waiting for its module, by name.
+    pub(crate) fn waiting(&self) -> DbResult<Vec<WaitingRecord>> {
+        self.read_all(WAITING)
+    }
+
+    /// Deletes a waiting service when `expect` holds, returning its last record.
+    pub(crate) fn delete_waiting(
+        &self,
+        name: &ServiceName,
+        expect: Expect,
+    ) -> DbResult<Committed<WaitingRecord>> {
+        self.delete_named(
+            WAITING,
+            Subject::Waiting(name.clone()),
+            &[],
+            name,
+            |current| expect.check_waiting(name, current),
+        )
+    }
+
+    /// Writes the record `build` makes as `name` in `table`, when `check` accepts the current
+    /// one and `unchanged` does not; answers the record and whether it was created.
+    #[allow(clippy::too_many_arguments)]
+    fn put_named<R: StoredRecord + Clone>(
+        &self,
+        table: redb::TableDefinition<'_, &str, &[u8]>,
+        subject: Subject,
+        areas: &[Area],
+        name: &ServiceName,
+        check: impl FnOnce(Option<&R>) -> shoal_registry::Result<()>,
+        unchanged: impl FnOnce(&R) -> bool,
+        build: impl FnOnce(Option<&R>, u64, u64) -> R,
+    ) -> DbResult<Committed<(R, bool)>> {
+        self.write(subject, |txn| {
+            let mut records = txn.open_table(table)?;
+            let current: Option<R> = records
                 .get(name.as_str())?
                 .map(|value| decode(value.value(), name.as_str()))
                 .transpose()?;
-            expect.check_route(name, current.as_ref())?;
+            check(current.as_ref())?;
+            if let Some(current) = current.as_ref().filter(|current| unchanged(current)) {
+                return Ok(Write::Abort((current.clone(), false)));
+            }
+            let change_index = bump_change_index(txn, areas)?;
+            let record = build(current.as_ref(), change_index, self.clock.now_unix_ms());
+            records.insert(name.as_str(), encode(&record).as_slice())?;
+            Ok(Write::Commit((record, current.is_none())))
+        })
+    }
+
+    /// Deletes the record `name` of `table` when `check` accepts it, returning it.
+    fn delete_named<R: StoredRecord>(
+        &self,
+        table: redb::TableDefinition<'_, &str, &[u8]>,
+        subject: Subject,
+        areas: &[Area],
+        name: &ServiceName,
+        check: impl FnOnce(Option<&R>) -> shoal_registry::Result<()>,
+    ) -> DbResult<Committed<R>> {
+        self.write(subject, |txn| {
+            let mut records = txn.open_table(table)?;
+            let current: Option<R> = records
+                .get(name.as_str())?
+                .map(|value| decode(value.value(), name.as_str()))
+                .transpose()?;
+            check(current.as_ref())?;
             let Some(record) = current else {
                 return Err(Error::NotFound {
-                    kind: "route",
+                    kind: R::KIND,
                     key: name.to_string(),
                 }
                 .into());
             };
-            routes.remove(name.as_str())?;
-            bump_change_index(txn, &[Area::Catalog])?;
+            records.remove(name.as_str())?;
+            bump_change_index(txn, areas)?;
             Ok(Write::Commit(record))
         })
     }

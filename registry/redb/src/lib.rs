@@ -30,7 +30,7 @@ use redb::backends::InMemoryBackend;
 use shoal_registry::{
     CatalogSnapshot, ChangeLog, ChangeStream, CheckDefinition, CheckRecord, CheckStatus, Clock,
     Committed, Error, EventRecord, Expect, Indexes, KvEntry, ModuleRecord, Registration, Result,
-    RevisionRecord, RouteRecord, ServiceRecord, Store, SystemClock,
+    RevisionRecord, RouteRecord, ServiceRecord, Store, SystemClock, WaitingRecord,
 };
 use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
@@ -205,6 +205,31 @@ impl Store for RedbStore {
     ) -> Result<Committed<RouteRecord>> {
         let name = name.clone();
         self.call(move |db| db.delete_route(&name, expect)).await
+    }
+
+    async fn put_waiting(
+        &self,
+        name: &ServiceName,
+        image: &str,
+        spec: ServiceSpec,
+        expect: Expect,
+    ) -> Result<Committed<(WaitingRecord, bool)>> {
+        let (name, image) = (name.clone(), image.to_owned());
+        self.call(move |db| db.put_waiting(&name, &image, spec, expect))
+            .await
+    }
+
+    async fn waiting(&self) -> Result<Vec<WaitingRecord>> {
+        self.call(|db| db.waiting()).await
+    }
+
+    async fn delete_waiting(
+        &self,
+        name: &ServiceName,
+        expect: Expect,
+    ) -> Result<Committed<WaitingRecord>> {
+        let name = name.clone();
+        self.call(move |db| db.delete_waiting(&name, expect)).await
     }
 
     async fn service(&self, name: &ServiceName) -> Result<Option<ServiceRecord>> {

@@ -6,7 +6,7 @@
 //! Renaming a table or changing its key or value type is a schema change: old files would no
 //! longer open.
 //! Adding a table is not: opening a registry creates any table its file lacks, which is how
-//! files written before [`EVENTS`] or [`ROUTES`] existed gain them.
+//! files written before [`EVENTS`], [`ROUTES`] or [`WAITING`] existed gain them.
 
 use redb::TableDefinition;
 
@@ -23,6 +23,10 @@ pub(crate) const SERVICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::n
 
 /// Route name → [`RouteRecord`](shoal_registry::RouteRecord) as versioned JSON.
 pub(crate) const ROUTES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("routes");
+
+/// Service name → [`WaitingRecord`](shoal_registry::WaitingRecord) as versioned JSON: services
+/// waiting for their module.
+pub(crate) const WAITING: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("waiting");
 
 /// Every revision of every service ([`RevisionRecord`](crate::RevisionRecord) as JSON), keyed by
 /// (service name, revision), so one service's revisions are a contiguous range in order.
