@@ -38,21 +38,24 @@ pub struct WriteOptions {
 }
 
 impl WriteOptions {
-    fn check(&self, name: &ServiceName, current: Option<&ServiceRecord>) -> Result<()> {
+    /// Checks these conditions against what holds the name now, known by its change index
+    /// (`None`: nothing); `not_found` is the error of an update of nothing.
+    pub(crate) fn check(
+        &self,
+        name: &ServiceName,
+        current: Option<u64>,
+        not_found: impl FnOnce() -> Error,
+    ) -> Result<()> {
         match current {
             Some(_) if self.create_only => Err(Error::Conflict(Conflict::Exists {
                 name: name.to_string(),
             })),
-            None if self.update_only => Err(service_not_found(name)),
-            Some(current)
-                if self
-                    .unchanged_since
-                    .is_some_and(|seen| seen < current.change_index) =>
-            {
+            None if self.update_only => Err(not_found()),
+            Some(current) if self.unchanged_since.is_some_and(|seen| seen < current) => {
                 Err(Error::Conflict(Conflict::Stale {
                     name: name.to_string(),
                     seen: self.unchanged_since.unwrap_or_default(),
-                    current: current.change_index,
+                    current,
                 }))
             }
             _ => Ok(()),
@@ -66,7 +69,17 @@ impl Node {
     ///
     /// A build without the compiler takes a module only if its machine code is already in the
     /// artifact cache.
+    ///
+    /// A service waiting for this module ([`write_waiting`](Node::write_waiting)) starts.
     pub async fn add_module(&self, bytes: Bytes) -> Result<(ModuleRecord, bool)> {
+        let (record, created) = self.store_module(bytes).await?;
+        if created {
+            self.resolve_waiting().await;
+        }
+        Ok((record, created))
+    }
+
+    async fn store_module(&self, bytes: Bytes) -> Result<(ModuleRecord, bool)> {
         self.check_running()?;
         let digest = Digest::of(&bytes);
         if let Some(record) = self.inner.store.module(&digest).await? {
@@ -97,13 +110,19 @@ impl Node {
         if let Some(name) = name {
             check_module_name(name)?;
         }
-        let (record, created) = self.add_module(bytes).await?;
-        let Some(name) = name else {
-            return Ok((record, created));
+        let (record, created) = self.store_module(bytes).await?;
+        let record = match name {
+            Some(name) => {
+                let committed = self.inner.store.name_module(&record.digest, name).await?;
+                self.wait_applied(committed.index).await?;
+                committed.value
+            }
+            None => record,
         };
-        let committed = self.inner.store.name_module(&record.digest, name).await?;
-        self.wait_applied(committed.index).await?;
-        Ok((committed.value, created))
+        if created || name.is_some() {
+            self.resolve_waiting().await;
+        }
+        Ok((record, created))
     }
 
     /// The module most recently given `name`.
@@ -183,7 +202,16 @@ impl Node {
         let mut attempt = 1;
         loop {
             let current = store.service(&name).await?;
-            options.check(&name, current.as_ref())?;
+            // A service waiting for its module holds the name until this write replaces it.
+            let waiting = match &current {
+                Some(_) => None,
+                None => self.waiting_named(&name).await?,
+            };
+            let holder = current
+                .as_ref()
+                .map(|current| current.change_index)
+                .or(waiting.as_ref().map(|waiting| waiting.change_index));
+            options.check(&name, holder, || service_not_found(&name))?;
             if !options.admit_pending {
                 self.admit(&name, &spec)?;
             }
@@ -192,6 +220,9 @@ impl Node {
                 .map_or(Expect::Absent, |current| Expect::Revision(current.revision));
             match store.put_service(&name, spec.clone(), expect).await {
                 Ok(committed) => {
+                    if let Some(waiting) = waiting {
+                        self.forget_waiting(&waiting).await?;
+                    }
                     self.wait_applied(committed.index).await?;
                     return Ok(committed.value);
                 }

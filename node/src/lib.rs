@@ -44,6 +44,7 @@ mod placement;
 mod reconcile;
 mod routes;
 mod status;
+mod waiting;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -276,6 +277,8 @@ impl Node {
             let keeper = tokio::spawn(cluster::keep_last_known(node.downgrade()));
             node.tasks().extend([reporter, follower, leader, keeper]);
         }
+        // A module stored just before the last stop may not have started what waited for it.
+        node.resolve_waiting().await;
         Ok(node)
     }
 

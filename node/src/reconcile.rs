@@ -174,6 +174,9 @@ impl Node {
             // Nothing kept in memory follows scale events; the indexes below wake whoever
             // waits for them.
             Subject::Events(_) => {}
+            // A service waiting for its module runs nothing; the node storing the module
+            // starts it.
+            Subject::Waiting(_) => {}
         }
         self.set_applied(change.indexes);
         Ok(())

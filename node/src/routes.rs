@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use shoal_registry::{Expect, RouteRecord};
 use shoal_spec::{RouteSpec, ServiceName};
 
-use crate::{Conflict, Error, Node, Result, WriteOptions};
+use crate::{Error, Node, Result, WriteOptions};
 
 impl Node {
     /// Creates or updates the route `name`, answering once the gateway serves it; the same
@@ -26,27 +26,14 @@ impl Node {
         spec.validate()?;
         let store = &self.inner.store;
         let current = store.route(&name).await?;
-        let expect = match &current {
-            Some(_) if options.create_only => {
-                return Err(Error::Conflict(Conflict::Exists {
-                    name: name.to_string(),
-                }));
-            }
-            None if options.update_only => return Err(route_not_found(&name)),
-            Some(current)
-                if options
-                    .unchanged_since
-                    .is_some_and(|seen| seen < current.change_index) =>
-            {
-                return Err(Error::Conflict(Conflict::Stale {
-                    name: name.to_string(),
-                    seen: options.unchanged_since.unwrap_or_default(),
-                    current: current.change_index,
-                }));
-            }
-            Some(current) => Expect::Revision(current.change_index),
-            None => Expect::Absent,
-        };
+        options.check(
+            &name,
+            current.as_ref().map(|current| current.change_index),
+            || route_not_found(&name),
+        )?;
+        let expect = current.as_ref().map_or(Expect::Absent, |current| {
+            Expect::Revision(current.change_index)
+        });
         let committed = store.put_route(&name, spec, expect).await?;
         self.wait_applied(committed.index).await?;
         Ok(committed.value)

@@ -477,7 +477,7 @@ async fn bad_input_gets_a_kubernetes_status() {
         "already exists",
     );
     let mut changed = created.1.clone();
-    changed["spec"]["containers"][0]["image"] = json!("other@".to_string() + &digest);
+    changed["spec"]["containers"][0]["resources"]["limits"]["memory"] = json!("128Mi");
     assert_status(
         &send(
             &node,
@@ -858,5 +858,137 @@ async fn watches_resume_from_a_resource_version_or_are_expired() {
     assert_eq!(events[0]["type"], "ERROR");
     assert_eq!(events[0]["object"]["code"], 410);
     assert_eq!(events[0]["object"]["reason"], "Expired");
+    node.stop().await;
+}
+
+/// A bare Pod whose image names a module (`greeter`, resources as in the document's snippet,
+/// `cpu: "0.5"`).
+fn greeter_pod(memory_limit: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: greeter
+  labels:
+    app: greeter
+spec:
+  containers:
+  - name: web
+    image: greeter:latest
+    resources:
+      requests:
+        cpu: \"0.5\"
+        memory: 32Mi
+      limits:
+        cpu: \"0.5\"
+        memory: {memory_limit}
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_wait_in_err_image_pull_until_a_module_has_their_image_name() {
+    let node = TestNode::start().await;
+    let kubectl = Kubectl::new(&node);
+    let pod = kubectl.file("greeter.yaml", &greeter_pod("64Mi"));
+    let applied = kubectl.ok(&["apply", "-f", &pod]).await;
+    assert_eq!(applied.trim(), "pod/greeter created");
+
+    // Nothing is pulled: the pod waits, saying why, and so does a Deployment's every pod.
+    let later = small_manifest("later", "later:v1", "");
+    let later = later.replace("replicas: 1", "replicas: 2");
+    let later = kubectl.file("later.yaml", &later);
+    kubectl.ok(&["apply", "-f", &later]).await;
+    let pods = kubectl.ok(&["get", "pods"]).await;
+    let greeter = rows(&pods, "greeter");
+    assert_eq!(greeter.len(), 1, "{pods}");
+    assert_eq!(&greeter[0][1..3], ["0/1", "ErrImagePull"], "{pods}");
+    let waiting = rows(&pods, "later-");
+    assert_eq!(waiting.len(), 2, "{pods}");
+    assert!(waiting.iter().all(|row| row[2] == "ErrImagePull"), "{pods}");
+    let deployments = kubectl.ok(&["get", "deployment", "later"]).await;
+    assert_eq!(rows(&deployments, "later")[0][1], "0/2", "{deployments}");
+    let described = kubectl.ok(&["describe", "pod", "greeter"]).await;
+    assert!(described.contains("Pending"), "{described}");
+    assert!(described.contains("ErrImagePull"), "{described}");
+    assert!(
+        described.contains("Failed to pull image \"greeter:latest\"")
+            && described.contains("POST /v1/modules?name=greeter"),
+        "the event says why and what to do:\n{described}"
+    );
+    let logs = kubectl.run(&["logs", "greeter"]).await;
+    assert!(
+        !logs.ok && logs.stderr.contains("is waiting to start"),
+        "{}",
+        logs.stderr
+    );
+    // A waiting pod holds its name.
+    let again = kubectl.run(&["create", "-f", &pod]).await;
+    assert!(
+        !again.ok && again.stderr.contains("AlreadyExists"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(node.call("greeter", "/").await.status, 404);
+    let (_, listed) = node.get("/v1/services").await;
+    assert!(
+        !listed.to_string().contains("\"greeter\""),
+        "a waiting pod runs nothing: {listed}"
+    );
+
+    // A module given the name: the pod starts, and serves.
+    let uploaded = node
+        .client
+        .post(format!("{}/v1/modules?name=greeter", node.api))
+        .body(bytes(HELLO_HTTP))
+        .send()
+        .await
+        .expect("uploading");
+    assert!(uploaded.status().is_success());
+    kubectl
+        .ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/greeter",
+            "--timeout=60s",
+        ])
+        .await;
+    let reply = node.call("greeter", "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (status, service) = node.get("/v1/services/greeter").await;
+    assert_eq!(status, 200, "{service}");
+    assert_eq!(service["spec"]["resources"]["limits"]["cpu"], "500m");
+
+    // The same manifest again changes nothing. kubectl sends `cpu: "0.5"` again because the
+    // pod reads `500m` (so it says "configured", as against kube-apiserver); it runs the same.
+    let uid = ["get", "pod", "greeter", "-o", "jsonpath={.metadata.uid}"];
+    let running = kubectl.ok(&uid).await;
+    let again = kubectl.ok(&["apply", "-f", &pod]).await;
+    assert!(
+        ["pod/greeter configured", "pod/greeter unchanged"].contains(&again.trim()),
+        "{again}"
+    );
+    assert_eq!(
+        kubectl.ok(&uid).await,
+        running,
+        "the same replica still runs"
+    );
+    // A change to what runs is refused.
+    let bigger = kubectl.file("bigger.yaml", &greeter_pod("128Mi"));
+    let refused = kubectl.run(&["apply", "-f", &bigger]).await;
+    assert!(
+        !refused.ok
+            && refused
+                .stderr
+                .contains("Forbidden: pod updates may not change"),
+        "{}",
+        refused.stderr
+    );
+
+    // A waiting Deployment is deleted like any other.
+    kubectl.ok(&["delete", "-f", &later]).await;
+    let pods = kubectl.ok(&["get", "pods"]).await;
+    assert!(rows(&pods, "later-").is_empty(), "{pods}");
+    assert!(node.node.waiting().await.expect("listing").is_empty());
     node.stop().await;
 }

@@ -111,7 +111,8 @@ def main():
                 if refused.returncode == 0 or "must be logged in" not in refused.stderr:
                     sys.exit(f"FAILED: kubectl with a wrong token: {refused.stdout}{refused.stderr}")
             print("  ok: kubectl with the kubeconfig over TLS; refused with a wrong token")
-            subprocess.run([python, os.path.join(HERE, "scenarios.py"), gateway, echo], check=True, env=env)
+            subprocess.run([python, os.path.join(HERE, "scenarios.py"), gateway, echo, guest("hello_http")],
+                           check=True, env=env)
         finally:
             node.terminate()
             node.wait()

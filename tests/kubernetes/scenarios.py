@@ -1,9 +1,10 @@
 """The Kubernetes Python client against a shoal node, after the document's snippet has run.
 
-Arguments: the gateway's URL, the digest of the echo-http module. The kubeconfig comes from
-$KUBECONFIG (written by `shoal kubeconfig`: TLS with the node's self-signed certificate and
-its token). Checks what the snippet made, then lists, watches, reads logs, patches the scale,
-deletes, and the error paths, each as the client surfaces it.
+Arguments: the gateway's URL, the digest of the echo-http module, the path of the hello-http
+module. The kubeconfig comes from $KUBECONFIG (written by `shoal kubeconfig`: TLS with the
+node's self-signed certificate and its token). Checks what the snippet made, then lists,
+watches, reads logs, patches the scale, waits for an image, deletes, and the error paths, each
+as the client surfaces it.
 """
 
 import json
@@ -14,7 +15,7 @@ import urllib.request
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-gateway, echo_digest = sys.argv[1], sys.argv[2]
+gateway, echo_digest, hello_path = sys.argv[1], sys.argv[2], sys.argv[3]
 config.load_kube_config()
 core = client.CoreV1Api()
 apps = client.AppsV1Api()
@@ -119,6 +120,48 @@ except ApiException as error:
     check((code, reason) == (422, "Invalid") and "spec.template.spec.volumes" in message, status_of(error))
 print("  ok: 404, 409 and 422 as ApiException with a Status body")
 
+# An image that names no module yet: the pod waits in ErrImagePull, with an event saying why,
+# and starts once a module is uploaded with that name (the client's own connection uploads it).
+later = json.loads(json.dumps(deployment))
+later["metadata"]["name"] = "later"
+later["spec"]["selector"]["matchLabels"] = {"app": "later"}
+later["spec"]["template"]["metadata"]["labels"] = {"app": "later"}
+later["spec"]["template"]["spec"]["containers"][0]["image"] = "later:v1"
+apps.create_namespaced_deployment("default", later)
+waiting = core.list_namespaced_pod("default", label_selector="app=later")
+check(len(waiting.items) == 1, waiting.items)
+state = waiting.items[0].status.container_statuses[0].state.waiting
+check(state is not None and state.reason == "ErrImagePull" and "later:v1" in state.message, state)
+events = core.list_namespaced_event("default", field_selector=f"involvedObject.name={waiting.items[0].metadata.name}")
+check(any(e.reason == "Failed" and "Failed to pull image" in e.message for e in events.items),
+      [(e.reason, e.message) for e in events.items])
+running = []
+
+
+def wait_running():
+    stream = watch.Watch().stream(core.list_namespaced_pod, "default", label_selector="app=later",
+                                  resource_version=waiting.metadata.resource_version, timeout_seconds=30)
+    for event in stream:
+        if event["object"].status.phase == "Running":
+            running.append(event["object"].metadata.name)
+            return
+
+
+watcher = threading.Thread(target=wait_running)
+watcher.start()
+api = client.ApiClient()
+with open(hello_path, "rb") as module:
+    uploaded = api.call_api("POST", f"{api.configuration.host}/v1/modules?name=later:v1", body=module.read(),
+                            header_params={"Content-Type": "application/wasm",
+                                           "Authorization": api.configuration.get_api_key_with_prefix("BearerToken")})
+check(uploaded.status in (200, 201), f"the upload answered {uploaded.status}")
+watcher.join(40)
+check(running, "the watch saw the waiting pod run once its module was uploaded")
+status, _ = call("later/")
+check(status == 200, f"later answered {status}")
+print("  ok: an image naming no module waits in ErrImagePull, and runs once uploaded")
+
+apps.delete_namespaced_deployment("later", "default")
 apps.delete_namespaced_deployment("talk", "default")
 deleted = core.delete_namespaced_pod("my-pod", "default")
 check(deleted.metadata.name == "my-pod", deleted)

@@ -27,7 +27,7 @@ use axum::{Json, Router, middleware};
 use serde_json::{Value, json};
 use shoal_node::{Node, WriteOptions};
 use shoal_registry::ServiceRecord;
-use shoal_spec::{ServiceName, ServiceSpec};
+use shoal_spec::{Digest, ServiceName, ServiceSpec};
 
 use self::objects::{Kind, NAMESPACE, View, at};
 use self::selector::{FieldSelector, LabelSelector};
@@ -253,6 +253,8 @@ pub(crate) struct Snapshot {
     pub(crate) gateway_ip: String,
     pub(crate) modules: Vec<shoal_registry::ModuleRecord>,
     pub(crate) routes: Vec<shoal_registry::RouteRecord>,
+    /// Services waiting for their module, as records, with the image they wait for.
+    pub(crate) waiting: Vec<(ServiceRecord, String)>,
 }
 
 impl Snapshot {
@@ -263,7 +265,7 @@ impl Snapshot {
             .services()
             .await
             .map_err(|error| KubeError::from_node(error, "services", ""))?;
-        let services = records
+        let services: Vec<(ServiceRecord, _)> = records
             .into_iter()
             .map(|record| {
                 let status = node.service_status(&record.name).ok();
@@ -274,23 +276,47 @@ impl Snapshot {
             .modules()
             .await
             .map_err(|error| KubeError::from_node(error, "modules", ""))?;
+        let waiting = node
+            .waiting()
+            .await
+            .map_err(|error| KubeError::from_node(error, "deployments", ""))?
+            .iter()
+            // A service written meanwhile holds the name; the waiting one goes soon.
+            .filter(|waiting| {
+                !services
+                    .iter()
+                    .any(|(service, _)| service.name == waiting.name)
+            })
+            .map(|waiting| (objects::waiting_service(waiting), waiting.image.clone()))
+            .collect();
         Ok(Snapshot {
             index,
             services,
             gateway_ip: gateway_ip(node),
             modules,
             routes: node.routes(),
+            waiting,
         })
     }
 
     pub(crate) fn views(&self) -> impl Iterator<Item = View<'_>> {
-        self.services.iter().map(|(record, status)| View {
+        let view = |record, status, waiting_for| View {
             record,
-            status: status.as_ref(),
+            status,
             index: self.index,
             gateway_ip: &self.gateway_ip,
             modules: &self.modules,
-        })
+            waiting_for,
+        };
+        let services = self
+            .services
+            .iter()
+            .map(move |(record, status)| view(record, status.as_ref(), None));
+        let waiting = self
+            .waiting
+            .iter()
+            .map(move |(record, image)| view(record, None, Some(image.as_str())));
+        services.chain(waiting)
     }
 
     pub(crate) fn objects(&self, kind: Kind) -> Vec<Value> {
@@ -514,18 +540,19 @@ async fn write(
             Err(error) => Err(KubeError::from_node(error, kind.resource(), name)),
         };
     }
-    let modules = node
-        .modules()
-        .await
-        .map_err(|error| KubeError::from_node(error, kind.resource(), name))?;
-    let spec = objects::spec_of(kind, name, object, |image| {
-        objects::resolve_image(image, &modules)
-    })?;
+    let (spec, missing) = convert(node, kind, name, object).await?;
     let options = WriteOptions {
         admit_pending: true,
         ..options
     };
-    match node.write_service(service, spec, options).await {
+    let written = match missing {
+        Some(image) => node
+            .write_waiting(service, &image, spec, options)
+            .await
+            .map(|_| ()),
+        None => node.write_service(service, spec, options).await.map(|_| ()),
+    };
+    match written {
         Ok(_) => Ok(()),
         Err(shoal_node::Error::Invalid(field)) => Err(KubeError::invalid(
             kind.name(),
@@ -543,6 +570,29 @@ async fn write(
         )),
         Err(error) => Err(KubeError::from_node(error, kind.resource(), name)),
     }
+}
+
+/// The spec a workload object converts to, and the image it names when that names no
+/// uploaded module yet (the spec's module is then a placeholder: the service waits).
+async fn convert(
+    node: &Node,
+    kind: Kind,
+    name: &str,
+    object: &Value,
+) -> KubeResult<(ServiceSpec, Option<String>)> {
+    let modules = node
+        .modules()
+        .await
+        .map_err(|error| KubeError::from_node(error, kind.resource(), name))?;
+    let missing = std::cell::RefCell::new(None);
+    let spec = objects::spec_of(kind, name, object, |image| {
+        let found = objects::resolve_image(image, &modules)?;
+        Ok(found.unwrap_or_else(|| {
+            *missing.borrow_mut() = Some(image.to_string());
+            Digest::of(image.as_bytes())
+        }))
+    })?;
+    Ok((spec, missing.into_inner()))
 }
 
 /// The object `name` of `kind` as it reads after a write.
@@ -569,13 +619,7 @@ async fn create(
     }
     if query.dry_run {
         objects::parse_name(kind, &name)?;
-        let modules = node
-            .modules()
-            .await
-            .map_err(|error| KubeError::from_node(error, kind.resource(), &name))?;
-        objects::spec_of(kind, &name, &object, |image| {
-            objects::resolve_image(image, &modules)
-        })?;
+        convert(&node, kind, &name, &object).await?;
         return Ok((StatusCode::CREATED, Json(object)).into_response());
     }
     write(
@@ -608,10 +652,18 @@ async fn service_of(node: &Node, kind: Kind, name: &str) -> KubeResult<Option<Se
         };
     }
     let service: ServiceName = name.parse().map_err(|_| not_found())?;
-    let record = node.service(&service).await.map_err(|error| match error {
-        shoal_node::Error::NotFound { .. } => not_found(),
-        other => KubeError::from_node(other, kind.resource(), name),
-    })?;
+    let record = match node.service(&service).await {
+        Ok(record) => record,
+        Err(shoal_node::Error::NotFound { .. }) => node
+            .waiting()
+            .await
+            .map_err(|error| KubeError::from_node(error, kind.resource(), name))?
+            .iter()
+            .find(|waiting| waiting.name == service)
+            .map(objects::waiting_service)
+            .ok_or_else(not_found)?,
+        Err(other) => return Err(KubeError::from_node(other, kind.resource(), name)),
+    };
     if Kind::of(&record) != kind {
         return Err(not_found());
     }
@@ -636,21 +688,18 @@ fn check_immutable(kind: Kind, name: &str, current: &Value, updated: &Value) -> 
     Ok(())
 }
 
-/// Refuses a change to what a bare Pod runs. Kubernetes compares the pod spec; this compares
-/// the specs the two objects convert to, so that re-applying the same manifest (which spells
-/// `cpu: 0.5` where the rendered pod says `500m`) changes nothing instead of failing.
+/// Refuses a change to what a bare Pod runs but its image. Kubernetes compares the pod spec;
+/// this compares the specs the two objects convert to, so that re-applying the same manifest
+/// (which spells `cpu: 0.5` where the rendered pod says `500m`) changes nothing instead of
+/// failing.
 async fn check_pod_unchanged(node: &Node, name: &str, updated: &Value) -> KubeResult<()> {
     let Some(current) = service_of(node, Kind::Pod, name).await? else {
         return Ok(());
     };
-    let modules = node
-        .modules()
-        .await
-        .map_err(|error| KubeError::from_node(error, Kind::Pod.resource(), name))?;
-    let mut spec = objects::spec_of(Kind::Pod, name, updated, |image| {
-        objects::resolve_image(image, &modules)
-    })?;
+    let (mut spec, _) = convert(node, Kind::Pod, name, updated).await?;
     spec.normalize();
+    // A pod's image may change, as in Kubernetes: the new module replaces the replica.
+    spec.module = current.spec.module.clone();
     let runs = |spec: &ServiceSpec| (spec.replica_template(), spec.scale.clone());
     if runs(&spec) != runs(&current.spec) {
         return Err(KubeError::invalid(
@@ -790,7 +839,13 @@ async fn delete_workload(
     let record = service_of(&node, kind, &name).await?;
     let (_, mut object) = find(&node, kind, &name).await?;
     let deleted = match record {
-        Some(record) => node.delete_service(&record.name).await.map(|_| ()),
+        Some(record) => match node.delete_service(&record.name).await {
+            // Not a service yet: one waiting for its module.
+            Err(shoal_node::Error::NotFound { .. }) => {
+                node.delete_waiting(&record.name).await.map(|_| ())
+            }
+            deleted => deleted.map(|_| ()),
+        },
         None => {
             let route: ServiceName = objects::parse_name(kind, &name)?;
             node.delete_route(&route).await.map(|_| ())
@@ -1007,10 +1062,14 @@ async fn list_events(
     let mut events = Vec::new();
     for view in snapshot.views() {
         let deployment = view.deployment();
-        let records = node
-            .events(&view.record.name, None)
-            .await
-            .map_err(|error| KubeError::from_node(error, "events", ""))?;
+        // A service waiting for its module has made no scale decisions yet.
+        let records = match view.waiting_for {
+            Some(_) => Vec::new(),
+            None => node
+                .events(&view.record.name, None)
+                .await
+                .map_err(|error| KubeError::from_node(error, "events", ""))?,
+        };
         events.extend(records.iter().map(|record| {
             objects::event(
                 &deployment,
@@ -1022,7 +1081,7 @@ async fn list_events(
         events.extend(
             view.pods()
                 .iter()
-                .filter_map(|pod| objects::fault_event(pod, snapshot.index)),
+                .filter_map(|pod| objects::pod_event(pod, snapshot.index)),
         );
     }
     let events = query.select(events, EVENT_FIELDS)?;
@@ -1050,12 +1109,18 @@ async fn pod_log(
             .into_iter()
             .find(|(pod, ..)| *pod == name)
             .map(|(_, _, replica)| replica.cloned());
-        replica.map(|replica| (view.record.name.clone(), view.deployment(), replica))
+        replica.map(|replica| {
+            let pod = view.pods().into_iter().find(|pod| {
+                at(pod, "metadata.name").and_then(Value::as_str) == Some(name.as_str())
+            });
+            let waiting_for = view.waiting_for.map(str::to_string);
+            (view.record.name.clone(), pod, replica, waiting_for)
+        })
     });
-    let Some((service, deployment, replica)) = found else {
+    let Some((service, Some(pod), replica, waiting_for)) = found else {
         return Err(KubeError::not_found("pods", &name));
     };
-    let container = at(&deployment, "spec.template.spec.containers")
+    let container = at(&pod, "spec.containers")
         .and_then(|containers| containers.get(0))
         .and_then(|container| container.get("name"))
         .and_then(Value::as_str)
@@ -1129,8 +1194,15 @@ async fn pod_log(
                 .into_response());
         }
         None => {
+            let why = match &waiting_for {
+                Some(image) => format!(
+                    "trying and failing to pull image: {}",
+                    objects::image_pull_message(image)
+                ),
+                None => "no node has room for it yet".to_string(),
+            };
             return Err(KubeError::bad_request(format!(
-                "container \"{container}\" in pod \"{name}\" is waiting to start: no node has room for it yet"
+                "container \"{container}\" in pod \"{name}\" is waiting to start: {why}"
             )));
         }
     };

@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use shoal_node::{RunningReplica, ServiceStatus};
 use shoal_registry::ServiceRecord;
-use shoal_spec::{ByteSize, Cpu, Digest, ResourceList, Resources, ServiceName, ServiceSpec};
+use shoal_spec::{
+    ByteSize, Cpu, Digest, ImageRef, ResourceList, Resources, ServiceName, ServiceSpec,
+};
 
 use super::status::{KubeError, KubeResult};
 
@@ -489,6 +491,8 @@ pub(crate) struct View<'a> {
     pub(crate) gateway_ip: &'a str,
     /// Every stored module, which images name.
     pub(crate) modules: &'a [shoal_registry::ModuleRecord],
+    /// The image a service waiting for its module names: its pods are in `ErrImagePull`.
+    pub(crate) waiting_for: Option<&'a str>,
 }
 
 pub(crate) fn rfc3339(unix_ms: u64) -> String {
@@ -569,7 +573,8 @@ impl View<'_> {
             .get("image")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if resolve_image(image, self.modules).as_ref() != Ok(&spec.module) {
+        let names_module = resolve_image(image, self.modules) == Ok(Some(spec.module.clone()));
+        if self.waiting_for.is_none() && !names_module {
             container["image"] = json!(spec.module.to_string());
         }
         let written_env: BTreeMap<String, String> = container
@@ -704,6 +709,8 @@ impl View<'_> {
                     "reason": if available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
                     "message": if available {
                         "Deployment has minimum availability.".to_string()
+                    } else if let Some(image) = self.waiting_for {
+                        image_pull_message(image)
                     } else {
                         format!("{running} of {wanted} replicas are running: the rest wait for room")
                     },
@@ -785,7 +792,7 @@ impl View<'_> {
                     spec["nodeName"] = json!(replica.node);
                     self.running_pod_status(&pod_spec, started, replica)
                 }
-                None => self.pending_pod_status(),
+                None => self.pending_pod_status(&pod_spec),
             };
             pods.push(json!({
                 "apiVersion": "v1",
@@ -876,8 +883,44 @@ impl View<'_> {
         })
     }
 
-    fn pending_pod_status(&self) -> Value {
+    fn pending_pod_status(&self, pod_spec: &Value) -> Value {
         let time = rfc3339(self.record.updated_unix_ms);
+        if let Some(image) = self.waiting_for {
+            let container = &pod_spec["containers"][0];
+            let waiting = json!({ "reason": "ErrImagePull", "message": image_pull_message(image) });
+            let condition = |kind: &str, status: &str| {
+                let mut condition = json!({ "type": kind, "status": status, "lastTransitionTime": time, "lastProbeTime": null });
+                if status == "False" {
+                    condition["reason"] = json!("ContainersNotReady");
+                    condition["message"] = json!(format!(
+                        "containers with unready status: [{}]",
+                        container["name"].as_str().unwrap_or_default()
+                    ));
+                }
+                condition
+            };
+            return json!({
+                "phase": "Pending",
+                "conditions": [
+                    condition("Initialized", "True"),
+                    condition("Ready", "False"),
+                    condition("ContainersReady", "False"),
+                    condition("PodScheduled", "True"),
+                ],
+                "hostIP": self.gateway_ip,
+                "startTime": time,
+                "qosClass": qos_class(&self.spec().resources),
+                "containerStatuses": [{
+                    "name": container["name"],
+                    "image": container["image"],
+                    "imageID": "",
+                    "ready": false,
+                    "started": false,
+                    "restartCount": 0,
+                    "state": { "waiting": waiting },
+                }],
+            });
+        }
         json!({
             "phase": "Pending",
             "conditions": [{
@@ -1106,25 +1149,43 @@ pub(crate) fn event(
     })
 }
 
-/// A pod's newest guest fault as a Warning Event on the pod (`OOMKilled` or `Failed`), counted
-/// as often as the pod restarted; `None` for a pod without one.
-pub(crate) fn fault_event(pod: &Value, index: u64) -> Option<Value> {
+/// A pod's trouble as a Warning Event on it: its newest guest fault (`OOMKilled` or `Failed`,
+/// counted as often as the pod restarted), or an image that names no module (`Failed`, as the
+/// kubelet reports a failed pull); `None` for a pod without either.
+pub(crate) fn pod_event(pod: &Value, index: u64) -> Option<Value> {
     let status = at(pod, "status.containerStatuses")?.get(0)?;
-    let terminated = at(status, "lastState.terminated")?;
     let name = at(pod, "metadata.name")?.as_str()?;
-    let reason = if terminated["reason"] == "OOMKilled" {
-        "OOMKilled"
-    } else {
-        "Failed"
-    };
-    let time = terminated["finishedAt"].clone();
+    let (suffix, reason, message, count, time, component) =
+        if let Some(terminated) = at(status, "lastState.terminated") {
+            let reason = if terminated["reason"] == "OOMKilled" {
+                "OOMKilled"
+            } else {
+                "Failed"
+            };
+            let message = format!(
+                "a request's guest failed: {}",
+                terminated["message"].as_str().unwrap_or_default()
+            );
+            let time = terminated["finishedAt"].clone();
+            let count = status["restartCount"].clone();
+            ("fault", reason, message, count, time, "shoal-runtime")
+        } else {
+            let waiting = at(status, "state.waiting").filter(|w| w["reason"] == "ErrImagePull")?;
+            let message = format!(
+                "Failed to pull image {}: {}",
+                status["image"],
+                waiting["message"].as_str().unwrap_or_default()
+            );
+            let time = at(pod, "status.startTime").cloned().unwrap_or(Value::Null);
+            ("pull", "Failed", message, json!(1), time, "shoal-node")
+        };
     Some(json!({
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {
-            "name": format!("{name}.fault"),
+            "name": format!("{name}.{suffix}"),
             "namespace": NAMESPACE,
-            "uid": uid(&["Event", name, "fault"]),
+            "uid": uid(&["Event", name, suffix]),
             "resourceVersion": index.to_string(),
             "creationTimestamp": time,
         },
@@ -1137,13 +1198,13 @@ pub(crate) fn fault_event(pod: &Value, index: u64) -> Option<Value> {
             "fieldPath": format!("spec.containers{{{}}}", status["name"].as_str().unwrap_or_default()),
         },
         "reason": reason,
-        "message": format!("a request's guest failed: {}", terminated["message"].as_str().unwrap_or_default()),
+        "message": message,
         "type": "Warning",
-        "count": status["restartCount"],
+        "count": count,
         "firstTimestamp": time,
         "lastTimestamp": time,
-        "source": { "component": "shoal-runtime" },
-        "reportingComponent": "shoal-runtime",
+        "source": { "component": component },
+        "reportingComponent": component,
         "reportingInstance": "",
     }))
 }
@@ -1193,27 +1254,39 @@ pub(crate) fn created_ms(object: &Value) -> u64 {
 /// Resolves an image to a stored module: `sha256:<hex>` or `anything@sha256:<hex>` names
 /// it by digest; anything else is the name of an uploaded module (`POST /v1/modules?name=`),
 /// tried as written and then without a `:latest` tag. Nothing is pulled from a registry.
+/// The module `image` names among `modules`: `Ok(None)` when it names none (yet), `Err` when
+/// it is not an image at all.
 pub(crate) fn resolve_image(
     image: &str,
     modules: &[shoal_registry::ModuleRecord],
-) -> Result<Digest, String> {
-    let digest = image.rsplit_once('@').map_or(image, |(_, digest)| digest);
-    if digest.starts_with("sha256:") {
-        return digest
-            .parse::<Digest>()
-            .map_err(|error| format!("Invalid value: {image:?}: {error}"));
-    }
+) -> Result<Option<Digest>, String> {
+    let image_ref =
+        ImageRef::parse(image).map_err(|error| format!("Invalid value: {image:?}: {error}"))?;
+    Ok(shoal_registry::module_of_image(modules, &image_ref).map(|module| module.digest.clone()))
+}
+
+/// Why a pod waits for `image`, as the kubelet's `ErrImagePull` message says it.
+pub(crate) fn image_pull_message(image: &str) -> String {
     let untagged = image.strip_suffix(":latest").unwrap_or(image);
-    shoal_registry::module_named(modules, image)
-        .or_else(|| shoal_registry::module_named(modules, untagged))
-        .map(|module| module.digest.clone())
-        .ok_or_else(|| {
-            format!(
-                "Invalid value: {image:?}: no uploaded module has this name: upload one with \
-                 POST /v1/modules?name={untagged} (or shoal deploy --module-name), or name it \
-                 by digest (sha256:<hex>); nothing is pulled from a registry"
-            )
-        })
+    format!(
+        "image {image:?} names no uploaded module: upload one with POST /v1/modules?name={untagged} \
+         (or shoal deploy --module-name {untagged}), or name a module by digest (sha256:<hex>); \
+         nothing is pulled from a registry"
+    )
+}
+
+/// A service waiting for its module as the record of a service, which [`View`] renders with
+/// no replica running and its pods in `ErrImagePull`.
+pub(crate) fn waiting_service(waiting: &shoal_registry::WaitingRecord) -> ServiceRecord {
+    ServiceRecord {
+        version: waiting.version,
+        name: waiting.name.clone(),
+        revision: 1,
+        spec: waiting.spec.clone(),
+        created_unix_ms: waiting.created_unix_ms,
+        updated_unix_ms: waiting.updated_unix_ms,
+        change_index: waiting.change_index,
+    }
 }
 
 #[cfg(test)]
@@ -1238,7 +1311,10 @@ mod tests {
     }
 
     fn resolve(image: &str) -> Result<Digest, String> {
-        resolve_image(image, &[])
+        match ImageRef::parse(image) {
+            Ok(ImageRef::Digest(digest)) => Ok(digest),
+            other => Err(format!("{other:?}")),
+        }
     }
 
     #[test]

@@ -261,8 +261,10 @@ async fn changed_since(node: &Node, from: u64, until: u64) -> Result<Vec<String>
     while let Ok(Some(change)) = tokio::time::timeout(Duration::from_secs(5), feed.next()).await {
         let change = change.map_err(|_| ())?;
         let index = change.index();
-        if let Subject::Service(name) | Subject::Events(name) | Subject::Route(name) =
-            change.subject
+        if let Subject::Service(name)
+        | Subject::Events(name)
+        | Subject::Route(name)
+        | Subject::Waiting(name) = change.subject
         {
             touched.push(name.to_string());
         }
