@@ -119,6 +119,29 @@ pub struct WaitingRecord {
     pub change_index: u64,
 }
 
+impl WaitingRecord {
+    /// The record a write of `image` and `spec` makes over `current`, at `change_index` (0
+    /// where the backend fills it in when read back).
+    pub fn written(
+        name: &ServiceName,
+        image: &str,
+        spec: ServiceSpec,
+        current: Option<&WaitingRecord>,
+        now_unix_ms: u64,
+        change_index: u64,
+    ) -> WaitingRecord {
+        WaitingRecord {
+            version: SCHEMA_VERSION,
+            name: name.clone(),
+            image: image.to_owned(),
+            spec,
+            created_unix_ms: current.map_or(now_unix_ms, |current| current.created_unix_ms),
+            updated_unix_ms: now_unix_ms,
+            change_index,
+        }
+    }
+}
+
 /// A route: a name the gateway answers for, leading to the services its selector picks (a
 /// Kubernetes Service).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +159,27 @@ pub struct RouteRecord {
     /// The change index of the change that stored the current spec; a route has no revision
     /// number, so this is what [`Expect::Revision`](crate::Expect::Revision) names for it.
     pub change_index: u64,
+}
+
+impl RouteRecord {
+    /// The record a write of `spec` makes over `current`, at `change_index` (0 where the
+    /// backend fills it in when read back).
+    pub fn written(
+        name: &ServiceName,
+        spec: RouteSpec,
+        current: Option<&RouteRecord>,
+        now_unix_ms: u64,
+        change_index: u64,
+    ) -> RouteRecord {
+        RouteRecord {
+            version: SCHEMA_VERSION,
+            name: name.clone(),
+            spec,
+            created_unix_ms: current.map_or(now_unix_ms, |current| current.created_unix_ms),
+            updated_unix_ms: now_unix_ms,
+            change_index,
+        }
+    }
 }
 
 /// The current state of a service.

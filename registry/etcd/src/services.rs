@@ -135,14 +135,7 @@ impl EtcdStore {
             route_from,
             |current| expect.check_route(name, current),
             |current| current.spec == spec,
-            |current, now| RouteRecord {
-                version: SCHEMA_VERSION,
-                name: name.clone(),
-                spec: spec.clone(),
-                created_unix_ms: current.map_or(now, |current| current.created_unix_ms),
-                updated_unix_ms: now,
-                change_index: 0,
-            },
+            |current, now| RouteRecord::written(name, spec.clone(), current, now, 0),
             |route, index| route.change_index = index,
         )
         .await
@@ -163,15 +156,7 @@ impl EtcdStore {
             waiting_from,
             |current| expect.check_waiting(name, current),
             |current| current.image == image && current.spec == spec,
-            |current, now| WaitingRecord {
-                version: SCHEMA_VERSION,
-                name: name.clone(),
-                image: image.to_owned(),
-                spec: spec.clone(),
-                created_unix_ms: current.map_or(now, |current| current.created_unix_ms),
-                updated_unix_ms: now,
-                change_index: 0,
-            },
+            |current, now| WaitingRecord::written(name, image, spec.clone(), current, now, 0),
             |waiting, index| waiting.change_index = index,
         )
         .await

@@ -173,13 +173,8 @@ impl Db {
             name,
             |current: Option<&RouteRecord>| expect.check_route(name, current),
             |current| current.spec == spec,
-            |current, change_index, now| RouteRecord {
-                version: SCHEMA_VERSION,
-                name: name.clone(),
-                spec: spec.clone(),
-                created_unix_ms: current.map_or(now, |current| current.created_unix_ms),
-                updated_unix_ms: now,
-                change_index,
+            |current, change_index, now| {
+                RouteRecord::written(name, spec.clone(), current, now, change_index)
             },
         )
     }
@@ -232,14 +227,8 @@ impl Db {
             name,
             |current: Option<&WaitingRecord>| expect.check_waiting(name, current),
             |current| current.image == image && current.spec == spec,
-            |current, change_index, now| WaitingRecord {
-                version: SCHEMA_VERSION,
-                name: name.clone(),
-                image: image.to_owned(),
-                spec: spec.clone(),
-                created_unix_ms: current.map_or(now, |current| current.created_unix_ms),
-                updated_unix_ms: now,
-                change_index,
+            |current, change_index, now| {
+                WaitingRecord::written(name, image, spec.clone(), current, now, change_index)
             },
         )
     }
