@@ -627,6 +627,56 @@ spec:
         .expect("n1 lists the pod on n2");
     let logs = on_n1.ok(&["logs", &on_n2_row]).await;
     assert!(logs.contains("from-the-cluster"), "{logs}");
+
+    // An image naming no module waits, seen from either node, and starts once a module is
+    // given its name on the other node.
+    let later = on_n1.file(
+        "later.yaml",
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: later
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: later
+  template:
+    metadata:
+      labels:
+        app: later
+    spec:
+      containers:
+      - name: main
+        image: later
+        resources:
+          requests:
+            cpu: 100m
+            memory: 16Mi
+",
+    );
+    on_n1.ok(&["apply", "-f", &later]).await;
+    let waiting = on_n2.ok(&["get", "pods", "-l", "app=later"]).await;
+    assert_eq!(
+        crate::kubernetes::rows(&waiting, "later-")[0][2],
+        "ErrImagePull",
+        "{waiting}"
+    );
+    let named = reqwest::Client::new()
+        .post(format!("{}/v1/modules?name=later", n2.api))
+        .body(guest_artifacts::bytes(guest_artifacts::HELLO_HTTP))
+        .send()
+        .await
+        .unwrap();
+    assert!(named.status().is_success());
+    let rolled = on_n1
+        .ok(&["rollout", "status", "deployment/later", "--timeout=60s"])
+        .await;
+    assert!(rolled.contains("successfully rolled out"), "{rolled}");
+    let reply = reqwest::get(format!("{}/later/", n1.gateway))
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
     for node in [n1, n2] {
         node.kill9().await;
     }
