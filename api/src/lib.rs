@@ -6,7 +6,8 @@
 //! ([`shoal_node::Node`]) and maps [`shoal_node::Error`] to its own wire format, once
 //! (`error.rs` for the management API's JSON, `consul/mod.rs` for Consul's plain text).
 //! `auth.rs` holds both token rules; the peer routes ([`peer`]), which nodes of a cluster
-//! call on each other, take the cluster's secret instead.
+//! call on each other, take the cluster's secret instead. `metrics.rs` serves `GET /metrics`
+//! (Prometheus' OpenMetrics text) behind the management token rule.
 
 pub mod consul;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod peer;
 
 mod auth;
 mod logs;
+mod metrics;
 
 pub use self::auth::check_exposure;
 pub use self::mgmt::app;

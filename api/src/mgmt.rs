@@ -38,6 +38,7 @@ pub const ROUTES: &[&str] = &[
     "GET /v1/services/{name}/events",
     "GET /v1/services/{name}/logs",
     "POST /v1/deploy/{name}",
+    "GET /metrics",
 ];
 
 /// The management API's router.
@@ -60,6 +61,7 @@ pub fn app(node: Node) -> Router {
         .route("/v1/services/{name}/events", get(service_events))
         .route("/v1/services/{name}/logs", get(service_logs))
         .route("/v1/deploy/{name}", post(deploy))
+        .route("/metrics", get(crate::metrics::metrics))
         // An empty name is a bad name, not an unknown route.
         .route("/v1/services/", any(empty_name))
         .route("/v1/deploy/", any(empty_name))

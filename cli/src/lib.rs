@@ -42,6 +42,7 @@ pub async fn open_node(config: NodeConfig) -> anyhow::Result<Node> {
 
 /// How long a node starting keeps trying to reach etcd before it serves what it last knew
 /// (or gives up, if it knows nothing).
+#[cfg(feature = "cluster")]
 const JOIN_RETRIES_FOR: Duration = Duration::from_secs(5);
 
 /// A cluster to join: where its etcd is, and where this node is reached.

@@ -304,6 +304,7 @@ impl Gateway {
             script_name: target.prefix,
             remote_addr,
         };
+        let arrived = std::time::Instant::now();
         match pool.handle(request, context).await {
             Ok((mut response, served)) => {
                 if served.cold_start {
@@ -311,13 +312,17 @@ impl Gateway {
                         .headers_mut()
                         .insert(COLD_START_HEADER, HeaderValue::from_static("true"));
                 }
+                let status = response.status().as_u16();
+                pool.record_request("ok", status, arrived.elapsed(), Some(served.queued));
                 response
             }
             Err(error) => {
                 let kind = error.kind();
                 let message = error.to_string();
                 tracing::info!(service = %target.service, kind, "{message}");
-                error_response(runtime_error_status(&error), kind, &message)
+                let status = runtime_error_status(&error);
+                pool.record_request(kind, status.as_u16(), arrived.elapsed(), None);
+                error_response(status, kind, &message)
             }
         }
     }

@@ -72,7 +72,7 @@ pub use self::status::{
     ServiceResources, ServiceStatus, WasmService,
 };
 /// A service's guest log, as [`Node::logs`] gives it.
-pub use shoal_runtime::{GuestLog, LogLine, Stream as LogStream};
+pub use shoal_runtime::{GuestLog, HistogramSnapshot, LogLine, PoolMetrics, Stream as LogStream};
 
 /// How a node is set up.
 #[derive(Debug, Clone)]

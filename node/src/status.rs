@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use shoal_registry::ServiceRecord;
-use shoal_runtime::{CPU_WINDOW, PoolStatus, ReplicaResources};
+use shoal_runtime::{CPU_WINDOW, PoolMetrics, PoolStatus, ReplicaResources};
 use shoal_spec::{ByteSize, Cpu, Limits, ServiceName};
 
 use crate::{Deployed, Error, Node, Result, convert};
@@ -149,6 +149,10 @@ pub struct ServiceStatus {
     /// Every replica, this node's first (oldest first), then each peer's, which report only
     /// how many they run.
     pub running: Vec<RunningReplica>,
+    /// What this node's pool measured since it started: the histograms behind `latency_ms`
+    /// and `requests.per_second`, exported whole by `GET /metrics`.
+    #[serde(skip)]
+    pub metrics: PoolMetrics,
 }
 
 /// One replica of a service, as the Kubernetes API shows it as a pod.
@@ -444,6 +448,7 @@ impl Node {
             },
             nodes: self.replicas_by_node(name.as_str(), status.replicas),
             running: self.running_replicas(name.as_str(), &status.members),
+            metrics: status.metrics.clone(),
             scale: ScaleView {
                 min: settings.min,
                 max: settings.max,
@@ -495,6 +500,17 @@ impl Node {
             }));
         }
         running
+    }
+
+    /// The status of every service this node runs, by name.
+    pub fn service_statuses(&self) -> Vec<ServiceStatus> {
+        let deployed = self.inner.deployed.load();
+        let mut names: Vec<&ServiceName> = deployed.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|name| self.service_status(name).ok())
+            .collect()
     }
 
     /// The wasm services this node runs, by name.

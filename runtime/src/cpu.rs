@@ -132,6 +132,8 @@ pub struct CpuShare {
     weight: AtomicU64,
     vruntime: AtomicU64,
     meter: CpuMeter,
+    /// Fuel its guests burnt, in wasmtime's units (about one per instruction).
+    fuel: AtomicU64,
 }
 
 impl CpuShare {
@@ -142,6 +144,7 @@ impl CpuShare {
             weight: AtomicU64::new(weight_millis.max(1)),
             vruntime: AtomicU64::new(0),
             meter: CpuMeter::default(),
+            fuel: AtomicU64::new(0),
         })
     }
 
@@ -158,6 +161,17 @@ impl CpuShare {
     /// The CPU time its guests have used.
     pub fn used(&self) -> Duration {
         self.meter.used()
+    }
+
+    /// Counts fuel a guest burnt.
+    pub(crate) fn burn_fuel(&self, fuel: u64) {
+        self.fuel.fetch_add(fuel, Ordering::Relaxed);
+    }
+
+    /// The fuel its guests have burnt (a request of a wasi:http guest stopped by its timeout
+    /// leaves none counted: its store goes with it).
+    pub fn fuel(&self) -> u64 {
+        self.fuel.load(Ordering::Relaxed)
     }
 
     /// Notes the CPU used so far, for the recent figures; the service's pool calls it at

@@ -28,6 +28,8 @@
 //! - `service.rs`: [`Service`], a compiled module bound to a name, env and limits.
 //! - `replica/`: [`Capacity`], [`ReplicaPool`] with its queue, lease and scaling loop, and
 //!   the KPA-shaped arithmetic behind scaling decisions.
+//! - `metrics.rs`: [`Histogram`], the timings a pool keeps per service, read whole by
+//!   Prometheus and over the last minute by the status.
 //!
 //! The crate knows nothing of axum, JSON or redb: callers hand it bytes and requests.
 
@@ -41,6 +43,7 @@ mod engine;
 mod exec;
 mod kernel;
 mod logs;
+mod metrics;
 mod replica;
 mod sandbox;
 mod service;
@@ -53,10 +56,11 @@ pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig};
 pub use self::exec::{RequestContext, ServiceConfig};
 pub use self::kernel::TickerPriority;
 pub use self::logs::{GuestLog, LogLine, Stream};
+pub use self::metrics::{BUCKETS, Histogram, HistogramSnapshot, Recent};
 pub use self::replica::{
     Autoscaler, Capacity, Decision, EventSink, Fault, FaultReason, HeldDemand, Occupancy,
-    PoolStatus, ReplicaPool, ReplicaResources, ReplicaSpec, ReplicaState, Reservation, ScaleEvent,
-    ScaleReason, ScaleSettings, Served, Shortfall,
+    PoolMetrics, PoolStatus, ReplicaPool, ReplicaResources, ReplicaSpec, ReplicaState, Reservation,
+    ScaleEvent, ScaleReason, ScaleSettings, Served, Shortfall,
 };
 pub use self::sandbox::{BoxError, ResponseBody, SandboxLimits};
 pub use self::service::Service;

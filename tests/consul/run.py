@@ -22,7 +22,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-import venvs  # noqa: E402  (tests/venvs.py)
+import harness  # noqa: E402  (tests/harness.py)
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SHOAL = os.environ.get("SHOAL_BIN", os.path.join(ROOT, "target", "debug", "shoal"))
 CLIENTS = {"py-consul": "py-consul==1.8.0", "python-consul": "python-consul==1.1.0"}
@@ -31,7 +31,7 @@ SEED_PORT = 8500
 
 def environment(name, requirement):
     """A virtual environment with one client installed, created once and reused."""
-    return venvs.environment("consul-venvs", name, requirement)
+    return harness.environment("consul-venvs", name, requirement)
 
 
 def free_port():

@@ -11,7 +11,6 @@ TLS) and without the token (refused). Run by `scripts/test` after the end-to-end
 builds the guests it uploads.
 """
 
-import glob
 import json
 import os
 import re
@@ -23,7 +22,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-import venvs  # noqa: E402  (tests/venvs.py)
+import harness  # noqa: E402  (tests/harness.py)
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SHOAL = os.environ.get("SHOAL_BIN", os.path.join(ROOT, "target", "debug", "shoal"))
 CLIENT = "kubernetes==37.0.2"
@@ -32,17 +31,7 @@ TOKEN = "k8s-test-token"
 
 def environment():
     """A virtual environment with the client installed, created once and reused."""
-    return venvs.environment("kube-venvs", "kubernetes", CLIENT)
-
-
-def guest(name):
-    """The newest build of a test guest, as tests/artifacts/build.rs left it."""
-    pattern = os.path.join(ROOT, "target", "*", "build", "guest-artifacts-*", "out", "guests", "*", "release",
-                           f"{name}.wasm")
-    found = sorted(glob.glob(pattern), key=os.path.getmtime)
-    if not found:
-        sys.exit(f"no built {name}.wasm under target/: run the end-to-end tests first (cargo test), which build it")
-    return found[-1]
+    return harness.environment("kube-venvs", "kubernetes", CLIENT)
 
 
 def kubectl():
@@ -88,8 +77,8 @@ def main():
         node, api, gateway = start_node(data_dir)
         try:
             cert = os.path.join(data_dir, "tls", "cert.pem")
-            upload(api, cert, guest("hello_http"), "my-image")
-            echo = upload(api, cert, guest("echo_http"), "echo")
+            upload(api, cert, harness.guest("hello_http"), "my-image")
+            echo = upload(api, cert, harness.guest("echo_http"), "echo")
             kubeconfig = os.path.join(data_dir, "kubeconfig")
             printed = subprocess.run([SHOAL, "kubeconfig", "--api", api, "--token", TOKEN, "--data-dir", data_dir],
                                      check=True, capture_output=True, text=True).stdout
@@ -111,7 +100,7 @@ def main():
                 if refused.returncode == 0 or "must be logged in" not in refused.stderr:
                     sys.exit(f"FAILED: kubectl with a wrong token: {refused.stdout}{refused.stderr}")
             print("  ok: kubectl with the kubeconfig over TLS; refused with a wrong token")
-            subprocess.run([python, os.path.join(HERE, "scenarios.py"), gateway, echo, guest("hello_http")],
+            subprocess.run([python, os.path.join(HERE, "scenarios.py"), gateway, echo, harness.guest("hello_http")],
                            check=True, env=env)
         finally:
             node.terminate()

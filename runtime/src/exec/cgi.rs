@@ -105,8 +105,9 @@ where
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call_async(&mut store, ()).await
     };
-    let scheduled = Scheduled::new(run, cpu, sandbox::quota_charger(throttle));
+    let scheduled = Scheduled::new(run, cpu.clone(), sandbox::quota_charger(throttle));
     let outcome = tokio::time::timeout(limits.timeout, scheduled).await;
+    sandbox::count_fuel(&store, limits, &cpu);
     let replica = checkout.replica_id();
     drop(checkout);
     sandbox::log_output(config, replica, Stream::Stderr, &stderr);

@@ -225,10 +225,11 @@ where
                 .new_response_outparam(sender)
                 .map_err(|e| Error::Internal(e.into()))?;
             let handler = instance.proxy.wasi_http_incoming_handler();
-            match handler
+            let handled = handler
                 .call_handle(&mut instance.store, incoming, outparam)
-                .await
-            {
+                .await;
+            sandbox::count_fuel(&instance.store, &limits, &cpu);
+            match handled {
                 Ok(()) => {
                     instance.served += 1;
                     Ok(instance)

@@ -12,6 +12,6 @@ mod pool;
 pub use self::autoscale::{Autoscaler, Decision, ScaleSettings};
 pub use self::capacity::{Capacity, ReplicaResources, Reservation, Shortfall};
 pub use self::pool::{
-    EventSink, Fault, FaultReason, HeldDemand, Occupancy, PoolStatus, ReplicaPool, ReplicaSpec,
-    ReplicaState, ScaleEvent, ScaleReason, Served,
+    EventSink, Fault, FaultReason, HeldDemand, Occupancy, PoolMetrics, PoolStatus, ReplicaPool,
+    ReplicaSpec, ReplicaState, ScaleEvent, ScaleReason, Served,
 };

@@ -16,7 +16,7 @@
 //! A tick task per pool samples demand and applies the [`Autoscaler`]'s decisions;
 //! scale changes are reported through the pool's [`EventSink`], coalesced per tick.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use super::lease::{Grant, Lease};
 use crate::cpu::{CpuScheduler, CpuShare, CpuUsage, DEFAULT_WEIGHT_MILLIS, GuestCpu};
 use crate::exec::HttpInstance;
 use crate::exec::RequestContext;
+use crate::metrics::{Histogram, HistogramSnapshot};
 use crate::sandbox::{BoxError, CpuThrottle, ResponseBody};
 use crate::service::Service;
 use crate::{Error, GuestKind, Result};
@@ -147,6 +148,26 @@ pub struct PoolStatus {
     pub settings: ScaleSettings,
     /// Each replica, oldest first.
     pub members: Vec<ReplicaState>,
+    /// What it measured since it started.
+    pub metrics: PoolMetrics,
+}
+
+/// What a pool measured since it started, as Prometheus scrapes it.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    /// From a request's arrival at the gateway to its response, queueing included.
+    pub request_seconds: HistogramSnapshot,
+    /// Waiting for a replica.
+    pub queue_seconds: HistogramSnapshot,
+    /// From a replica's grant to the guest's end, streaming included.
+    pub guest_seconds: HistogramSnapshot,
+    /// Answered requests: `(outcome, status class, count)`, the outcome `ok` or the error's
+    /// [kind](Error::kind), the class 2 for 2xx.
+    pub outcomes: Vec<(&'static str, u16, u64)>,
+    /// Scale events reported.
+    pub scale_events: u64,
+    /// Fuel its guests burnt.
+    pub fuel: u64,
 }
 
 /// One replica of a pool, as the status API shows it.
@@ -235,7 +256,16 @@ struct State {
     requests: u64,
     cold_starts: u64,
     rejected: u64,
-    completions: VecDeque<(Instant, Duration)>,
+    /// Scale events reported.
+    scale_events: u64,
+    /// From a request's arrival at the gateway to its response (queueing included).
+    request_seconds: Histogram,
+    /// Waiting for a replica.
+    queue_seconds: Histogram,
+    /// From a replica's grant to the guest's end (streaming included).
+    guest_seconds: Histogram,
+    /// Answered requests by outcome (`ok` or the error's kind) and status class.
+    outcomes: BTreeMap<(&'static str, u16), u64>,
 }
 
 /// The CPU weight of one replica: its cpu request in millicores, or the default for a
@@ -247,8 +277,7 @@ fn replica_weight(replica: &ReplicaSpec) -> u64 {
     }
 }
 
-/// Latency samples kept for percentiles.
-const MAX_LATENCY_SAMPLES: usize = 4096;
+/// The window of the latency percentiles in the status.
 const LATENCY_WINDOW: Duration = Duration::from_secs(60);
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -334,7 +363,11 @@ impl ReplicaPool {
                 requests: 0,
                 cold_starts: 0,
                 rejected: 0,
-                completions: VecDeque::new(),
+                scale_events: 0,
+                request_seconds: Histogram::new(now),
+                queue_seconds: Histogram::new(now),
+                guest_seconds: Histogram::new(now),
+                outcomes: BTreeMap::new(),
             }),
             ticker: Mutex::new(None),
         });
@@ -498,13 +531,31 @@ impl ReplicaPool {
         Ok((response?, served))
     }
 
+    /// Counts a request the gateway answered: its outcome (`ok`, or the error's kind), its
+    /// status, how long it took from its arrival, and how long it waited for a replica.
+    pub fn record_request(
+        &self,
+        outcome: &'static str,
+        status: u16,
+        elapsed: Duration,
+        queued: Option<Duration>,
+    ) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.request_seconds.observe(elapsed, now);
+        if let Some(queued) = queued {
+            state.queue_seconds.observe(queued, now);
+        }
+        *state.outcomes.entry((outcome, status / 100)).or_default() += 1;
+    }
+
     async fn acquire(self: &Arc<Self>, arrived: Instant) -> Result<(Lease, bool)> {
         let waiter = {
             let mut state = self.lock();
             state.account(arrived);
             state.last_activity = arrived;
             if let Some(grant) = self.take_free(&mut state) {
-                return Ok((self.lease(grant, arrived), false));
+                return Ok((self.lease(grant), false));
             }
             // A retired pool still serves what reaches it (requests that looked up the
             // route just before it was replaced), so it may grow too.
@@ -523,7 +574,7 @@ impl ReplicaPool {
                     let grant = self
                         .take_free(&mut state)
                         .expect("the replica just started has room");
-                    return Ok((self.lease(grant, arrived), from == 0));
+                    return Ok((self.lease(grant), from == 0));
                 }
             }
             if state.queue.len() >= state.settings.queue_limit as usize {
@@ -565,11 +616,12 @@ impl ReplicaPool {
                 }
             }
         };
-        Ok((self.lease(grant, arrived), false))
+        Ok((self.lease(grant), false))
     }
 
-    fn lease(self: &Arc<Self>, grant: Grant, started: Instant) -> Lease {
-        Lease::new(self.clone(), grant, started)
+    /// Lends `grant` to a request; its guest's time counts from now.
+    fn lease(self: &Arc<Self>, grant: Grant) -> Lease {
+        Lease::new(self.clone(), grant, Instant::now())
     }
 
     /// Counts a guest fault against the replica it ran on, as a restart of its container: the
@@ -666,12 +718,9 @@ impl ReplicaPool {
         state.account(now);
         state.last_activity = now;
         state.requests += 1;
-        if state.completions.len() >= MAX_LATENCY_SAMPLES {
-            state.completions.pop_front();
-        }
         state
-            .completions
-            .push_back((now, now.duration_since(started)));
+            .guest_seconds
+            .observe(now.duration_since(started), now);
         let Some(idx) = state.replicas.iter().position(|r| r.id == replica_id) else {
             return; // the replica was removed while retired; its instance goes with it
         };
@@ -816,6 +865,7 @@ impl ReplicaPool {
                 state.at_capacity_reported = true;
             }
         }
+        self.lock().scale_events += events.len() as u64;
         for event in events {
             tracing::info!(service = %self.service.name(), from = event.from, to = event.to, reason = ?event.reason, "scaled");
             (self.events)(event);
@@ -827,22 +877,8 @@ impl ReplicaPool {
         let now = Instant::now();
         let state = self.lock();
         let busy = state.replicas.iter().filter(|r| r.in_flight > 0).count() as u32;
-        let mut latencies: Vec<Duration> = state
-            .completions
-            .iter()
-            .filter(|(t, _)| now.duration_since(*t) <= LATENCY_WINDOW)
-            .map(|(_, latency)| *latency)
-            .collect();
-        latencies.sort_unstable();
-        let percentile = |p: f64| {
-            (!latencies.is_empty())
-                .then(|| latencies[((latencies.len() - 1) as f64 * p).round() as usize])
-        };
-        let recent = state
-            .completions
-            .iter()
-            .filter(|(t, _)| now.duration_since(*t) <= RATE_WINDOW)
-            .count();
+        let latency = state.request_seconds.recent(LATENCY_WINDOW, now);
+        let recent = state.request_seconds.recent(RATE_WINDOW, now).count;
         PoolStatus {
             replicas: state.replicas.len() as u32,
             desired: state.decision.desired,
@@ -857,12 +893,24 @@ impl ReplicaPool {
             cold_starts: state.cold_starts,
             rejected: state.rejected,
             request_rate: recent as f64 / RATE_WINDOW.as_secs_f64(),
-            latency_p50: percentile(0.50),
-            latency_p99: percentile(0.99),
+            latency_p50: latency.p50,
+            latency_p99: latency.p99,
             reserved: self.replica.requests.times(state.replicas.len() as u64),
             cpu: self.share.usage(now.into_std()),
             cpu_weight_millis: self.share.weight(),
             settings: state.settings.clone(),
+            metrics: PoolMetrics {
+                request_seconds: state.request_seconds.snapshot(),
+                queue_seconds: state.queue_seconds.snapshot(),
+                guest_seconds: state.guest_seconds.snapshot(),
+                outcomes: state
+                    .outcomes
+                    .iter()
+                    .map(|((outcome, class), count)| (*outcome, *class, *count))
+                    .collect(),
+                scale_events: state.scale_events,
+                fuel: self.share.fuel(),
+            },
             members: state
                 .replicas
                 .iter()

@@ -119,6 +119,12 @@ pub(crate) fn begin_request<T: Metered>(
     Ok(())
 }
 
+/// Counts the fuel a request burnt in `store` to its service.
+pub(crate) fn count_fuel<T>(store: &Store<T>, limits: &SandboxLimits, cpu: &GuestCpu) {
+    let left = store.get_fuel().unwrap_or(limits.fuel);
+    cpu.share.burn_fuel(limits.fuel.saturating_sub(left));
+}
+
 /// Turns a wasmtime error from guest code into the outcome a caller sees.
 pub(crate) fn guest_error(
     error: wasmtime::Error,

@@ -1,8 +1,11 @@
-"""Virtual environments for the real clients from PyPI that the scripts under tests/ drive:
-one per pinned requirement, under `target/`, created once and kept between runs."""
+"""What the scripts under tests/ share: virtual environments for the real clients from PyPI
+they drive (one per pinned requirement, under `target/`, created once and kept between runs),
+and the test guests the end-to-end suite built."""
 
+import glob
 import os
 import subprocess
+import sys
 import venv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,3 +24,13 @@ def environment(group, name, requirement):
         with open(marker, "w") as f:
             f.write(requirement)
     return python
+
+
+def guest(name):
+    """The newest build of a test guest, as tests/artifacts/build.rs left it."""
+    pattern = os.path.join(ROOT, "target", "*", "build", "guest-artifacts-*", "out", "guests", "*", "release",
+                           f"{name}.wasm")
+    found = sorted(glob.glob(pattern), key=os.path.getmtime)
+    if not found:
+        sys.exit(f"no built {name}.wasm under target/: run the end-to-end tests first (cargo test), which build it")
+    return found[-1]
