@@ -34,6 +34,7 @@ pub const ROUTES: &[&str] = &[
     "GET /v1/services/{name}",
     "DELETE /v1/services/{name}",
     "GET /v1/services/{name}/revisions",
+    "POST /v1/services/{name}/rollback",
     "GET /v1/services/{name}/status",
     "GET /v1/services/{name}/events",
     "GET /v1/services/{name}/logs",
@@ -57,6 +58,7 @@ pub fn app(node: Node) -> Router {
             get(get_service).put(put_service).delete(delete_service),
         )
         .route("/v1/services/{name}/revisions", get(list_revisions))
+        .route("/v1/services/{name}/rollback", post(rollback))
         .route("/v1/services/{name}/status", get(service_status))
         .route("/v1/services/{name}/events", get(service_events))
         .route("/v1/services/{name}/logs", get(service_logs))
@@ -424,6 +426,33 @@ async fn list_revisions(
     Ok(Json(
         revisions.into_iter().map(RevisionView::from).collect(),
     ))
+}
+
+/// Makes an earlier revision current again: `?to=N`, or the one before the current one.
+async fn rollback(
+    State(node): State<Node>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<ServiceView>> {
+    let mut to = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "to" => {
+                to = Some(value.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "invalid to {value:?}: expected a revision number"
+                    ))
+                })?);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}: rollback takes `to`"
+                )));
+            }
+        }
+    }
+    let record = node.rollback(&parse_name(&name)?, to).await?;
+    Ok(Json(service_view(&node, record)))
 }
 
 /// One request for curl users: the body is the module, the query the spec

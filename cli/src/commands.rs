@@ -76,6 +76,14 @@ pub enum Command {
         #[arg(long)]
         max: Option<u32>,
     },
+    /// Make an earlier revision of a service current again, as a new revision.
+    Rollback {
+        /// The service's name.
+        name: String,
+        /// The revision to go back to; default: the one before the current one.
+        #[arg(long, value_name = "REVISION")]
+        to: Option<u64>,
+    },
     /// Show a service's scale events.
     Events {
         /// The service's name.
@@ -672,6 +680,23 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
             tail,
             since,
         } => logs(&client, &name, follow, tail, since).await?,
+        Command::Rollback { name, to } => {
+            let path = match to {
+                Some(to) => format!("/v1/services/{name}/rollback?to={to}"),
+                None => format!("/v1/services/{name}/rollback"),
+            };
+            let updated = client
+                .send(client.request(reqwest::Method::POST, &path))
+                .await?;
+            if json {
+                print_json(&updated);
+            } else {
+                println!(
+                    "{name}: rolled back, now at revision {}",
+                    updated["revision"]
+                );
+            }
+        }
         Command::Events { name } => {
             let events = client.get(&format!("/v1/services/{name}/events")).await?;
             if json {

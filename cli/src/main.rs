@@ -131,8 +131,11 @@ fn init_tracing() {
          shoal_registry=info,shoal_registry_redb=info,shoal_registry_etcd=info,tower_http=warn"
             .into()
     });
+    // Colour codes only for a person watching: a log file or a journal keeps plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }

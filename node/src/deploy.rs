@@ -371,6 +371,46 @@ impl Node {
         Ok(self.inner.store.revisions(name).await?)
     }
 
+    /// Makes an earlier revision's spec current again, as a new revision: revision `to`, or
+    /// the one before the current one. The history keeps both, so a rollback can be rolled
+    /// back; a spec that no longer fits, or whose module was deleted, is refused as any write.
+    pub async fn rollback(&self, name: &ServiceName, to: Option<u64>) -> Result<ServiceRecord> {
+        let current = self.service(name).await?;
+        let target = match to {
+            Some(to) => to,
+            None if current.revision > 1 => current.revision - 1,
+            None => {
+                return Err(Error::invalid(
+                    "to",
+                    format!("service {name} has one revision: there is none to roll back to"),
+                ));
+            }
+        };
+        if target == current.revision {
+            return Err(Error::invalid(
+                "to",
+                format!("revision {target} is the current revision of {name}"),
+            ));
+        }
+        let revisions = self.revisions(name).await?;
+        let revision = revisions
+            .into_iter()
+            .find(|revision| revision.revision == target)
+            .ok_or_else(|| Error::NotFound {
+                what: "revision",
+                key: format!("{name}/{target}"),
+            })?;
+        let options = WriteOptions {
+            update_only: true,
+            unchanged_since: Some(current.change_index),
+            ..WriteOptions::default()
+        };
+        let (record, _) = self
+            .write_service(name.clone(), revision.spec, options)
+            .await?;
+        Ok(record)
+    }
+
     /// A service's newest scale events, oldest first; all that are kept with `None`.
     pub async fn events(
         &self,

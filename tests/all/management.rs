@@ -278,3 +278,69 @@ async fn shutdown_releases_the_registry_while_handles_live() {
     reopened.shutdown().await;
     drop(handle);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_restores_an_earlier_spec_as_a_new_revision() {
+    let node = TestNode::start().await;
+    let digest = node.upload(guest_artifacts::bytes(ENV_CGI)).await;
+    let digest: Value = digest.json().await.unwrap();
+    let spec =
+        |greeting: &str| json!({ "module": digest["digest"], "env": { "GREETING": greeting } });
+    let greeting = || async {
+        let reply = node.call("env", "/").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let shown: Value = serde_json::from_str(&reply.body).unwrap();
+        shown["env"]["GREETING"].as_str().unwrap().to_owned()
+    };
+    let at = &node;
+    let rollback = |query: &'static str| async move {
+        let url = format!("{}/v1/services/env/rollback{query}", at.api);
+        Reply::from(at.client.post(&url).send().await.unwrap()).await
+    };
+
+    assert_eq!(node.put_service("env", &spec("first")).await.status(), 201);
+    let refused = rollback("").await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.error().contains("one revision"),
+        "{}",
+        refused.error()
+    );
+    assert_eq!(node.put_service("env", &spec("second")).await.status(), 200);
+    assert_eq!(greeting().await, "second");
+
+    // The previous revision's spec, as revision 3; the history keeps every one.
+    let back = rollback("").await;
+    assert_eq!(back.status, 200, "{}", back.body);
+    let back: Value = serde_json::from_str(&back.body).unwrap();
+    assert_eq!(back["revision"], 3);
+    assert_eq!(greeting().await, "first");
+    let (_, revisions) = node.get("/v1/services/env/revisions").await;
+    let revisions = revisions.as_array().unwrap();
+    assert_eq!(revisions.len(), 3);
+    assert_eq!(revisions[2]["spec"], revisions[0]["spec"]);
+
+    // Any revision by number; a rollback can be rolled back.
+    let forth = rollback("?to=2").await;
+    assert_eq!(forth.status, 200, "{}", forth.body);
+    assert_eq!(greeting().await, "second");
+
+    for (query, status, needle) in [
+        ("?to=99", 404, "revision \"env/99\" not found"),
+        ("?to=4", 400, "the current revision"),
+        ("?to=two", 400, "invalid to \"two\""),
+        ("?from=1", 400, "unknown query parameter"),
+    ] {
+        let refused = rollback(query).await;
+        assert_eq!(refused.status, status, "{query}: {}", refused.body);
+        assert!(
+            refused.error().contains(needle),
+            "{query}: {}",
+            refused.error()
+        );
+    }
+    let url = format!("{}/v1/services/ghost/rollback", node.api);
+    let missing = Reply::from(node.client.post(&url).send().await.unwrap()).await;
+    assert_eq!(missing.status, 404);
+    node.stop().await;
+}

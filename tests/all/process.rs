@@ -155,6 +155,16 @@ async fn cli_round_trip() {
             .contains("scale.min: must not exceed scale.max (3)")
     );
 
+    // Back to the spec before the scale, as a new revision.
+    let rolled = stdout(&run(vec!["rollback", "echo"]).await);
+    assert!(
+        rolled.contains("echo: rolled back, now at revision 3"),
+        "{rolled}"
+    );
+    let inspected: Value =
+        serde_json::from_str(&stdout(&run(vec!["inspect", "echo"]).await)).unwrap();
+    assert_ne!(inspected["spec"]["scale"]["max"], 3, "{inspected}");
+
     // Failures: non-zero exit, one line on stderr naming the problem.
     let failed = run(vec!["inspect", "ghost"]).await;
     assert!(!failed.status.success());
@@ -209,4 +219,49 @@ async fn sigterm_lets_requests_in_flight_finish() {
     assert_eq!((reply.status, reply.body.as_str()), (200, "slept 300 ms"));
     let status = node.child.wait().await.unwrap();
     assert!(status.success(), "shoal exited with {status} after SIGTERM");
+}
+
+#[test]
+fn the_node_log_has_no_colour_codes_unless_stderr_is_a_terminal() {
+    use std::io::{BufRead as _, Read as _};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(shoal_bin())
+        .args([
+            "up",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("SHOAL_TOKEN")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.contains("api http://"), "{ready}");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(log.contains("INFO"), "the node logged: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
 }
