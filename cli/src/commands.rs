@@ -76,6 +76,17 @@ pub enum Command {
         #[arg(long)]
         max: Option<u32>,
     },
+    /// Create a guest project in ./NAME from a template, ready for `shoal dev NAME`.
+    New {
+        /// The project's name, which is its service's.
+        name: String,
+        /// rust-http (a wasi:http component) or rust-cgi (a CGI program).
+        #[arg(long, default_value = "rust-http")]
+        template: String,
+    },
+    /// Build a project, deploy it (starting a node if none answers), print its URL and log,
+    /// and build and deploy it again on every change to its sources.
+    Dev(crate::dev::DevArgs),
     /// Make an earlier revision of a service current again, as a new revision.
     Rollback {
         /// The service's name.
@@ -346,6 +357,7 @@ fn parse_cpu(text: &str) -> Result<u64, String> {
 }
 
 /// A client of the management API.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     api: String,
@@ -362,7 +374,7 @@ impl Client {
         }
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let request = self.http.request(method, format!("{}{path}", self.api));
         match &self.token {
             Some(token) => request.bearer_auth(token),
@@ -370,7 +382,7 @@ impl Client {
         }
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let response = request
             .send()
             .await
@@ -395,6 +407,64 @@ impl Client {
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.request(reqwest::Method::GET, path)).await
     }
+
+    /// PUT JSON to a path.
+    pub(crate) async fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.request(reqwest::Method::PUT, path).json(body))
+            .await
+    }
+}
+
+/// Uploads a module, giving it `name` if one is given. On a terminal, stderr shows the bytes
+/// sent, then that the node compiles; elsewhere nothing is printed.
+pub(crate) async fn upload(
+    client: &Client,
+    bytes: Vec<u8>,
+    name: Option<&str>,
+) -> anyhow::Result<Value> {
+    use std::io::IsTerminal as _;
+    let path = match name {
+        Some(name) => {
+            let query = form_urlencoded::Serializer::new(String::new())
+                .append_pair("name", name)
+                .finish();
+            format!("/v1/modules?{query}")
+        }
+        None => "/v1/modules".to_owned(),
+    };
+    let total = bytes.len();
+    let request = client
+        .request(reqwest::Method::POST, &path)
+        .header(reqwest::header::CONTENT_LENGTH, total);
+    if !std::io::stderr().is_terminal() {
+        return client.send(request.body(bytes)).await;
+    }
+    const CHUNK: usize = 256 * 1024;
+    let bytes = bytes::Bytes::from(bytes);
+    let chunks: Vec<bytes::Bytes> = (0..total)
+        .step_by(CHUNK)
+        .map(|at| bytes.slice(at..(at + CHUNK).min(total)))
+        .collect();
+    let mut sent = 0;
+    use futures::StreamExt as _;
+    let body = futures::stream::iter(chunks).map(move |chunk| {
+        sent += chunk.len();
+        if sent < total {
+            eprint!("\r\x1b[Kuploading {} of {}", mib(sent), mib(total));
+        } else {
+            eprint!("\r\x1b[Kuploaded {}; compiling", mib(total));
+        }
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let answer = client
+        .send(request.body(reqwest::Body::wrap_stream(body)))
+        .await;
+    eprint!("\r\x1b[K");
+    answer
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// Runs a client command.
@@ -406,18 +476,7 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => {
             let bytes = std::fs::read(&args.file)
                 .with_context(|| format!("reading {}", args.file.display()))?;
-            let path = match &args.module_name {
-                Some(name) => {
-                    let query = form_urlencoded::Serializer::new(String::new())
-                        .append_pair("name", name)
-                        .finish();
-                    format!("/v1/modules?{query}")
-                }
-                None => "/v1/modules".to_owned(),
-            };
-            let module = client
-                .send(client.request(reqwest::Method::POST, &path).body(bytes))
-                .await?;
+            let module = upload(&client, bytes, args.module_name.as_deref()).await?;
             let mut limits = serde_json::Map::new();
             for (key, value) in [
                 ("memory", args.memory),
@@ -679,7 +738,13 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
             follow,
             tail,
             since,
-        } => logs(&client, &name, follow, tail, since).await?,
+        } => print_log(&client, &name, follow, tail, since).await?,
+        Command::New { name, template } => {
+            let dir = crate::dev::new_project(std::path::Path::new("."), &name, &template)?;
+            println!("created {} from {template}", dir.display());
+            println!("next: shoal dev {name}    (builds, deploys, and redeploys on every change)");
+        }
+        Command::Dev(args) => crate::dev::dev(&client, &cli.api, args).await?,
         Command::Rollback { name, to } => {
             let path = match to {
                 Some(to) => format!("/v1/services/{name}/rollback?to={to}"),
@@ -757,7 +822,9 @@ pub fn kubeconfig(
 }
 
 /// Streams a service's log to stdout as it arrives.
-async fn logs(
+/// Prints a service's log: its newest `tail` lines (all without), then, with `follow`, each
+/// new one.
+pub(crate) async fn print_log(
     client: &Client,
     name: &str,
     follow: bool,
@@ -765,15 +832,19 @@ async fn logs(
     since: Option<String>,
 ) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    query.append_pair("follow", &follow.to_string());
-    if let Some(tail) = tail {
-        query.append_pair("tail", &tail.to_string());
-    }
-    if let Some(since) = since {
-        query.append_pair("since", &since);
-    }
-    let path = format!("/v1/services/{name}/logs?{}", query.finish());
+    // Built apart: the serializer is not Send, so it may not live across an await.
+    let query = {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("follow", &follow.to_string());
+        if let Some(tail) = tail {
+            query.append_pair("tail", &tail.to_string());
+        }
+        if let Some(since) = since {
+            query.append_pair("since", &since);
+        }
+        query.finish()
+    };
+    let path = format!("/v1/services/{name}/logs?{query}");
     let request = client.request(reqwest::Method::GET, &path);
     let mut response = request
         .send()
@@ -784,12 +855,13 @@ async fn logs(
         let body: Value = response.json().await.unwrap_or(Value::Null);
         anyhow::bail!("{} ({status})", text(&body["error"]));
     }
-    let mut stdout = std::io::stdout().lock();
     while let Some(chunk) = response
         .chunk()
         .await
         .map_err(|error| anyhow::anyhow!("reading the log: {error}"))?
     {
+        // Locked per chunk: `shoal dev` prints its own lines between them.
+        let mut stdout = std::io::stdout().lock();
         stdout.write_all(&chunk)?;
         stdout.flush()?;
     }

@@ -13,6 +13,7 @@
 //!   the other nodes of its cluster. The edge build leaves it out.
 
 pub mod commands;
+mod dev;
 pub mod tls;
 
 use std::future::Future;

@@ -8,6 +8,7 @@ mod consul;
 mod consul_gateway;
 mod consul_health;
 mod consul_kv;
+mod dev;
 mod etcd_store;
 mod guests;
 mod kubernetes;
