@@ -7,7 +7,8 @@
 //! (`error.rs` for the management API's JSON, `consul/mod.rs` for Consul's plain text).
 //! `auth.rs` holds both token rules; the peer routes ([`peer`]), which nodes of a cluster
 //! call on each other, take the cluster's secret instead. `metrics.rs` serves `GET /metrics`
-//! (Prometheus' OpenMetrics text) behind the management token rule.
+//! (Prometheus' OpenMetrics text) behind the management token rule; `ui.rs` the dashboard
+//! (`/ui`, a page embedded in the binary, and the status stream it follows).
 
 pub mod consul;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod peer;
 mod auth;
 mod logs;
 mod metrics;
+mod ui;
 
 pub use self::auth::check_exposure;
 pub use self::mgmt::app;

@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Limited};
+use http_body_util::BodyExt as _;
 use serde::Serialize;
 use shoal_node::{Node, NodeStatus, NodeView, ServiceStatus};
 use shoal_registry::{EventRecord, ModuleRecord, RevisionRecord, ServiceRecord};
@@ -40,6 +40,9 @@ pub const ROUTES: &[&str] = &[
     "GET /v1/services/{name}/logs",
     "POST /v1/deploy/{name}",
     "GET /metrics",
+    "GET /ui",
+    "GET /ui/config",
+    "GET /ui/stream",
 ];
 
 /// The management API's router.
@@ -64,6 +67,7 @@ pub fn app(node: Node) -> Router {
         .route("/v1/services/{name}/logs", get(service_logs))
         .route("/v1/deploy/{name}", post(deploy))
         .route("/metrics", get(crate::metrics::metrics))
+        .route("/ui/stream", get(crate::ui::stream))
         // An empty name is a bad name, not an unknown route.
         .route("/v1/services/", any(empty_name))
         .route("/v1/deploy/", any(empty_name))
@@ -71,6 +75,9 @@ pub fn app(node: Node) -> Router {
             node.clone(),
             crate::auth::require_bearer,
         ))
+        // The page is static and public: what it shows comes through the routes above.
+        .route("/ui", get(crate::ui::page))
+        .route("/ui/config", get(crate::ui::config))
         .merge(crate::consul::routes(node.clone()))
         .merge(crate::peer::routes(node.clone()))
         .merge(crate::kube::routes(node.clone()))
@@ -320,12 +327,41 @@ pub(crate) async fn read_module(body: Body, limit: u64) -> ApiResult<Bytes> {
             ),
         )
     };
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request(format!("cannot read the body: {e}"))),
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut body = body;
+    let mut kept = bytes::BytesMut::new();
+    let mut over = 0usize;
+    // Past the limit the rest is read and dropped, up to as much again and for a second or
+    // two: a client still sending when the 413 comes would see its connection reset instead.
+    let drained_by = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let frame = if over == 0 {
+            body.frame().await
+        } else {
+            match tokio::time::timeout_at(drained_by, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => return Err(too_large()),
+            }
+        };
+        let Some(frame) = frame else { break };
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if over > 0 || kept.len() + data.len() > limit {
+            over += data.len();
+            if over > limit {
+                return Err(too_large());
+            }
+        } else {
+            kept.extend_from_slice(&data);
+        }
     }
+    if over > 0 {
+        return Err(too_large());
+    }
+    Ok(kept.freeze())
 }
 
 async fn upload_module(
