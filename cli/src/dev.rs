@@ -270,7 +270,7 @@ pub(crate) async fn dev(client: &Client, api: &str, args: DevArgs) -> anyhow::Re
     name.parse::<shoal_spec::ServiceName>()
         .map_err(|error| anyhow::anyhow!("{error}: pass --name with a DNS label"))?;
     // A node this command starts lives as long as it does.
-    let _node = match client.get("/v1/node").await {
+    let started = match client.get("/v1/node").await {
         Ok(_) => None,
         Err(_) => Some(start_node(api, &project.dir, args.gateway_listen).await?),
     };
@@ -313,12 +313,32 @@ pub(crate) async fn dev(client: &Client, api: &str, args: DevArgs) -> anyhow::Re
             #[allow(unreachable_code)]
             anyhow::Ok(())
         } => result,
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        () = stopped() => Ok(()),
     };
     if let Some(logs) = logs {
         logs.abort();
     }
+    if let Some(mut node) = started {
+        // Its state is in redb, which a kill leaves whole.
+        let _ = node.kill().await;
+    }
     result
+}
+
+/// Resolves at Ctrl-C or SIGTERM.
+async fn stopped() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 /// Uploads the module and makes it the service's: a new revision of the spec there is, or a

@@ -113,3 +113,59 @@ async fn new_then_dev_serves_every_edit_and_keeps_serving_through_a_broken_one()
     );
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_starts_a_node_when_none_answers_and_serves_a_cgi_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let created = shoal_in(dir.path(), &["new", "hi", "--template", "rust-cgi"]);
+    assert!(created.status.success(), "{created:?}");
+    // An address nothing listens on: shoal dev starts a node there.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    let mut dev = tokio::process::Command::new(shoal_bin())
+        .args([
+            "dev",
+            "hi",
+            "--api",
+            &api,
+            "--gateway-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .env("CARGO_NET_OFFLINE", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting shoal dev");
+    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let build = Duration::from_secs(300);
+    until_line(&mut lines, &mut seen, "started a node", build).await;
+    until_line(&mut lines, &mut seen, "hi revision 1 serves", build).await;
+    let url = seen
+        .last()
+        .and_then(|line| line.split_whitespace().last())
+        .unwrap()
+        .to_owned();
+    let reply = reqwest::get(&url).await.unwrap();
+    assert_eq!(reply.status(), 200, "{url}");
+    assert_eq!(reply.text().await.unwrap(), "hello from hi\n");
+    assert!(dir.path().join("hi/.shoal/node.log").exists());
+    // The node it started goes with it, at Ctrl-C.
+    let interrupt = std::process::Command::new("kill")
+        .args(["-INT", &dev.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    let exited = tokio::time::timeout(Duration::from_secs(10), dev.wait()).await;
+    assert!(exited.is_ok_and(|status| status.unwrap().success()));
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        while reqwest::get(format!("{api}/v1/node")).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the node shoal dev started still answers");
+}

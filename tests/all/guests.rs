@@ -378,6 +378,25 @@ async fn flood_cgi() {
     let reply = node.call("flood", "/?bytes=10&stderr=4194304").await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "xxxxxxxxxx"));
     still_serving(&node).await;
+
+    // Many floods: the service's log keeps its newest MiB, no more.
+    node.deploy(
+        "flood",
+        FLOOD_CGI,
+        json!({ "max_response": "1Mi", "max_stderr": "64Ki" }),
+    )
+    .await;
+    for _ in 0..40 {
+        let reply = node.call("flood", "/?bytes=1&stderr=65536").await;
+        assert_eq!(reply.status, 200);
+    }
+    let log = node.send("GET", "/v1/services/flood/logs", None).await;
+    assert_eq!(log.status, 200);
+    let size = log.body.len();
+    assert!(
+        (512 << 10..(1 << 20) + (64 << 10)).contains(&size),
+        "40 floods of 64 KiB left {size} bytes of log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
