@@ -284,51 +284,28 @@ impl Collector for Scrape {
 
         // The node.
         let node = &self.node;
-        for (name, help, value) in [
-            (
-                "node_memory_capacity",
-                "Memory the node offers to replicas.",
-                bytes(node.capacity.memory),
-            ),
-            (
-                "node_memory_reserved",
-                "Memory replicas reserve.",
-                bytes(node.reserved.memory),
-            ),
-            (
-                "node_memory_free",
-                "Memory left for replicas.",
-                bytes(node.free.memory),
-            ),
+        // Capacity, reservations and what is left, of memory in bytes and of cpu in cores.
+        for (what, help, amounts) in [
+            ("capacity", "the node offers to replicas", &node.capacity),
+            ("reserved", "replicas reserve", &node.reserved),
+            ("free", "is left for replicas", &node.free),
         ] {
             family(
                 e,
                 Gauge,
-                name,
-                help,
+                &format!("node_memory_{what}"),
+                &format!("Memory {help}."),
                 Some(Unit::Bytes),
-                self.for_node(value),
+                self.for_node(bytes(amounts.memory)),
             )?;
-        }
-        for (name, help, value) in [
-            (
-                "node_cpu_capacity",
-                "CPU the node offers to replicas.",
-                cores(node.capacity.cpu),
-            ),
-            (
-                "node_cpu_reserved",
-                "CPU replicas request.",
-                cores(node.reserved.cpu),
-            ),
-            (
-                "node_cpu_free",
-                "CPU left for replicas.",
-                cores(node.free.cpu),
-            ),
-        ] {
-            let unit = Unit::Other("cores".into());
-            family(e, Gauge, name, help, Some(unit), self.for_node(value))?;
+            family(
+                e,
+                Gauge,
+                &format!("node_cpu_{what}"),
+                &format!("CPU {help}."),
+                Some(Unit::Other("cores".into())),
+                self.for_node(cores(amounts.cpu)),
+            )?;
         }
         family(
             e,

@@ -13,51 +13,20 @@ which builds the guests.
 
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import harness  # noqa: E402  (tests/harness.py)
+from harness import check  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(HERE))
-SHOAL = os.environ.get("SHOAL_BIN", os.path.join(ROOT, "target", "debug", "shoal"))
 CLIENT = "prometheus_client==0.26.0"
 TOKEN = "metrics-test-token"
 
 
-def check(condition, message):
-    if not condition:
-        sys.exit(f"FAILED: {message}")
-
-
 def request(method, url, body=None, token=TOKEN):
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    req = urllib.request.Request(url, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers, error.read()
-
-
-def start_node(data_dir):
-    env = dict(os.environ)
-    env.pop("SHOAL_TOKEN", None)
-    args = [SHOAL, "up", "--data-dir", data_dir, "--api-listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0",
-            "--token", TOKEN]
-    log = tempfile.TemporaryFile("w+")
-    node = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    match = re.search(r"api (\S+) gateway (\S+)", node.stdout.readline())
-    if not match:
-        node.kill()
-        node.wait()
-        log.seek(0)
-        sys.exit(f"shoal did not start:\n{log.read()[-4000:]}")
-    return node, match.group(1), match.group(2)
+    return harness.request(method, url, body, token)
 
 
 def deploy(api, name, guest):
@@ -118,7 +87,7 @@ def quantile(q, buckets):
 def main():
     print(f"{CLIENT} reads GET /metrics:")
     with tempfile.TemporaryDirectory() as data_dir:
-        node, api, gateway = start_node(data_dir)
+        node, api, gateway = harness.start_node(data_dir, TOKEN)
         try:
             status, _, _ = request("GET", f"{api}/metrics", token=None)
             check(status == 401, f"a scrape without the token answered {status}")
@@ -174,9 +143,5 @@ def main():
 
 
 if __name__ == "__main__":
-    python = harness.environment("metrics-venvs", "prometheus", CLIENT)
-    # The venv's python links to this one: tell the two apart by the environment.
-    if not os.environ.get("SHOAL_METRICS_VENV"):
-        os.execve(python, [python, os.path.abspath(__file__)] + sys.argv[1:],
-                  dict(os.environ, SHOAL_METRICS_VENV="1"))
+    harness.in_environment("metrics-venvs", "prometheus", CLIENT, __file__, "SHOAL_METRICS_VENV")
     main()

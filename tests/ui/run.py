@@ -13,54 +13,23 @@ guests.
 
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import harness  # noqa: E402  (tests/harness.py)
+from harness import check  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(HERE))
-SHOAL = os.environ.get("SHOAL_BIN", os.path.join(ROOT, "target", "debug", "shoal"))
 CLIENT = "selenium==4.27.1"
 TOKEN = "ui-test-token"
 SCREENSHOT = os.path.join(ROOT, "docs", "dashboard.png")
 
 
-def check(condition, message):
-    if not condition:
-        sys.exit(f"FAILED: {message}")
-
-
 def request(method, url, body=None, token=TOKEN):
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    req = urllib.request.Request(url, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def start_node(data_dir):
-    env = dict(os.environ)
-    env.pop("SHOAL_TOKEN", None)
-    args = [SHOAL, "up", "--data-dir", data_dir, "--api-listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0",
-            "--token", TOKEN]
-    log = tempfile.TemporaryFile("w+")
-    node = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    match = re.search(r"api (\S+) gateway (\S+)", node.stdout.readline())
-    if not match:
-        node.kill()
-        node.wait()
-        log.seek(0)
-        sys.exit(f"shoal did not start:\n{log.read()[-4000:]}")
-    return node, match.group(1), match.group(2)
+    return harness.request(method, url, body, token)
 
 
 def browser():
@@ -101,13 +70,13 @@ def main():
     from selenium.webdriver.common.by import By
     print(f"{CLIENT} drives headless Chromium through /ui:")
     with tempfile.TemporaryDirectory() as data_dir:
-        node, api, gateway = start_node(data_dir)
+        node, api, gateway = harness.start_node(data_dir, TOKEN)
         driver = None
         try:
             with open(harness.guest("echo_http"), "rb") as f:
-                status, body = request("POST", f"{api}/v1/deploy/echo", f.read())
+                status, _, body = request("POST", f"{api}/v1/deploy/echo", f.read())
             check(status == 201, f"deploying echo: {status} {body!r}")
-            status, _ = request("GET", f"{api}/ui/stream", token=None)
+            status, _, _ = request("GET", f"{api}/ui/stream", token=None)
             check(status == 401, f"the stream without the token answered {status}")
 
             driver = browser()
@@ -162,7 +131,7 @@ def main():
             name.send_keys("fromui")
             driver.find_element(By.ID, "deploy-button").click()
             wait("fromui to be listed", lambda: driver.find_elements(By.CSS_SELECTOR, 'tr[data-service="fromui"]'))
-            status, body = request("GET", f"{gateway}/fromui/", token=None)
+            status, _, body = request("GET", f"{gateway}/fromui/", token=None)
             check(status == 200, f"fromui answered {status}")
 
             # Scale from the page.
@@ -173,7 +142,7 @@ def main():
                 maximum.send_keys("7")
                 form.find_element(By.TAG_NAME, "button").click()
             retried(scale)
-            wait("the new bound", lambda: json.loads(request("GET", f"{api}/v1/services/fromui")[1])["spec"]["scale"]["max"] == 7)
+            wait("the new bound", lambda: json.loads(request("GET", f"{api}/v1/services/fromui")[2])["spec"]["scale"]["max"] == 7)
 
             # Delete from the page.
             retried(lambda: driver.find_element(By.CSS_SELECTOR, 'button.danger[data-service="fromui"]').click())
@@ -196,8 +165,5 @@ def main():
 
 
 if __name__ == "__main__":
-    python = harness.environment("ui-venvs", "selenium", CLIENT)
-    # The venv's python links to this one: tell the two apart by the environment.
-    if not os.environ.get("SHOAL_UI_VENV"):
-        os.execve(python, [python, os.path.abspath(__file__)] + sys.argv[1:], dict(os.environ, SHOAL_UI_VENV="1"))
+    harness.in_environment("ui-venvs", "selenium", CLIENT, __file__, "SHOAL_UI_VENV")
     main()
