@@ -677,6 +677,37 @@ spec:
         .await
         .unwrap();
     assert_eq!(reply.status(), 200);
+
+    // Each node exports its own metrics under its name; the dashboard's stream lists both.
+    for (node, name) in [(&n1, "n1"), (&n2, "n2")] {
+        let metrics = reqwest::get(format!("{}/metrics", node.api))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let replicas = format!("shoal_replicas{{node=\"{name}\",service=\"talk\"}} 1");
+        assert!(metrics.contains(&replicas), "{name}: {metrics}");
+    }
+    let mut stream = reqwest::get(format!("{}/ui/stream", n1.api)).await.unwrap();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = stream.chunk().await.unwrap().expect("the first status");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let data = text
+        .lines()
+        .find_map(|line| line.strip_prefix("data:"))
+        .expect("a data line");
+    let status: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+    let names: Vec<&str> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|node| node["name"].as_str())
+        .collect();
+    assert_eq!(names, ["n1", "n2"], "{status}");
+    drop(stream);
     for node in [n1, n2] {
         node.kill9().await;
     }
