@@ -53,6 +53,9 @@ async fn up(args: &shoal::commands::UpArgs, token: Option<String>) -> anyhow::Re
         }
         None => (shoal::open_node(config).await?, false),
     };
+    // Listening for signals before the line that says the node is up: a supervisor may stop
+    // it the moment it reads that line.
+    let shutdown = shutdown_signal()?;
     // One line on stdout for people and scripts: where to find this node. Written so that a
     // reader gone away is no reason to fail.
     {
@@ -73,7 +76,7 @@ async fn up(args: &shoal::commands::UpArgs, token: Option<String>) -> anyhow::Re
         let _ = stdout.flush();
     }
     let Some(cluster) = cluster.filter(|_| read_only) else {
-        return shoal::serve_with_tls(node, api, gateway, tls, shutdown_signal()).await;
+        return shoal::serve_with_tls(node, api, gateway, tls, shutdown).await;
     };
     // Serving what it last knew: once etcd answers, the node stops and starts again, the
     // same command, to join.
@@ -82,7 +85,7 @@ async fn up(args: &shoal::commands::UpArgs, token: Option<String>) -> anyhow::Re
         let rejoin = rejoin.clone();
         async move {
             tokio::select! {
-                () = shutdown_signal() => {}
+                () = shutdown => {}
                 () = shoal::etcd_reachable(&cluster) => {
                     tracing::info!("etcd answers again: starting again to join the cluster");
                     rejoin.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -102,27 +105,19 @@ async fn up(args: &shoal::commands::UpArgs, token: Option<String>) -> anyhow::Re
     Err(error).context("starting again to join the cluster")
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await
-            }
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM after it is called: both are listened for
+/// from the call on, not from the first poll.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutdown signal received");
+        tracing::info!("shutdown signal received");
+    })
 }
 
 fn init_tracing() {
