@@ -67,8 +67,13 @@ pub(crate) fn parse_since(text: &str) -> Result<SystemTime, String> {
         .unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
-/// The answer: the selected lines, and with `follow` a stream of the new ones.
-pub(crate) fn respond(log: Arc<GuestLog>, query: LogQuery) -> Response {
+/// The answer: the selected lines, and with `follow` a stream of the new ones, which ends
+/// when the service is deleted or `until` resolves (the node's shutdown).
+pub(crate) fn respond(
+    log: Arc<GuestLog>,
+    query: LogQuery,
+    until: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Response {
     let content_type = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     let select = |line: &LogLine| query.selects(line);
     if !query.follow {
@@ -103,7 +108,7 @@ pub(crate) fn respond(log: Arc<GuestLog>, query: LogQuery) -> Response {
         }
     });
     let body = futures::stream::iter(kept)
-        .chain(live)
+        .chain(live.take_until(until))
         .map(Ok::<_, std::convert::Infallible>);
     (content_type, Body::from_stream(body)).into_response()
 }

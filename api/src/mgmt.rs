@@ -313,7 +313,7 @@ async fn service_logs(
         }
     }
     let log = node.logs(&name)?;
-    Ok(crate::logs::respond(log, logs))
+    Ok(crate::logs::respond(log, logs, node.draining()))
 }
 
 /// Reads a whole body, refusing it with 413 past `limit` bytes.

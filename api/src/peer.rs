@@ -127,5 +127,9 @@ async fn service_log(
             _ => {}
         }
     }
-    Ok(crate::logs::respond(node.logs(&name)?, logs))
+    Ok(crate::logs::respond(
+        node.logs(&name)?,
+        logs,
+        node.draining(),
+    ))
 }

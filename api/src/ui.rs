@@ -103,7 +103,11 @@ pub(crate) async fn stream(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let events = futures::stream::unfold((node, true), |(node, first)| async move {
         if !first {
-            tokio::time::sleep(EVERY).await;
+            // The stream ends when the node stops, so the server can drain.
+            tokio::select! {
+                () = tokio::time::sleep(EVERY) => {}
+                () = node.draining() => return None,
+            }
         }
         let snapshot = snapshot(&node).await?;
         let event = Event::default()

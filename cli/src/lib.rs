@@ -297,6 +297,7 @@ pub async fn serve_with_tls(
     }
     tracing::info!("shutting down: no new connections; waiting for requests in flight");
     let _ = stop.send(true);
+    node.begin_shutdown();
     let deadline = node.config().shutdown_timeout;
     let drained = tokio::time::timeout(deadline, async {
         let _ = (&mut api_task).await;

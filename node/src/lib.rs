@@ -175,6 +175,9 @@ struct Inner {
     /// The reconcile loop and the event writer, stopped by [`Node::shutdown`].
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutting_down: AtomicBool,
+    /// Set when the servers stop taking connections ([`Node::begin_shutdown`]): streams that
+    /// would never end on their own end then, so the servers drain.
+    draining: tokio::sync::watch::Sender<bool>,
     gateway_addr: OnceLock<SocketAddr>,
     api_addr: OnceLock<SocketAddr>,
     /// The cluster this node joined, if it shares its store with others.
@@ -259,6 +262,7 @@ impl Node {
                 admission: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
                 shutting_down: AtomicBool::new(false),
+                draining: tokio::sync::watch::Sender::new(false),
                 gateway_addr: OnceLock::new(),
                 api_addr: OnceLock::new(),
                 cluster,
@@ -341,6 +345,21 @@ impl Node {
     /// The indexes of the newest change in effect on this node.
     pub fn indexes(&self) -> Indexes {
         *self.inner.applied.borrow()
+    }
+
+    /// Says that the servers in front of the node stop taking connections and wait for the
+    /// answers in progress: answers that stream until the client goes ([`Node::draining`])
+    /// end now, rather than hold the shutdown until its deadline.
+    pub fn begin_shutdown(&self) {
+        self.inner.draining.send_replace(true);
+    }
+
+    /// Resolves once [`Node::begin_shutdown`] was called.
+    pub fn draining(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut draining = self.inner.draining.subscribe();
+        async move {
+            let _ = draining.wait_for(|draining| *draining).await;
+        }
     }
 
     /// Stops the background tasks (the reconcile loop, the event writer, the check probes),

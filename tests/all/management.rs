@@ -349,3 +349,24 @@ async fn rollback_restores_an_earlier_spec_as_a_new_revision() {
     assert_eq!(missing.status, 404);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_end_when_the_node_stops() {
+    // A deadline no test waits out: the node stops only as soon as its streams end.
+    let node = TestNode::start_with(|config| {
+        config.shutdown_timeout = std::time::Duration::from_secs(600);
+    })
+    .await;
+    node.deploy("echo", ECHO_HTTP, json!({})).await;
+    let open = |path: &str| node.client.get(format!("{}{path}", node.api)).send();
+    let mut status = open("/ui/stream").await.unwrap();
+    assert_eq!(status.status(), 200);
+    assert!(status.chunk().await.unwrap().is_some(), "the first status");
+    let mut log = open("/v1/services/echo/logs?follow=true").await.unwrap();
+    assert_eq!(log.status(), 200);
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(60), node.stop()).await;
+    assert!(stopped.is_ok(), "the node waited for its streams");
+    // Both answers end, rather than break off.
+    while status.chunk().await.unwrap().is_some() {}
+    while log.chunk().await.unwrap().is_some() {}
+}

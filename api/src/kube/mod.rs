@@ -1210,7 +1210,7 @@ async fn pod_log(
     let log = node
         .logs(&service)
         .map_err(|error| KubeError::from_node(error, "pods", &name))?;
-    Ok(crate::logs::respond(log, logs))
+    Ok(crate::logs::respond(log, logs, node.draining()))
 }
 
 // The handlers, one per verb, for the kind their tag names (`POD`, `DEPLOYMENT`, `SERVICE`).

@@ -207,9 +207,13 @@ pub(super) async fn serve(
             return;
         }
         let deadline = tokio::time::Instant::now() + limit;
+        // A watch ends when the node stops, so the server can drain.
+        let draining = node.draining();
+        tokio::pin!(draining);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
+                () = &mut draining => return,
                 changed = changes.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(REREAD_EVERY) => {}
                 _ = watcher.events.closed() => return,
