@@ -73,10 +73,11 @@ impl CheckRunner {
         state.reconciled = snapshot.indexes.change;
         let mut running = std::mem::take(&mut state.running);
         // Each node runs the checks its agent API registered, as each Consul agent does.
+        // Maintenance checks are never probed: they hold their state until removed.
         for check in snapshot
             .checks
             .iter()
-            .filter(|c| node.owns(&c.definition.node))
+            .filter(|c| node.owns(&c.definition.node) && c.definition.probe != Probe::Maintenance)
         {
             let id = &check.definition.id;
             match running.remove(id) {
@@ -217,6 +218,7 @@ impl CheckTask {
         match &self.definition.probe {
             Probe::Http { interval, .. } | Probe::Tcp { interval, .. } => *interval,
             Probe::Ttl { ttl } => *ttl,
+            Probe::Maintenance => Duration::MAX,
         }
     }
 
@@ -287,7 +289,9 @@ impl CheckTask {
             Probe::Tcp {
                 address, timeout, ..
             } => probe_tcp(address, *timeout).await,
-            Probe::Ttl { .. } => unreachable!("TTL checks are not probed"),
+            Probe::Ttl { .. } | Probe::Maintenance => {
+                unreachable!("only HTTP and TCP checks are probed")
+            }
         }
     }
 }

@@ -9,11 +9,26 @@
 
 use bytes::Bytes;
 use shoal_registry::{
-    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, KvEntry, Registration,
+    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, KvEntry, Probe, Registration,
 };
 use std::sync::Arc;
 
 use crate::{Node, Result};
+
+/// The ID of a node's maintenance check, as Consul's clients recognise it.
+pub const NODE_MAINTENANCE: &str = "_node_maintenance";
+
+/// What the ID of an instance's maintenance check starts with, its instance's ID following.
+pub const SERVICE_MAINTENANCE_PREFIX: &str = "_service_maintenance:";
+
+/// A check's ID as Consul clients know it: a node's maintenance check is
+/// [`NODE_MAINTENANCE`] on every node, though a cluster's store keeps one per node.
+pub fn consul_check_id(id: &str) -> &str {
+    match id.strip_prefix(NODE_MAINTENANCE) {
+        Some(rest) if rest.is_empty() || rest.starts_with(':') => NODE_MAINTENANCE,
+        _ => id,
+    }
+}
 
 /// Registered services and checks as of the newest catalog change applied.
 #[derive(Debug, Default)]
@@ -151,6 +166,84 @@ impl Node {
         let _reported = clock.report(status).await;
         self.set_check(id, status, output).await?;
         Ok(true)
+    }
+
+    /// Puts a registered instance of this node (`Some(id)`), or the node itself, in
+    /// maintenance mode: a critical check that no probe moves, with `reason` as its notes, which
+    /// takes the instance (or every instance of the node) out of `?passing` answers and the
+    /// gateway's routes, as Consul's `_service_maintenance:{id}` and `_node_maintenance` do.
+    /// Enabling it again replaces the reason. `false` for an unknown instance.
+    pub async fn enable_maintenance(
+        &self,
+        service_id: Option<&str>,
+        reason: String,
+    ) -> Result<bool> {
+        self.check_running()?;
+        if let Some(id) = service_id
+            && !self.has_own_instance(id)
+        {
+            return Ok(false);
+        }
+        let (name, default_reason) = match service_id {
+            Some(_) => ("Service Maintenance Mode", "service"),
+            None => ("Node Maintenance Mode", "node"),
+        };
+        let notes = if reason.is_empty() {
+            format!(
+                "Maintenance mode is enabled for this {default_reason}, but no reason was provided. This is a default message."
+            )
+        } else {
+            reason
+        };
+        let definition = CheckDefinition {
+            id: self.maintenance_check_id(service_id),
+            name: name.to_owned(),
+            service_id: service_id.map(str::to_owned),
+            notes,
+            probe: Probe::Maintenance,
+            status: Some(CheckStatus::Critical),
+            deregister_critical_after: None,
+            node: String::new(),
+        };
+        match self.register_check(definition).await {
+            // The instance went away meanwhile.
+            Err(crate::Error::NotFound { .. }) if service_id.is_some() => Ok(false),
+            registered => registered.map(|_| true),
+        }
+    }
+
+    /// Ends maintenance mode of an instance of this node, or of the node; `false` for an
+    /// unknown instance. Ending it where it was not enabled changes nothing.
+    pub async fn disable_maintenance(&self, service_id: Option<&str>) -> Result<bool> {
+        self.check_running()?;
+        if let Some(id) = service_id
+            && !self.has_own_instance(id)
+        {
+            return Ok(false);
+        }
+        self.deregister_check(&self.maintenance_check_id(service_id))
+            .await?;
+        Ok(true)
+    }
+
+    /// Whether an instance with this ID was registered through this node.
+    fn has_own_instance(&self, id: &str) -> bool {
+        self.catalog()
+            .snapshot
+            .registrations
+            .iter()
+            .any(|r| r.id == id && self.owns(&r.node))
+    }
+
+    /// The ID of the maintenance check of an instance, or of this node. Check IDs are one
+    /// namespace in a cluster's store, so each node's own carries its name after
+    /// [`NODE_MAINTENANCE`]; [`consul_check_id`] gives clients Consul's.
+    fn maintenance_check_id(&self, service_id: Option<&str>) -> String {
+        match (service_id, self.inner.cluster.is_some()) {
+            (Some(id), _) => format!("{SERVICE_MAINTENANCE_PREFIX}{id}"),
+            (None, false) => NODE_MAINTENANCE.to_owned(),
+            (None, true) => format!("{NODE_MAINTENANCE}:{}", self.inner.config.node_name),
+        }
     }
 
     /// The entry at `key`, and the index a blocking query on it waits past. In a cluster

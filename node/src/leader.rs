@@ -56,9 +56,19 @@ pub(crate) async fn run(node: WeakNode) {
             fence = leadership.fence,
             "this node is the cluster's leader"
         );
+        set_leading(&node, true);
         lead(&node, &leadership).await;
+        set_leading(&node, false);
         membership.resign(&leadership).await;
         tracing::info!("this node is no longer the cluster's leader");
+    }
+}
+
+fn set_leading(node: &WeakNode, leading: bool) {
+    if let Some(node) = node.upgrade() {
+        node.inner
+            .leading
+            .store(leading, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -64,7 +64,9 @@ use shoal_spec::ServiceName;
 
 pub use self::cluster::{Joined, LAST_KNOWN_FILE, NodeView, REPORT_EVERY};
 pub use self::deploy::WriteOptions;
-pub use self::discovery::CatalogView;
+pub use self::discovery::{
+    CatalogView, NODE_MAINTENANCE, SERVICE_MAINTENANCE_PREFIX, consul_check_id,
+};
 pub use self::error::{Conflict, Error, NodeRoom, Result};
 pub use self::status::{
     Allocation, CompileCounts, FaultView, Latency, Load, NodeCpu, NodeStatus, ReplicaCounts,
@@ -178,6 +180,8 @@ struct Inner {
     /// Set when the servers stop taking connections ([`Node::begin_shutdown`]): streams that
     /// would never end on their own end then, so the servers drain.
     draining: tokio::sync::watch::Sender<bool>,
+    /// Whether this node leads its cluster now (a node alone never campaigns).
+    leading: AtomicBool,
     gateway_addr: OnceLock<SocketAddr>,
     api_addr: OnceLock<SocketAddr>,
     /// The cluster this node joined, if it shares its store with others.
@@ -263,6 +267,7 @@ impl Node {
                 tasks: Mutex::new(Vec::new()),
                 shutting_down: AtomicBool::new(false),
                 draining: tokio::sync::watch::Sender::new(false),
+                leading: AtomicBool::new(false),
                 gateway_addr: OnceLock::new(),
                 api_addr: OnceLock::new(),
                 cluster,
@@ -284,6 +289,11 @@ impl Node {
         // A module stored just before the last stop may not have started what waited for it.
         node.resolve_waiting().await;
         Ok(node)
+    }
+
+    /// Whether this node decides for the others: it leads its cluster, or is alone.
+    pub fn is_leader(&self) -> bool {
+        self.inner.cluster.is_none() || self.inner.leading.load(Ordering::Relaxed)
     }
 
     /// The node's configuration.

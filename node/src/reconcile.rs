@@ -308,9 +308,14 @@ impl Node {
         let snapshot = &catalog.snapshot;
         let mut external: HashMap<&str, Vec<Endpoint>> = HashMap::new();
         for registration in &snapshot.registrations {
+            // Its own checks and its node's (maintenance mode among them), as Consul counts
+            // them.
             let critical = snapshot.checks.iter().any(|check| {
-                check.definition.service_id.as_deref() == Some(registration.id.as_str())
-                    && check.status == CheckStatus::Critical
+                let covers = match check.definition.service_id.as_deref() {
+                    Some(id) => id == registration.id,
+                    None => check.definition.node == registration.node,
+                };
+                covers && check.status == CheckStatus::Critical
             });
             // An instance without an address is at the node's, as Consul fills in.
             let host = if registration.address.is_empty() {

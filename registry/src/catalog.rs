@@ -167,15 +167,19 @@ pub enum Probe {
         /// How long connecting may take.
         timeout: Duration,
     },
+    /// Nothing probes it: it is critical for as long as it exists, which is maintenance mode
+    /// (Consul's `_service_maintenance:{id}` and `_node_maintenance` checks).
+    Maintenance,
 }
 
 impl Probe {
-    /// `ttl`, `http` or `tcp`, as Consul names check types.
+    /// `ttl`, `http`, `tcp` or `maintenance`, as Consul names check types.
     pub fn kind(&self) -> &'static str {
         match self {
             Probe::Ttl { .. } => "ttl",
             Probe::Http { .. } => "http",
             Probe::Tcp { .. } => "tcp",
+            Probe::Maintenance => "maintenance",
         }
     }
 }

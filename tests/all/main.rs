@@ -5,6 +5,7 @@ mod cache;
 mod cluster;
 mod cluster_faults;
 mod consul;
+mod consul_agent;
 mod consul_gateway;
 mod consul_health;
 mod consul_kv;

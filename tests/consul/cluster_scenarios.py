@@ -77,6 +77,26 @@ def main():
     check(body == "external /hello", body)
     print("  ok: routed from node 3's gateway")
 
+    check(sorted(m["Name"] for m in n1.agent.members()) == ["n1", "n2", "n3"], "agent.members")
+    _, on_n2 = n1.catalog.node("n2")
+    check(list(on_n2["Services"]) == ["py-web"], f"catalog.node n2 read on node 1: {on_n2}")
+    _, on_n3 = n1.catalog.node("n3")
+    check(on_n3["Services"] == {}, f"catalog.node n3: {on_n3}")
+    # Node 3 in maintenance fails nothing of node 2's; node 2 in maintenance does.
+    check(n3.agent.maintenance(True, "n3 down for repair"), "node 3 maintenance")
+    _, checks = n1.health.node("n3")
+    check([c["CheckID"] for c in checks] == ["serfHealth", "_node_maintenance"], checks)
+    _, healthy = n1.health.service("py-web", passing=True)
+    check(len(healthy) == 1, f"node 3's maintenance failed node 2's instance: {healthy}")
+    check(n2.agent.maintenance(True, "n2 too"), "node 2 maintenance")
+    _, healthy = n1.health.service("py-web", passing=True)
+    check(healthy == [], f"node 2 in maintenance: {healthy}")
+    for client in (n2, n3):
+        check(client.agent.maintenance(False), "maintenance off")
+    _, healthy = n1.health.service("py-web", passing=True)
+    check(len(healthy) == 1, f"after maintenance: {healthy}")
+    print("  ok: members, each node's view, and maintenance mode per node")
+
     n1.kv.put("cluster/watched", "before")
     index, _ = n3.kv.get("cluster/watched")
 

@@ -58,6 +58,36 @@ def ttl_heartbeat(client):
     check(entries == [], f"after deregister: {entries}")
 
 
+def agent_and_nodes(client):
+    """The agent's own description, its members, datacenters and node, and maintenance mode."""
+    me = client.agent.self()
+    name = me["Config"]["NodeName"]
+    check(isinstance(name, str) and name, f"agent.self: {me['Config']}")
+    check(me["Config"]["Datacenter"] == "dc1", me["Config"])
+    check(all(isinstance(value, dict) for value in me.values()), f"agent.self values: {me}")
+    check([m["Name"] for m in client.agent.members()] == [name], "agent.members")
+    check(client.catalog.datacenters() == ["dc1"], "catalog.datacenters")
+    _, listed = client.catalog.node(name)
+    check(listed["Node"]["Node"] == name, f"catalog.node: {listed}")
+    check("my-service" in listed["Services"], f"catalog.node: {listed}")
+    _, checks = client.health.node(name)
+    check(checks[0]["CheckID"] == "serfHealth", f"health.node: {checks}")
+
+    check(client.agent.service.maintenance("my-service", True, "patching"), "service maintenance on")
+    _, healthy = client.health.service("my-service", passing=True)
+    check(healthy == [], f"an instance in maintenance is not passing: {healthy}")
+    _, entries = client.health.service("my-service")
+    by_id = {c["CheckID"]: c for c in entries[0]["Checks"]}
+    check(by_id["_service_maintenance:my-service"]["Notes"] == "patching", by_id)
+    check(client.agent.service.maintenance("my-service", False), "service maintenance off")
+    check(client.agent.maintenance(True, "rack move"), "node maintenance on")
+    _, healthy = client.health.service("my-service", passing=True)
+    check(healthy == [], f"a node in maintenance fails its instances: {healthy}")
+    check(client.agent.maintenance(False), "node maintenance off")
+    _, healthy = client.health.service("my-service", passing=True)
+    check(len(healthy) == 1, f"after maintenance: {healthy}")
+
+
 def key_value(client):
     """Put, get, list and delete, with values as bytes."""
     check(client.kv.put("scenario/greeting", "hello") is True, "kv.put")
@@ -166,6 +196,7 @@ def main():
         steps = [
             (discovery, (client,)),
             (ttl_heartbeat, (client,)),
+            (agent_and_nodes, (client,)),
             (key_value, (client,)),
             (blocking_get, (client,)),
             (gateway, (client, gateway_url)),

@@ -9,16 +9,17 @@ use std::time::Duration;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_registry::{CheckDefinition, CheckStatus, Probe, Registration, TaggedAddress, Weights};
 
 use shoal_node::Node;
 
-use super::catalog_health::{agent_service, health_check};
+use super::catalog_health::{agent_service, health_check, registered_instances_where};
 use super::decode::{Field, GoDuration, Shape, aliased, decode, field};
+use super::wire::{AgentService, HealthCheck};
 use super::{ConsulError, ConsulNode, ConsulResult, Query, json, ok_empty};
 
 /// How long an HTTP or TCP check may take when its definition does not say, as in Consul.
@@ -609,12 +610,15 @@ pub(super) async fn checks(
     query.check_common(&node)?;
     let consul = ConsulNode::of(&node);
     let catalog = node.catalog();
-    let checks: BTreeMap<&str, _> = catalog
+    let checks: BTreeMap<String, _> = catalog
         .snapshot
         .checks
         .iter()
         .filter(|c| node.owns(&c.definition.node))
-        .map(|c| (c.definition.id.as_str(), health_check(&consul, c)))
+        .map(|c| {
+            let check = health_check(&consul, c);
+            (check.check_id.clone(), check)
+        })
         .collect();
     Ok(json(&query, &checks))
 }
@@ -681,32 +685,245 @@ pub(super) async fn deregister_check(
     Ok(ok_empty())
 }
 
+/// Caps a note or output at [`MAX_OUTPUT`] bytes, saying how much was kept, as Consul does.
+fn truncate_output(mut output: String) -> String {
+    if output.len() > MAX_OUTPUT {
+        let mut end = MAX_OUTPUT;
+        while !output.is_char_boundary(end) {
+            end -= 1;
+        }
+        let total = output.len();
+        output.truncate(end);
+        output.push_str(&format!(" ... (captured {end} of {total} bytes)"));
+    }
+    output
+}
+
+const CHECK_UPDATE: &[Field] = &[field("Status", Shape::Plain), field("Output", Shape::Plain)];
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CheckUpdateBody {
+    status: Option<String>,
+    output: Option<String>,
+}
+
+/// `PUT /v1/agent/check/update/{id}` with `{"Status", "Output"}`: a TTL report with its
+/// status in the body (Go's `UpdateTTL`).
+pub(super) async fn check_update(
+    state: State<Node>,
+    id: Path<String>,
+    body: Bytes,
+) -> ConsulResult<Response> {
+    let body: CheckUpdateBody = decode(&body, CHECK_UPDATE)
+        .map_err(|e| ConsulError::bad_request(format!("Request decode failed: {e}")))?;
+    let status = body.status.unwrap_or_default();
+    let status = status
+        .parse::<CheckStatus>()
+        .map_err(|_| ConsulError::bad_request(format!("Invalid check status: '{status}'")))?;
+    report(status, state, id, body.output.unwrap_or_default()).await
+}
+
 /// `PUT /v1/agent/check/{pass,warn,fail}/{id}?note=`: sets a TTL check's state and restarts
 /// its clock. Any other check, or an unknown ID, is Consul's 500.
 pub(super) async fn ttl_report(
     status: CheckStatus,
-    State(node): State<Node>,
-    Path(id): Path<String>,
+    state: State<Node>,
+    id: Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult<Response> {
     let query = Query::parse(raw.as_deref());
-    let mut note = query.get("note").unwrap_or_default().to_owned();
-    if note.len() > MAX_OUTPUT {
-        let mut end = MAX_OUTPUT;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        let total = note.len();
-        note.truncate(end);
-        note.push_str(&format!(" ... (captured {end} of {total} bytes)"));
-    }
-    if !node.ttl_report(&id, status, note).await? {
+    let note = query.get("note").unwrap_or_default().to_owned();
+    report(status, state, id, note).await
+}
+
+async fn report(
+    status: CheckStatus,
+    State(node): State<Node>,
+    Path(id): Path<String>,
+    output: String,
+) -> ConsulResult<Response> {
+    if !node
+        .ttl_report(&id, status, truncate_output(output))
+        .await?
+    {
         return Err(ConsulError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("CheckID {id:?} does not have associated TTL"),
         ));
     }
     Ok(ok_empty())
+}
+
+/// `?enable=` of the maintenance routes, which Consul requires.
+fn enable_flag(query: &Query) -> ConsulResult<bool> {
+    match query.get("enable") {
+        None | Some("") => Err(ConsulError::bad_request("Missing value for enable")),
+        Some(_) => query.flag("enable"),
+    }
+}
+
+/// `PUT /v1/agent/service/maintenance/{id}?enable=&reason=`: puts an instance registered
+/// through this node in maintenance mode, or takes it out.
+pub(super) async fn service_maintenance(
+    State(node): State<Node>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ConsulResult<Response> {
+    let query = Query::parse(raw.as_deref());
+    let enable = enable_flag(&query)?;
+    let reason = query.get("reason").unwrap_or_default().to_owned();
+    let known = if enable {
+        node.enable_maintenance(Some(&id), reason).await?
+    } else {
+        node.disable_maintenance(Some(&id)).await?
+    };
+    if !known {
+        return Err(ConsulError::new(
+            StatusCode::NOT_FOUND,
+            format!("Unknown service ID {id:?}"),
+        ));
+    }
+    Ok(ok_empty())
+}
+
+/// `PUT /v1/agent/maintenance?enable=&reason=`: puts this node in maintenance mode, which
+/// fails every instance on it, or takes it out.
+pub(super) async fn node_maintenance(
+    State(node): State<Node>,
+    RawQuery(raw): RawQuery,
+) -> ConsulResult<Response> {
+    let query = Query::parse(raw.as_deref());
+    let enable = enable_flag(&query)?;
+    if enable {
+        let reason = query.get("reason").unwrap_or_default().to_owned();
+        node.enable_maintenance(None, reason).await?;
+    } else {
+        node.disable_maintenance(None).await?;
+    }
+    Ok(ok_empty())
+}
+
+/// An instance's health as the agent sums it up (`/v1/agent/health/service/*`).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct AgentServiceHealth {
+    aggregated_status: &'static str,
+    service: AgentService,
+    checks: Vec<HealthCheck>,
+}
+
+/// Sums up checks as Consul's `AggregatedStatus` does: maintenance first, then the worst
+/// status; and the HTTP status the agent answers with it.
+fn aggregated_status(checks: &[HealthCheck]) -> (&'static str, StatusCode) {
+    let maintenance = checks.iter().any(|c| {
+        c.check_id == shoal_node::NODE_MAINTENANCE
+            || c.check_id
+                .starts_with(shoal_node::SERVICE_MAINTENANCE_PREFIX)
+    });
+    let worst = |status: &str| checks.iter().any(|c| c.status == status);
+    if maintenance {
+        ("maintenance", StatusCode::SERVICE_UNAVAILABLE)
+    } else if worst("critical") {
+        ("critical", StatusCode::SERVICE_UNAVAILABLE)
+    } else if worst("warning") {
+        ("warning", StatusCode::TOO_MANY_REQUESTS)
+    } else {
+        ("passing", StatusCode::OK)
+    }
+}
+
+/// The health of this node's instances that `keep` keeps, each with its checks and its node's.
+fn agent_health(
+    node: &Node,
+    keep: impl Fn(&Registration) -> bool,
+) -> Vec<(AgentServiceHealth, StatusCode)> {
+    let consul = ConsulNode::of(node);
+    registered_instances_where(node, &consul, |r| node.owns(&r.node) && keep(r))
+        .into_iter()
+        .map(|instance| {
+            let (status, code) = aggregated_status(&instance.checks);
+            let mut service = instance.service;
+            service.create_index = None;
+            service.modify_index = None;
+            let health = AgentServiceHealth {
+                aggregated_status: status,
+                service,
+                checks: instance.checks,
+            };
+            (health, code)
+        })
+        .collect()
+}
+
+/// The status as text (`?format=text`) or the health as JSON, with the HTTP status.
+fn health_answer<T: Serialize>(
+    query: &Query,
+    code: StatusCode,
+    status: &str,
+    value: &T,
+) -> Response {
+    let mut response = if query.get("format") == Some("text") {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            status.to_owned(),
+        )
+            .into_response()
+    } else {
+        json(query, value)
+    };
+    *response.status_mut() = code;
+    response
+}
+
+/// `GET /v1/agent/health/service/id/{id}[?format=text]`: an instance's aggregated health:
+/// 200 passing, 429 warning, 503 critical or in maintenance.
+pub(super) async fn health_by_id(
+    State(node): State<Node>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ConsulResult<Response> {
+    let query = Query::parse(raw.as_deref());
+    let Some((health, code)) = agent_health(&node, |r| r.id == id).into_iter().next() else {
+        let message = format!("ServiceId {id} not found");
+        return Ok(health_answer(
+            &query,
+            StatusCode::NOT_FOUND,
+            &message,
+            &message,
+        ));
+    };
+    let status = health.aggregated_status;
+    Ok(health_answer(&query, code, status, &health))
+}
+
+/// `GET /v1/agent/health/service/name/{name}[?format=text]`: the health of every instance of
+/// a name on this node, with the worst one's HTTP status.
+pub(super) async fn health_by_name(
+    State(node): State<Node>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ConsulResult<Response> {
+    let query = Query::parse(raw.as_deref());
+    let healths = agent_health(&node, |r| r.name == name);
+    let Some((worst_status, worst_code)) = healths
+        .iter()
+        .map(|(health, code)| (health.aggregated_status, *code))
+        .max_by_key(|(_, code)| code.as_u16())
+    else {
+        let message = format!("ServiceName {name} Not Found");
+        return Ok(health_answer(
+            &query,
+            StatusCode::NOT_FOUND,
+            &message,
+            &message,
+        ));
+    };
+    let healths: Vec<AgentServiceHealth> = healths.into_iter().map(|(h, _)| h).collect();
+    Ok(health_answer(&query, worst_code, worst_status, &healths))
 }
 
 #[cfg(test)]

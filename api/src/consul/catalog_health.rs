@@ -24,17 +24,18 @@ use super::wire::{self, AddressPort, AgentService, CatalogService, HealthCheck, 
 use super::{ConsulError, ConsulNode, ConsulResult, Query, blocking, read_json};
 
 /// One provider of a service name, with its checks, whatever its kind.
-struct Instance {
+pub(super) struct Instance {
     /// The node it is on.
-    node: ConsulNode,
+    pub(super) node: ConsulNode,
     /// Whether that node is alive.
-    alive: bool,
+    pub(super) alive: bool,
     /// As the agent shows it, with its indexes.
-    service: AgentService,
-    create_index: u64,
-    modify_index: u64,
-    checks: Vec<HealthCheck>,
-    statuses: Vec<CheckStatus>,
+    pub(super) service: AgentService,
+    pub(super) create_index: u64,
+    pub(super) modify_index: u64,
+    /// Its own checks, then its node's (which Consul counts in an instance's health).
+    pub(super) checks: Vec<HealthCheck>,
+    pub(super) statuses: Vec<CheckStatus>,
 }
 
 fn tagged_addresses(registration: &Registration) -> BTreeMap<String, AddressPort> {
@@ -80,7 +81,7 @@ pub(super) fn agent_service(consul: &ConsulNode, registration: &Registration) ->
 pub(super) fn health_check(consul: &ConsulNode, check: &CheckRecord) -> HealthCheck {
     let definition = &check.definition;
     let (interval, timeout) = match &definition.probe {
-        Probe::Ttl { .. } => (String::new(), String::new()),
+        Probe::Ttl { .. } | Probe::Maintenance => (String::new(), String::new()),
         Probe::Http {
             interval, timeout, ..
         }
@@ -90,7 +91,7 @@ pub(super) fn health_check(consul: &ConsulNode, check: &CheckRecord) -> HealthCh
     };
     HealthCheck {
         node: consul.name.clone(),
-        check_id: definition.id.clone(),
+        check_id: shoal_node::consul_check_id(&definition.id).to_owned(),
         name: definition.name.clone(),
         status: check.status.as_str(),
         notes: definition.notes.clone(),
@@ -109,7 +110,7 @@ pub(super) fn health_check(consul: &ConsulNode, check: &CheckRecord) -> HealthCh
 }
 
 /// A node's own check: passing while it is alive.
-fn serf_health(consul: &ConsulNode, alive: bool) -> HealthCheck {
+pub(super) fn serf_health(consul: &ConsulNode, alive: bool) -> HealthCheck {
     HealthCheck {
         node: consul.name.clone(),
         check_id: "serfHealth".into(),
@@ -135,7 +136,7 @@ fn serf_health(consul: &ConsulNode, alive: bool) -> HealthCheck {
 }
 
 /// The node, as catalog and health entries embed it.
-fn node_view(consul: &ConsulNode) -> wire::Node {
+pub(super) fn node_view(consul: &ConsulNode) -> wire::Node {
     let address = &consul.address;
     wire::Node {
         id: consul.id.clone(),
@@ -153,7 +154,7 @@ fn node_view(consul: &ConsulNode) -> wire::Node {
 }
 
 /// This node, then the other nodes of its cluster by name, each with whether it is alive.
-fn every_node(node: &Node, consul: &ConsulNode) -> Vec<(ConsulNode, bool)> {
+pub(super) fn every_node(node: &Node, consul: &ConsulNode) -> Vec<(ConsulNode, bool)> {
     let mut nodes = vec![(consul.clone(), true)];
     for view in node.nodes().into_iter().filter(|view| !view.local) {
         nodes.push((ConsulNode::peer(node, consul, &view.name), view.alive));
@@ -171,18 +172,32 @@ fn node_meta_matches(query: &Query) -> bool {
 
 /// The instances of a registered name, with their checks.
 fn registered_instances(node: &Node, consul: &ConsulNode, name: &str) -> Vec<Instance> {
+    registered_instances_where(node, consul, |r| r.name == name)
+}
+
+/// The registered instances `keep` keeps, each with its checks and its node's.
+pub(super) fn registered_instances_where(
+    node: &Node,
+    consul: &ConsulNode,
+    keep: impl Fn(&Registration) -> bool,
+) -> Vec<Instance> {
     let catalog = node.catalog();
     catalog
         .snapshot
         .registrations
         .iter()
-        .filter(|r| r.name == name)
+        .filter(|r| keep(r))
         .map(|registration| {
+            // Its own checks, then its node's (maintenance mode among them), as Consul lists
+            // them and counts them in `?passing`.
             let checks: Vec<&CheckRecord> = catalog
                 .snapshot
                 .checks
                 .iter()
                 .filter(|c| c.definition.service_id.as_deref() == Some(registration.id.as_str()))
+                .chain(catalog.snapshot.checks.iter().filter(|c| {
+                    c.definition.service_id.is_none() && c.definition.node == registration.node
+                }))
                 .collect();
             let owner = ConsulNode::owner(node, consul, &registration.node);
             let alive = node.node_alive(&registration.node);
@@ -207,7 +222,11 @@ fn registered_instances(node: &Node, consul: &ConsulNode, name: &str) -> Vec<Ins
 }
 
 /// The instances of a wasm service: its replicas, at the gateway.
-fn wasm_instances(node: &Node, consul: &ConsulNode, wasm: &WasmService) -> Vec<Instance> {
+pub(super) fn wasm_instances(
+    node: &Node,
+    consul: &ConsulNode,
+    wasm: &WasmService,
+) -> Vec<Instance> {
     let name = wasm.record.name.as_str();
     let replicas = wasm.replicas;
     let index = wasm.record.change_index;

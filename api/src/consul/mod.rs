@@ -20,6 +20,7 @@
 //! - `catalog_health.rs`: `/v1/catalog/*` and `/v1/health/*`;
 //! - `wire.rs`: the JSON shapes Consul answers in, as typed structs;
 //! - `identity.rs`: who this node is, in Consul's terms;
+//! - `nodes.rs`: the agent itself, the members and datacenters, and what is on one node;
 //! - `kv.rs`: `/v1/kv/*`;
 //! - `decode.rs`: Consul's JSON decoding rules and Go durations.
 
@@ -28,6 +29,7 @@ mod catalog_health;
 pub(crate) mod decode;
 mod identity;
 mod kv;
+mod nodes;
 mod wire;
 
 use std::time::Duration;
@@ -57,12 +59,23 @@ pub const ROUTES: &[&str] = &[
     "PUT /v1/agent/check/pass/{id}",
     "PUT /v1/agent/check/warn/{id}",
     "PUT /v1/agent/check/fail/{id}",
+    "PUT /v1/agent/check/update/{id}",
+    "PUT /v1/agent/service/maintenance/{id}",
+    "PUT /v1/agent/maintenance",
+    "GET /v1/agent/health/service/name/{name}",
+    "GET /v1/agent/health/service/id/{id}",
+    "GET /v1/agent/self",
+    "GET /v1/agent/members",
     "GET /v1/catalog/services",
     "GET /v1/catalog/service/{name}",
     "GET /v1/catalog/nodes",
+    "GET /v1/catalog/datacenters",
+    "GET /v1/catalog/node/{node}",
+    "GET /v1/catalog/node-services/{node}",
     "GET /v1/health/service/{name}",
     "GET /v1/health/checks/{name}",
     "GET /v1/health/state/{state}",
+    "GET /v1/health/node/{node}",
     "GET /v1/kv/{key}",
     "PUT /v1/kv/{key}",
     "DELETE /v1/kv/{key}",
@@ -73,11 +86,24 @@ pub const ROUTES: &[&str] = &[
 /// The path prefixes the Consul API answers under, so unknown paths below them get Consul's
 /// plain-text 404 rather than the management API's JSON one.
 pub(crate) const PREFIXES: &[&str] = &[
+    "/v1/acl/",
     "/v1/agent/",
     "/v1/catalog/",
+    "/v1/config",
+    "/v1/connect/",
+    "/v1/coordinate/",
+    "/v1/discovery-chain/",
+    "/v1/event/",
     "/v1/health/",
+    "/v1/internal/",
     "/v1/kv",
+    "/v1/operator/",
+    "/v1/peering",
+    "/v1/query",
+    "/v1/session/",
+    "/v1/snapshot",
     "/v1/status/",
+    "/v1/txn",
 ];
 
 /// The Consul API's router; the management API merges it.
@@ -88,6 +114,22 @@ pub(crate) fn routes(node: Node) -> Router<Node> {
             "/v1/agent/service/deregister/{*id}",
             put(agent::deregister_service),
         )
+        .route(
+            "/v1/agent/service/maintenance/{*id}",
+            put(agent::service_maintenance),
+        )
+        .route("/v1/agent/maintenance", put(agent::node_maintenance))
+        .route("/v1/agent/check/update/{*id}", put(agent::check_update))
+        .route(
+            "/v1/agent/health/service/name/{*name}",
+            get(agent::health_by_name),
+        )
+        .route(
+            "/v1/agent/health/service/id/{*id}",
+            get(agent::health_by_id),
+        )
+        .route("/v1/agent/self", get(nodes::agent_self))
+        .route("/v1/agent/members", get(nodes::members))
         .route("/v1/agent/services", get(agent::services))
         .route("/v1/agent/service/{*id}", get(agent::service))
         .route("/v1/agent/checks", get(agent::checks))
@@ -111,6 +153,13 @@ pub(crate) fn routes(node: Node) -> Router<Node> {
         .route("/v1/catalog/services", get(catalog_health::services))
         .route("/v1/catalog/service/{name}", get(catalog_health::service))
         .route("/v1/catalog/nodes", get(catalog_health::nodes))
+        .route("/v1/catalog/datacenters", get(nodes::datacenters))
+        .route("/v1/catalog/node/{node}", get(nodes::catalog_node))
+        .route(
+            "/v1/catalog/node-services/{node}",
+            get(nodes::catalog_node_services),
+        )
+        .route("/v1/health/node/{node}", get(nodes::health_node))
         .route(
             "/v1/health/service/{name}",
             get(catalog_health::health_service),
