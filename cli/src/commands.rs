@@ -175,6 +175,9 @@ pub struct UpArgs {
     /// The shortest DeregisterCriticalServiceAfter honoured, as in Consul (for tests).
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration, hide = true)]
     pub min_deregister_critical_after: Duration,
+    /// The shortest TTL a Consul session may have, as Consul's `session_ttl_min`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub session_ttl_min: Duration,
     /// Join the cluster whose state lives in this etcd: its members' client addresses,
     /// comma-separated (host:port or URLs). Without it the node keeps its state in its own
     /// redb file.
@@ -279,6 +282,7 @@ impl UpArgs {
             config.node_name = name.clone();
         }
         config.min_deregister_critical_after = self.min_deregister_critical_after;
+        config.session_ttl_min = self.session_ttl_min;
         config
     }
 }

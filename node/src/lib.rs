@@ -43,6 +43,7 @@ mod logs;
 mod placement;
 mod reconcile;
 mod routes;
+mod sessions;
 mod status;
 mod waiting;
 
@@ -106,6 +107,8 @@ pub struct NodeConfig {
     /// The shortest `DeregisterCriticalServiceAfter` honoured (Consul's is a minute; tests
     /// lower it).
     pub min_deregister_critical_after: Duration,
+    /// The shortest TTL a session may have (Consul's `session_ttl_min`; tests lower it).
+    pub session_ttl_min: Duration,
 }
 
 impl NodeConfig {
@@ -124,6 +127,7 @@ impl NodeConfig {
             node_name: host_name(),
             node_address: "127.0.0.1".to_owned(),
             min_deregister_critical_after: Duration::from_secs(60),
+            session_ttl_min: shoal_registry::SESSION_TTL_MIN,
         }
     }
 }
@@ -278,7 +282,8 @@ impl Node {
         let synced = node.sync().await.context("loading the node's state")?;
         let reconciler = tokio::spawn(reconcile::run(node.downgrade(), synced));
         let recorder = tokio::spawn(events::record(node.downgrade(), receiver));
-        node.tasks().extend([reconciler, recorder]);
+        let sessions = tokio::spawn(sessions::guard(node.downgrade()));
+        node.tasks().extend([reconciler, recorder, sessions]);
         if node.inner.cluster.is_some() {
             let reporter = tokio::spawn(cluster::report(node.downgrade()));
             let follower = tokio::spawn(cluster::follow(node.downgrade()));

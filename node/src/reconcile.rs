@@ -167,6 +167,8 @@ impl Node {
                 }
             }
             Subject::Kv(key) => self.mirror_kv(key).await?,
+            // An invalidated session released or deleted the keys it held, wherever they are.
+            Subject::Session(_) => self.mirror_kv("").await?,
             Subject::Route(_) => {
                 self.reload_routes().await?;
                 self.publish_routes();

@@ -45,6 +45,8 @@ pub enum Subject {
     Route(ServiceName),
     /// A service waiting for its module was created, updated or deleted.
     Waiting(ServiceName),
+    /// A session was created or invalidated (with the keys it held).
+    Session(String),
 }
 
 /// A stream of changes, as [`Store::watch`](crate::Store::watch) returns it.

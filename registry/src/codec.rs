@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     CheckRecord, Error, EventRecord, ModuleRecord, Registration, Result, RevisionRecord,
-    RouteRecord, SCHEMA_VERSION, ServiceRecord, WaitingRecord,
+    RouteRecord, SCHEMA_VERSION, ServiceRecord, SessionRecord, WaitingRecord,
 };
 
 /// A record type stored as JSON, named in corruption errors.
@@ -48,6 +48,10 @@ impl StoredRecord for Registration {
 
 impl StoredRecord for CheckRecord {
     const KIND: &'static str = "check";
+}
+
+impl StoredRecord for SessionRecord {
+    const KIND: &'static str = "session";
 }
 
 /// The stored form of a record.

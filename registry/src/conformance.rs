@@ -22,8 +22,9 @@ use futures::future::BoxFuture;
 use shoal_spec::{ByteSize, Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::{
-    CheckDefinition, CheckStatus, Clock, Error, Expect, MAX_EVENTS_PER_SERVICE, MAX_KV_VALUE_SIZE,
-    Probe, Registration, SCHEMA_VERSION, Store, Subject,
+    CheckDefinition, CheckStatus, Clock, Error, Expect, KvOp, MAX_EVENTS_PER_SERVICE,
+    MAX_KV_VALUE_SIZE, Probe, Registration, SCHEMA_VERSION, SessionBehavior, SessionRecord, Store,
+    Subject, TxnFailure, TxnOutcome,
 };
 
 /// Where a backend under test keeps its data, and the clock it must stamp records with.
@@ -108,6 +109,7 @@ macro_rules! conformance_tests {
             kv_entries_survive_reopening,
             routes_and_module_names_survive_reopening,
             waiting_services_survive_reopening,
+            sessions_and_locks_survive_reopening,
         );
     };
     (volatile: $open:expr) => {
@@ -152,6 +154,11 @@ macro_rules! conformance_tests {
             a_watch_sees_route_changes,
             module_names_resolve_to_the_newest_module_given_them,
             waiting_services_put_list_delete_conditionally,
+            sessions_are_created_listed_and_destroyed,
+            locks_follow_sessions_with_lock_delay,
+            delete_behavior_deletes_the_keys_held,
+            transactions_are_all_or_nothing,
+            sessions_lapse_after_twice_their_ttl_unless_renewed,
         );
     };
     (@tests $open:expr; $($test:ident),* $(,)?) => {
@@ -1885,4 +1892,386 @@ pub async fn waiting_services_survive_reopening(mut fx: Fixture) {
         .value;
     fx.reopen().await;
     assert_eq!(fx.store.waiting().await.unwrap(), vec![record]);
+}
+
+// Sessions, locks and transactions.
+
+fn lock(key: &str, session: &str) -> KvOp {
+    KvOp::Lock {
+        key: key.to_owned(),
+        value: b"held".to_vec(),
+        flags: 0,
+        session: session.to_owned(),
+    }
+}
+
+fn unlock(key: &str, session: &str) -> KvOp {
+    KvOp::Unlock {
+        key: key.to_owned(),
+        value: b"free".to_vec(),
+        flags: 0,
+        session: session.to_owned(),
+    }
+}
+
+fn set(key: &str, value: &str) -> KvOp {
+    KvOp::Set {
+        key: key.to_owned(),
+        value: value.as_bytes().to_vec(),
+        flags: 0,
+    }
+}
+
+/// Runs one transaction, returning its outcome.
+async fn txn(store: &dyn Store, ops: Vec<KvOp>) -> TxnOutcome {
+    store.kv_txn(ops).await.unwrap().value
+}
+
+/// The failures of a refused transaction, by operation.
+fn refused(outcome: TxnOutcome) -> Vec<(usize, TxnFailure)> {
+    match outcome {
+        TxnOutcome::Refused(errors) => errors.iter().map(|e| (e.op_index, e.failure)).collect(),
+        TxnOutcome::Committed(results) => panic!("committed: {results:?}"),
+    }
+}
+
+async fn create_session(store: &dyn Store, id: &str, behavior: SessionBehavior) -> SessionRecord {
+    let mut session = SessionRecord::new(id, "node-1");
+    session.behavior = behavior;
+    store.create_session(session).await.unwrap().value
+}
+
+/// A session is created once per ID, listed, renewed, and destroyed, each a change.
+pub async fn sessions_are_created_listed_and_destroyed(fx: Fixture) {
+    let store = &*fx.store;
+    let start = store.indexes().await.unwrap().change;
+    let mut watch = store.watch(start);
+    let mut session = SessionRecord::new("6b3e9a0c-1", "node-1");
+    session.name = "leader election".into();
+    session.ttl = Some(Duration::from_secs(30));
+    let created = store.create_session(session.clone()).await.unwrap();
+    assert!(created.index > start);
+    assert_eq!(created.value.create_index, created.index);
+    let change = next_change(&mut watch).await;
+    assert_eq!(change.subject, Subject::Session("6b3e9a0c-1".into()));
+    let (sessions, index) = store.sessions().await.unwrap();
+    assert_eq!(sessions, vec![created.value.clone()]);
+    assert_eq!(index, created.index);
+    // An ID has one session.
+    assert!(matches!(
+        store.create_session(session).await,
+        Err(Error::Conflict { .. })
+    ));
+    // Invalid ones are refused.
+    let mut zero = SessionRecord::new("zero-ttl", "node-1");
+    zero.ttl = Some(Duration::ZERO);
+    assert!(matches!(
+        store.create_session(zero).await,
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(
+        store.renew_session("6b3e9a0c-1").await.unwrap(),
+        Some(created.value)
+    );
+    let destroyed = store.destroy_session("6b3e9a0c-1").await.unwrap();
+    assert!(destroyed.value);
+    assert!(destroyed.index > created.index);
+    assert!(!store.destroy_session("6b3e9a0c-1").await.unwrap().value);
+    assert_eq!(store.sessions().await.unwrap().0, vec![]);
+    assert_eq!(store.renew_session("6b3e9a0c-1").await.unwrap(), None);
+}
+
+/// Locks: one holder, plain writes keep them, only the holder releases, and invalidating the
+/// holder releases them with a lock-delay.
+pub async fn locks_follow_sessions_with_lock_delay(fx: Fixture) {
+    let store = &*fx.store;
+    let a = create_session(store, "a", SessionBehavior::Release).await;
+    let b = create_session(store, "b", SessionBehavior::Release).await;
+    assert!(matches!(
+        txn(store, vec![lock("k", &a.id)]).await,
+        TxnOutcome::Committed(_)
+    ));
+    let held = store.kv_get("k").await.unwrap().0.unwrap();
+    assert_eq!((held.session.as_deref(), held.lock_index), (Some("a"), 1));
+    assert_eq!(held.value, b"held");
+    // Another session is refused; the holder locking again changes no lock index.
+    assert_eq!(
+        refused(txn(store, vec![lock("k", &b.id)]).await),
+        [(0, TxnFailure::LockHeld)]
+    );
+    assert!(matches!(
+        txn(store, vec![lock("k", &a.id)]).await,
+        TxnOutcome::Committed(_)
+    ));
+    assert_eq!(store.kv_get("k").await.unwrap().0.unwrap().lock_index, 1);
+    // A plain write keeps the lock.
+    assert!(
+        store
+            .kv_put("k", Bytes::from_static(b"plain"), 0, None)
+            .await
+            .unwrap()
+            .value
+    );
+    let written = store.kv_get("k").await.unwrap().0.unwrap();
+    assert_eq!(
+        (written.session.as_deref(), written.value.as_slice()),
+        (Some("a"), &b"plain"[..])
+    );
+    // Only the holder releases; an unknown session cannot lock.
+    assert_eq!(
+        refused(txn(store, vec![unlock("k", &b.id)]).await),
+        [(0, TxnFailure::LockHeld)]
+    );
+    assert_eq!(
+        refused(txn(store, vec![lock("k", "nobody")]).await),
+        [(0, TxnFailure::InvalidSession)]
+    );
+    assert!(matches!(
+        txn(store, vec![unlock("k", &a.id)]).await,
+        TxnOutcome::Committed(_)
+    ));
+    let released = store.kv_get("k").await.unwrap().0.unwrap();
+    assert_eq!((released.session, released.lock_index), (None, 1));
+    assert_eq!(released.value, b"free");
+    // A release is no invalidation: no lock-delay.
+    assert!(matches!(
+        txn(store, vec![lock("k", &b.id)]).await,
+        TxnOutcome::Committed(_)
+    ));
+    assert_eq!(store.kv_get("k").await.unwrap().0.unwrap().lock_index, 2);
+
+    // Invalidating the holder releases the key, and starts its lock-delay (15 s by default).
+    let before = store.kv_get("k").await.unwrap().0.unwrap();
+    let destroyed = store.destroy_session(&b.id).await.unwrap();
+    assert!(destroyed.value);
+    let after = store.kv_get("k").await.unwrap().0.unwrap();
+    assert_eq!(after.session, None);
+    assert_eq!(after.value, before.value);
+    assert!(after.modify_index > before.modify_index);
+    assert_eq!(store.indexes().await.unwrap().kv, destroyed.index);
+    assert_eq!(
+        refused(txn(store, vec![lock("k", &a.id)]).await),
+        [(0, TxnFailure::LockHeld)]
+    );
+    fx.clock.advance(Duration::from_secs(16));
+    assert!(matches!(
+        txn(store, vec![lock("k", &a.id)]).await,
+        TxnOutcome::Committed(_)
+    ));
+    let relocked = store.kv_get("k").await.unwrap().0.unwrap();
+    assert_eq!(
+        (relocked.session.as_deref(), relocked.lock_index),
+        (Some("a"), 3)
+    );
+    // Deleting a locked key deletes its lock too.
+    assert!(store.kv_delete("k", false, None).await.unwrap().value);
+    assert!(
+        store
+            .kv_put("k", Bytes::new(), 0, None)
+            .await
+            .unwrap()
+            .value
+    );
+    let fresh = store.kv_get("k").await.unwrap().0.unwrap();
+    assert_eq!((fresh.session, fresh.lock_index), (None, 0));
+}
+
+/// A `delete` session takes the keys it holds with it.
+pub async fn delete_behavior_deletes_the_keys_held(fx: Fixture) {
+    let store = &*fx.store;
+    let doomed = create_session(store, "d", SessionBehavior::Delete).await;
+    let kept = create_session(store, "r", SessionBehavior::Release).await;
+    assert!(matches!(
+        txn(
+            store,
+            vec![lock("svc/leader", &doomed.id), lock("svc/other", &kept.id)]
+        )
+        .await,
+        TxnOutcome::Committed(_)
+    ));
+    assert!(store.destroy_session(&doomed.id).await.unwrap().value);
+    let (left, _) = store.kv_list("svc/").await.unwrap();
+    let keys: Vec<&str> = left.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["svc/other"]);
+    assert_eq!(left[0].session.as_deref(), Some("r"));
+}
+
+/// A transaction commits every operation as one change, or, when one fails, nothing.
+pub async fn transactions_are_all_or_nothing(fx: Fixture) {
+    let store = &*fx.store;
+    assert!(
+        store
+            .kv_put("c", Bytes::from_static(b"0"), 0, None)
+            .await
+            .unwrap()
+            .value
+    );
+    let before = store.indexes().await.unwrap();
+    // The third fails: nothing is written, and the failure names it.
+    let stale = KvOp::Cas {
+        key: "c".into(),
+        value: b"1".to_vec(),
+        flags: 0,
+        index: 99_999,
+    };
+    let outcome = store
+        .kv_txn(vec![set("a", "1"), set("b", "2"), stale])
+        .await
+        .unwrap();
+    assert_eq!(refused(outcome.value), [(2, TxnFailure::Failed)]);
+    assert_eq!(store.indexes().await.unwrap(), before);
+    assert_eq!(store.kv_get("a").await.unwrap().0, None);
+
+    // All succeed: one change, and each operation sees those before it.
+    let c = store.kv_get("c").await.unwrap().0.unwrap();
+    let committed = store
+        .kv_txn(vec![
+            set("x/1", "one"),
+            set("x/2", "two"),
+            KvOp::Get { key: "x/1".into() },
+            KvOp::Cas {
+                key: "c".into(),
+                value: b"1".to_vec(),
+                flags: 5,
+                index: c.modify_index,
+            },
+            KvOp::CheckNotExists { key: "nope".into() },
+            KvOp::GetTree { key: "x/".into() },
+            KvOp::Delete { key: "x/2".into() },
+            KvOp::CheckIndex {
+                key: "x/1".into(),
+                index: 0,
+            },
+        ])
+        .await
+        .unwrap();
+    // The check-index named a stale index: refused, and the writes before it are gone.
+    assert_eq!(refused(committed.value), [(7, TxnFailure::Failed)]);
+    assert_eq!(store.kv_get("x/1").await.unwrap().0, None);
+
+    let committed = store
+        .kv_txn(vec![
+            set("x/1", "one"),
+            set("x/2", "two"),
+            KvOp::Get { key: "x/1".into() },
+            KvOp::Cas {
+                key: "c".into(),
+                value: b"1".to_vec(),
+                flags: 5,
+                index: c.modify_index,
+            },
+            KvOp::CheckNotExists { key: "nope".into() },
+            KvOp::GetTree { key: "x/".into() },
+            KvOp::Delete { key: "x/2".into() },
+        ])
+        .await
+        .unwrap();
+    let TxnOutcome::Committed(results) = committed.value else {
+        panic!("refused: {:?}", committed.value);
+    };
+    let shown: Vec<(&str, &[u8], u64)> = results
+        .iter()
+        .map(|e| (e.key.as_str(), e.value.as_slice(), e.modify_index))
+        .collect();
+    let at = committed.index;
+    assert_eq!(
+        shown,
+        [
+            ("x/1", &b""[..], at),
+            ("x/2", &b""[..], at),
+            ("x/1", &b"one"[..], at),
+            ("c", &b""[..], at),
+            ("x/1", &b"one"[..], at),
+            ("x/2", &b"two"[..], at),
+        ]
+    );
+    let after = store.indexes().await.unwrap();
+    assert_eq!((after.change, after.kv), (at, at));
+    let (left, _) = store.kv_list("").await.unwrap();
+    let left: Vec<(&str, u64)> = left.iter().map(|e| (e.key.as_str(), e.flags)).collect();
+    assert_eq!(left, [("c", 5), ("x/1", 0)]);
+
+    // Reads alone change nothing.
+    let read = store
+        .kv_txn(vec![KvOp::GetTree { key: String::new() }])
+        .await
+        .unwrap();
+    assert!(matches!(read.value, TxnOutcome::Committed(ref found) if found.len() == 2));
+    assert_eq!(store.indexes().await.unwrap(), after);
+    // A delete-tree takes what earlier operations wrote under it.
+    let cleared = store
+        .kv_txn(vec![
+            set("x/3", "three"),
+            KvOp::DeleteTree { key: "x/".into() },
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(cleared.value, TxnOutcome::Committed(_)));
+    assert_eq!(store.kv_list("x/").await.unwrap().0, vec![]);
+    // Bad input is refused before anything is read.
+    assert!(matches!(
+        store.kv_txn(vec![set("", "x")]).await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+/// A session not renewed lapses by itself, releasing what it held.
+pub async fn sessions_lapse_after_twice_their_ttl_unless_renewed(fx: Fixture) {
+    let store = &*fx.store;
+    let start = store.indexes().await.unwrap().change;
+    let mut session = SessionRecord::new("short", "node-1");
+    session.ttl = Some(Duration::from_secs(1));
+    session.lock_delay = Duration::ZERO;
+    let created = store.create_session(session).await.unwrap();
+    assert!(matches!(
+        txn(store, vec![lock("held", "short")]).await,
+        TxnOutcome::Committed(_)
+    ));
+    let mut watch = store.watch(created.index);
+    // Renewed in time, it lives on past its first TTL span.
+    let renewed_at = std::time::Instant::now();
+    assert!(store.renew_session("short").await.unwrap().is_some());
+    // It lapses, by itself: its invalidation is the next session change the watch sees.
+    let lapsed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let change = next_change(&mut watch).await;
+            if change.subject == Subject::Session("short".into()) {
+                return change;
+            }
+        }
+    })
+    .await
+    .expect("the session never lapsed");
+    assert!(
+        renewed_at.elapsed() >= Duration::from_secs(1),
+        "it lapsed before its TTL"
+    );
+    assert!(lapsed.index() > start);
+    assert_eq!(store.sessions().await.unwrap().0, vec![]);
+    assert_eq!(store.renew_session("short").await.unwrap(), None);
+    let released = store.kv_get("held").await.unwrap().0.unwrap();
+    assert_eq!(released.session, None);
+}
+
+/// Sessions and their locks are durable: a reopened store hands no lock to anyone else.
+pub async fn sessions_and_locks_survive_reopening(mut fx: Fixture) {
+    let mut session = SessionRecord::new("durable", "node-1");
+    session.ttl = Some(Duration::from_secs(60));
+    let created = fx.store.create_session(session).await.unwrap().value;
+    assert!(matches!(
+        txn(&*fx.store, vec![lock("leader", "durable")]).await,
+        TxnOutcome::Committed(_)
+    ));
+    let held = fx.store.kv_get("leader").await.unwrap().0;
+    fx.reopen().await;
+    let store = &*fx.store;
+    assert_eq!(store.sessions().await.unwrap().0, vec![created]);
+    // A restart hands the lock to nobody else.
+    assert_eq!(store.kv_get("leader").await.unwrap().0, held);
+    let other = create_session(store, "other", SessionBehavior::Release).await;
+    assert_eq!(
+        refused(txn(store, vec![lock("leader", &other.id)]).await),
+        [(0, TxnFailure::LockHeld)]
+    );
+    assert!(store.renew_session("durable").await.unwrap().is_some());
 }

@@ -14,7 +14,7 @@
 //!   yet ([`WaitingRecord`], a Pod in `ErrImagePull`);
 //! - the Consul catalog: instances registered from outside ([`Registration`]) and their checks
 //!   with their state ([`CheckRecord`]);
-//! - a key/value store ([`KvEntry`]);
+//! - a key/value store ([`KvEntry`]), with locks held by sessions ([`SessionRecord`]);
 //! - the change index, Consul's `X-Consul-Index`, with the index of the newest change to each
 //!   watched area ([`Indexes`]).
 //!
@@ -37,7 +37,9 @@
 //! # Layout
 //! - `record.rs`: the records of modules, services, revisions, routes and events.
 //! - `catalog.rs`: the records of the Consul catalog: registrations and checks.
-//! - `kv.rs`: key/value entries.
+//! - `kv.rs`: key/value entries, and the transactions over them ([`plan`], once for every
+//!   backend).
+//! - `session.rs`: sessions, which hold locks on keys.
 //! - `changes.rs`: [`Change`] and [`ChangeLog`], the change feed a backend without its own
 //!   watch (redb) keeps in memory.
 //! - `cluster.rs`: the nodes sharing a store: membership and what each node reports.
@@ -57,6 +59,7 @@ pub mod codec;
 pub mod conformance;
 mod kv;
 mod record;
+mod session;
 pub mod snapshot;
 
 use bytes::Bytes;
@@ -67,10 +70,17 @@ pub use self::catalog::{
     Weights,
 };
 pub use self::changes::{Change, ChangeLog, ChangeStream, Subject};
-pub use self::kv::{KvEntry, MAX_KV_VALUE_SIZE, check_delete, check_put};
+pub use self::kv::{
+    KvEntry, KvLock, KvOp, KvRead, KvWrites, MAX_KV_VALUE_SIZE, MAX_TXN_OPS, TxnError, TxnFailure,
+    TxnOutcome, check_delete, check_put, plan, written_prefix,
+};
 pub use self::record::{
     EventRecord, MAX_EVENTS_PER_SERVICE, ModuleRecord, RevisionRecord, RouteRecord, SCHEMA_VERSION,
     ServiceRecord, WaitingRecord, check_digest, check_unused, module_named, module_of_image,
+};
+pub use self::session::{
+    DEFAULT_LOCK_DELAY, MAX_LOCK_DELAY, NODE_HEALTH_CHECK, SESSION_TTL_MAX, SESSION_TTL_MIN,
+    SessionBehavior, SessionRecord, TTL_MULTIPLIER,
 };
 
 /// The errors of every store operation.
@@ -508,6 +518,34 @@ pub trait Store: Send + Sync + 'static {
         recurse: bool,
         cas: Option<u64>,
     ) -> Result<Committed<bool>>;
+
+    /// Runs `ops` (at most [`MAX_TXN_OPS`]) as one atomic change, with Consul's semantics
+    /// ([`plan`]): all of them, or, when any fails, none ([`TxnOutcome::Refused`], nothing
+    /// written). Plain writes keep a key's lock; [`KvOp::Lock`] and [`KvOp::Unlock`] are
+    /// Consul's `?acquire` and `?release`. Fails with [`Error::Invalid`] for an operation no
+    /// backend may store.
+    async fn kv_txn(&self, ops: Vec<KvOp>) -> Result<Committed<TxnOutcome>>;
+
+    // Sessions.
+
+    /// Creates a session (its ID chosen by the caller, validated first), whose TTL, if it has
+    /// one, starts now. [`Error::Conflict`] if the ID exists.
+    async fn create_session(&self, session: SessionRecord) -> Result<Committed<SessionRecord>>;
+
+    /// Restarts a session's TTL; `None` when it does not exist (it was destroyed, or lapsed).
+    /// Changes nothing in the change feed.
+    async fn renew_session(&self, id: &str) -> Result<Option<SessionRecord>>;
+
+    /// Invalidates a session: deletes it, releases or deletes (by its behavior) every key it
+    /// holds, and starts its lock-delay on them, in one change. `false` if it did not exist.
+    ///
+    /// The store does this itself to a session that was not renewed for
+    /// [`TTL_MULTIPLIER`] times its TTL, counted from its creation, its last renewal, or
+    /// the store's opening, whichever is latest.
+    async fn destroy_session(&self, id: &str) -> Result<Committed<bool>>;
+
+    /// Every session, by ID, and the change index.
+    async fn sessions(&self) -> Result<(Vec<SessionRecord>, u64)>;
 
     // Indexes and changes.
 

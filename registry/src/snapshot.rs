@@ -16,8 +16,9 @@ use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::{
     CatalogSnapshot, ChangeStream, CheckDefinition, CheckRecord, CheckStatus, Committed, Error,
-    EventRecord, Expect, Indexes, KvEntry, ModuleRecord, Registration, Result, RevisionRecord,
-    RouteRecord, SCHEMA_VERSION, ServiceRecord, Store, WaitingRecord,
+    EventRecord, Expect, Indexes, KvEntry, KvOp, ModuleRecord, Registration, Result,
+    RevisionRecord, RouteRecord, SCHEMA_VERSION, ServiceRecord, SessionRecord, Store, TxnOutcome,
+    WaitingRecord,
 };
 
 /// What a node of a cluster last knew of the cluster's state.
@@ -291,6 +292,26 @@ impl Store for SnapshotStore {
         _recurse: bool,
         _cas: Option<u64>,
     ) -> Result<Committed<bool>> {
+        Err(read_only())
+    }
+
+    async fn kv_txn(&self, _ops: Vec<KvOp>) -> Result<Committed<TxnOutcome>> {
+        Err(read_only())
+    }
+
+    async fn create_session(&self, _session: SessionRecord) -> Result<Committed<SessionRecord>> {
+        Err(read_only())
+    }
+
+    async fn renew_session(&self, _id: &str) -> Result<Option<SessionRecord>> {
+        Err(read_only())
+    }
+
+    async fn destroy_session(&self, _id: &str) -> Result<Committed<bool>> {
+        Err(read_only())
+    }
+
+    async fn sessions(&self) -> Result<(Vec<SessionRecord>, u64)> {
         Err(read_only())
     }
 

@@ -9,6 +9,7 @@ mod consul_agent;
 mod consul_gateway;
 mod consul_health;
 mod consul_kv;
+mod consul_sessions;
 mod dev;
 mod etcd_store;
 mod guests;

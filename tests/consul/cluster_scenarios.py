@@ -115,7 +115,27 @@ def main():
     check(time.monotonic() - started < 20, "the blocking get on node 3 was not woken")
     print("  ok: a key written on node 1 wakes a blocking read on node 3")
 
+    # A lock means the same on every node: taken through node 2, refused through node 3,
+    # released when node 2 dies (its sessions end with its serfHealth).
+    on_n2 = n2.session.create(name="n2's", lock_delay=0)
+    on_n3 = n3.session.create(name="n3's", lock_delay=0)
+    check(n2.kv.put("cluster/leader", "n2", acquire=on_n2), "node 2 takes the lock")
+    check(not n3.kv.put("cluster/leader", "n3", acquire=on_n3), "node 3 is refused it")
+    _, entry = n1.kv.get("cluster/leader")
+    check(entry["Session"] == on_n2, entry)
+    _, sessions = n1.session.node("n2")
+    check([s["ID"] for s in sessions] == [on_n2], sessions)
+    print("  ok: a lock taken through node 2 is held on every node")
+
     os.kill(pid2, signal.SIGKILL)
+
+    def lock_released():
+        _, entry = n1.kv.get("cluster/leader")
+        return entry is not None and not entry.get("Session")
+
+    wait_until("node 2's session ends with node 2", lock_released)
+    check(n3.kv.put("cluster/leader", "n3", acquire=on_n3), "node 3 takes the lock")
+    print("  ok: a dead node's session ends, and its lock goes to another")
 
     def node2_critical():
         _, entries = n1.health.service("py-web")

@@ -11,6 +11,7 @@ health reads, KV), against a node that requires it. Exits non-zero on the first 
 Talks to 127.0.0.1 only.
 """
 
+import base64
 import http.server
 import sys
 import threading
@@ -86,6 +87,61 @@ def agent_and_nodes(client):
     check(client.agent.maintenance(False), "node maintenance off")
     _, healthy = client.health.service("my-service", passing=True)
     check(len(healthy) == 1, f"after maintenance: {healthy}")
+
+
+def sessions_and_locks(client):
+    """Sessions with a TTL, a lock held by one and refused to another, lock-delay, expiry, transactions."""
+    a = client.session.create(name="a", ttl=10, lock_delay=0)
+    b = client.session.create(name="b", lock_delay=0)
+    check(client.kv.put("py/lock", "a", acquire=a), "a acquires")
+    check(not client.kv.put("py/lock", "b", acquire=b), "b is refused while a holds the lock")
+    _, entry = client.kv.get("py/lock")
+    check(entry["Session"] == a and entry["LockIndex"] == 1, entry)
+    check(client.session.renew(a)["ID"] == a, "renew")
+    check(client.kv.put("py/lock", "a, done", release=a), "a releases")
+    check(client.kv.put("py/lock", "b", acquire=b), "b acquires once a released")
+    _, entry = client.kv.get("py/lock")
+    check(entry["Session"] == b and entry["LockIndex"] == 2, entry)
+
+    # Consul's default lock-delay of 15 s: once the holder is invalidated, nobody takes its
+    # key at once.
+    c = client.session.create(name="c")
+    check(client.kv.put("py/delayed", "c", acquire=c), "c acquires")
+    check(client.session.destroy(c), "destroy")
+    check(not client.kv.put("py/delayed", "b", acquire=b), "the lock-delay holds")
+
+    # Nobody renews a: within twice its TTL it lapses, and the key it holds is released.
+    check(client.kv.put("py/expiring", "a", acquire=a), "a acquires again")
+    index, entry = client.kv.get("py/expiring")
+    deadline = time.monotonic() + 40
+    while entry.get("Session"):
+        check(time.monotonic() < deadline, "the session never lapsed")
+        index, entry = client.kv.get("py/expiring", index=index, wait="5s")
+    _, info = client.session.info(a)
+    check(info is None, f"a lapsed session is gone: {info}")
+
+    def b64(text):
+        return base64.b64encode(text.encode()).decode()
+
+    done = client.txn.put([
+        {"KV": {"Verb": "set", "Key": "py/t1", "Value": b64("one")}},
+        {"KV": {"Verb": "cas", "Key": "py/t2", "Value": b64("two"), "Index": 0}},
+        {"KV": {"Verb": "get", "Key": "py/t1"}},
+    ])
+    check(done["Errors"] is None and len(done["Results"]) == 3, done)
+    check(done["Results"][2]["KV"]["Value"] == b64("one"), done)
+    try:
+        client.txn.put([
+            {"KV": {"Verb": "set", "Key": "py/t3", "Value": b64("three")}},
+            {"KV": {"Verb": "check-not-exists", "Key": "py/t1"}},
+        ])
+    except consul.ConsulException as error:
+        check("409" in str(error) and '"OpIndex":1' in str(error), str(error))
+    else:
+        raise AssertionError("a failing transaction was committed")
+    _, t3 = client.kv.get("py/t3")
+    check(t3 is None, f"a rolled back transaction wrote: {t3}")
+    check(client.session.destroy(b), "destroy b")
 
 
 def key_value(client):
@@ -197,6 +253,7 @@ def main():
             (discovery, (client,)),
             (ttl_heartbeat, (client,)),
             (agent_and_nodes, (client,)),
+            (sessions_and_locks, (client,)),
             (key_value, (client,)),
             (blocking_get, (client,)),
             (gateway, (client, gateway_url)),

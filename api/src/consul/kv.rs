@@ -3,7 +3,8 @@
 //! Reads answer a JSON *array* of entries with base64 values (the clients take element 0),
 //! or with `?keys` an array of key names, or with `?raw` the bare value; a missing key is a
 //! 404 that still carries the index headers. Writes answer `true` or `false` (a failed
-//! check-and-set is `false`, not an error).
+//! check-and-set is `false`, not an error). `?acquire=` and `?release=` lock and unlock a key
+//! for a session (`session.rs`); entries show the session holding them and their `LockIndex`.
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -12,18 +13,19 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use http_body_util::{BodyExt as _, Limited};
 use shoal_node::Node;
-use shoal_registry::{KvEntry, MAX_KV_VALUE_SIZE};
+use shoal_registry::{KvEntry, KvOp, MAX_KV_VALUE_SIZE, TxnFailure, TxnOutcome};
 
 use super::wire::KvPair;
 use super::{ConsulError, ConsulResult, Query, blocking, json, read_json, set_read_headers};
 
-fn kv_pair(entry: &KvEntry) -> KvPair {
+pub(super) fn kv_pair(entry: &KvEntry) -> KvPair {
     KvPair {
-        lock_index: 0,
+        lock_index: entry.lock_index,
         key: entry.key.clone(),
         flags: entry.flags,
         value: (!entry.value.is_empty())
             .then(|| base64::engine::general_purpose::STANDARD.encode(&entry.value)),
+        session: entry.session.clone(),
         create_index: entry.create_index,
         modify_index: entry.modify_index,
     }
@@ -133,11 +135,21 @@ pub(super) async fn put_key(
 ) -> ConsulResult<Response> {
     let query = Query::parse(raw.as_deref());
     query.check_common(&node)?;
-    if query.has("acquire") || query.has("release") {
-        return Err(ConsulError::bad_request(
-            "sessions are not supported by shoal, so neither are ?acquire and ?release",
-        ));
-    }
+    let lock = match (query.get("acquire"), query.get("release")) {
+        (Some(_), Some(_)) => {
+            return Err(ConsulError::bad_request(
+                "Conflicting flags: acquire and release",
+            ));
+        }
+        (Some(""), _) | (_, Some("")) => {
+            return Err(ConsulError::bad_request(
+                "Missing session for ?acquire or ?release",
+            ));
+        }
+        (Some(session), None) => Some((true, session.to_owned())),
+        (None, Some(session)) => Some((false, session.to_owned())),
+        (None, None) => None,
+    };
     let flags = query.number("flags")?.unwrap_or(0);
     let cas = query.number("cas")?;
     let too_large = |size: Option<u64>| {
@@ -166,8 +178,38 @@ pub(super) async fn put_key(
             )));
         }
     };
-    let written = node.kv_put(&key, value, flags, cas).await?;
-    Ok(json(&query, &written))
+    let Some((acquire, session)) = lock else {
+        let written = node.kv_put(&key, value, flags, cas).await?;
+        return Ok(json(&query, &written));
+    };
+    let (key, value) = (key, value.to_vec());
+    let op = if acquire {
+        KvOp::Lock {
+            key,
+            value,
+            flags,
+            session,
+        }
+    } else {
+        KvOp::Unlock {
+            key,
+            value,
+            flags,
+            session,
+        }
+    };
+    match node.kv_txn(vec![op]).await?.0 {
+        TxnOutcome::Committed(_) => Ok(json(&query, &true)),
+        // Consul answers an unknown session with 500 `invalid session "..."` (Patroni looks
+        // for that), and a lock held by another session, or in its lock-delay, with `false`.
+        TxnOutcome::Refused(errors) => match errors.first() {
+            Some(error) if error.failure == TxnFailure::InvalidSession => Err(ConsulError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                error.what.clone(),
+            )),
+            _ => Ok(json(&query, &false)),
+        },
+    }
 }
 
 pub(super) async fn delete_root(node: State<Node>, raw: RawQuery) -> ConsulResult<Response> {

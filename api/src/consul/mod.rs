@@ -21,7 +21,9 @@
 //! - `wire.rs`: the JSON shapes Consul answers in, as typed structs;
 //! - `identity.rs`: who this node is, in Consul's terms;
 //! - `nodes.rs`: the agent itself, the members and datacenters, and what is on one node;
-//! - `kv.rs`: `/v1/kv/*`;
+//! - `kv.rs`: `/v1/kv/*`, with `?acquire` and `?release`;
+//! - `session.rs`: `/v1/session/*`, which locks hang from;
+//! - `txn.rs`: `/v1/txn`, key/value operations applied atomically;
 //! - `decode.rs`: Consul's JSON decoding rules and Go durations.
 
 mod agent;
@@ -30,6 +32,8 @@ pub(crate) mod decode;
 mod identity;
 mod kv;
 mod nodes;
+mod session;
+mod txn;
 mod wire;
 
 use std::time::Duration;
@@ -79,6 +83,13 @@ pub const ROUTES: &[&str] = &[
     "GET /v1/kv/{key}",
     "PUT /v1/kv/{key}",
     "DELETE /v1/kv/{key}",
+    "PUT /v1/txn",
+    "PUT /v1/session/create",
+    "PUT /v1/session/destroy/{id}",
+    "PUT /v1/session/renew/{id}",
+    "GET /v1/session/info/{id}",
+    "GET /v1/session/node/{node}",
+    "GET /v1/session/list",
     "GET /v1/status/leader",
     "GET /v1/status/peers",
 ];
@@ -180,6 +191,13 @@ pub(crate) fn routes(node: Node) -> Router<Node> {
             "/v1/kv/",
             get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
         )
+        .route("/v1/txn", put(txn::txn))
+        .route("/v1/session/create", put(session::create))
+        .route("/v1/session/destroy/{id}", put(session::destroy))
+        .route("/v1/session/renew/{id}", put(session::renew))
+        .route("/v1/session/info/{id}", get(session::info))
+        .route("/v1/session/node/{node}", get(session::of_node))
+        .route("/v1/session/list", get(session::list))
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
         .layer(middleware::map_response_with_state(

@@ -30,10 +30,6 @@ use super::{ConsulNode, ConsulResult, Query, blocking, json, read_json};
 /// The Consul version whose API shoal answers as; clients compare it to decide what to call.
 pub(super) const CONSUL_VERSION: &str = "1.17.0";
 
-/// The shortest session TTL accepted, as in Consul; in nanoseconds in `Config`, where Patroni
-/// reads it.
-const SESSION_TTL_MIN_NANOS: u64 = 10_000_000_000;
-
 /// Serf's LAN port, which members report.
 const SERF_LAN_PORT: u16 = 8301;
 
@@ -107,6 +103,9 @@ pub(super) async fn agent_self(
     let leader = node.is_leader();
     let known_nodes = every_node(&node, &consul).len();
     let version = env!("CARGO_PKG_VERSION");
+    // In nanoseconds in `Config`, where Patroni reads it; as a Go duration in `DebugConfig`.
+    let ttl_min = node.config().session_ttl_min;
+    let ttl_min_nanos = u64::try_from(ttl_min.as_nanos()).unwrap_or(u64::MAX);
     let answer: BTreeMap<&str, Value> = BTreeMap::from([
         (
             "Config",
@@ -121,7 +120,7 @@ pub(super) async fn agent_self(
                 "VersionMetadata": "",
                 "Revision": format!("shoal-{version}"),
                 "BuildDate": "",
-                "SessionTTLMin": SESSION_TTL_MIN_NANOS,
+                "SessionTTLMin": ttl_min_nanos,
             }),
         ),
         (
@@ -131,7 +130,7 @@ pub(super) async fn agent_self(
                 "NodeName": consul.name,
                 "NodeID": consul.id,
                 "AdvertiseAddrLAN": consul.address,
-                "SessionTTLMin": "10s",
+                "SessionTTLMin": super::decode::format_go_duration(ttl_min),
                 "ServerMode": true,
             }),
         ),

@@ -140,6 +140,8 @@ pub(crate) struct KvPair {
     pub(crate) key: String,
     pub(crate) flags: u64,
     pub(crate) value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) session: Option<String>,
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
 }

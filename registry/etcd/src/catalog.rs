@@ -11,7 +11,7 @@ use bytes::Bytes;
 use etcd_client::{Compare, CompareOp, DeleteOptions, KeyValue, TxnOp};
 use shoal_registry::codec::encode;
 use shoal_registry::{
-    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, Committed, Error, KvEntry,
+    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, Committed, Error, KvEntry, KvLock,
     Registration, Result, SCHEMA_VERSION, Subject,
 };
 use shoal_spec::FieldError;
@@ -360,12 +360,19 @@ impl EtcdStore {
 
     pub(crate) async fn kv_read(&self, key: &str) -> Result<(Option<KvEntry>, u64)> {
         let snapshot = self
-            .read(vec![Get::key(self.keys().kv(key)), self.get_indexes()])
+            .read(vec![
+                Get::key(self.keys().kv(key)),
+                Get::key(self.keys().kv_lock(key)),
+                self.get_indexes(),
+            ])
             .await?;
-        let entry = snapshot.one(0).map(|kv| kv_entry(key, kv)).transpose()?;
+        let entry = snapshot
+            .one(0)
+            .map(|kv| kv_entry(key, kv, snapshot.one(1)))
+            .transpose()?;
         let index = entry
             .as_ref()
-            .map_or(self.indexes_of(&snapshot.ranges[1]).kv, |e| e.modify_index);
+            .map_or(self.indexes_of(&snapshot.ranges[2]).kv, |e| e.modify_index);
         Ok((entry, index))
     }
 
@@ -373,18 +380,36 @@ impl EtcdStore {
         let snapshot = self
             .read(vec![
                 Get::prefix(self.keys().kv(prefix)),
+                Get::prefix(self.keys().kv_lock(prefix)),
                 self.get_indexes(),
             ])
             .await?;
-        let mut entries = Vec::with_capacity(snapshot.ranges[0].len());
-        for kv in &snapshot.ranges[0] {
+        let entries = self.kv_entries(&snapshot.ranges[0], &snapshot.ranges[1])?;
+        Ok((entries, self.indexes_of(&snapshot.ranges[2]).kv))
+    }
+
+    /// The entries of the pairs of a prefix get of `kv/`, each with its lock from the pairs
+    /// of the same prefix under `kvlock/`.
+    pub(crate) fn kv_entries(
+        &self,
+        values: &[KeyValue],
+        locks: &[KeyValue],
+    ) -> Result<Vec<KvEntry>> {
+        let mut locks_by_key = HashMap::with_capacity(locks.len());
+        for lock in locks {
+            if let Some(key) = self.keys().kv_lock_key(key_str(lock)?) {
+                locks_by_key.insert(key, lock);
+            }
+        }
+        let mut entries = Vec::with_capacity(values.len());
+        for kv in values {
             let key = self
                 .keys()
                 .kv_key(key_str(kv)?)
                 .ok_or_else(|| Error::Corrupt("a key/value key outside kv/".into()))?;
-            entries.push(kv_entry(key, kv)?);
+            entries.push(kv_entry(key, kv, locks_by_key.get(key).copied())?);
         }
-        Ok((entries, self.indexes_of(&snapshot.ranges[1]).kv))
+        Ok(entries)
     }
 
     pub(crate) async fn kv_write(
@@ -396,9 +421,8 @@ impl EtcdStore {
     ) -> Result<Committed<bool>> {
         shoal_registry::check_put(key, value.len())?;
         let stored_key = self.keys().kv(key);
-        let mut stored = Vec::with_capacity(8 + value.len());
-        stored.extend_from_slice(&flags.to_be_bytes());
-        stored.extend_from_slice(&value);
+        // The key's lock, under `kvlock/`, stays as it is, as in Consul.
+        let stored = encode_value(flags, &value);
         let compares = match cas {
             None => vec![],
             Some(cas) => vec![Compare::mod_revision(
@@ -435,7 +459,13 @@ impl EtcdStore {
             // it is made against a missing key: "some key exists".
             (
                 vec![Compare::version(stored_key.clone(), CompareOp::Greater, 0).with_prefix()],
-                TxnOp::delete(stored_key.clone(), Some(DeleteOptions::new().with_prefix())),
+                vec![
+                    TxnOp::delete(stored_key.clone(), Some(DeleteOptions::new().with_prefix())),
+                    TxnOp::delete(
+                        self.keys().kv_lock(key),
+                        Some(DeleteOptions::new().with_prefix()),
+                    ),
+                ],
             )
         } else {
             let mut compares = vec![Compare::version(stored_key.clone(), CompareOp::Greater, 0)];
@@ -446,13 +476,19 @@ impl EtcdStore {
                     i64::try_from(cas).unwrap_or(i64::MAX),
                 ));
             }
-            (compares, TxnOp::delete(stored_key.clone(), None))
+            (
+                compares,
+                vec![
+                    TxnOp::delete(stored_key.clone(), None),
+                    TxnOp::delete(self.keys().kv_lock(key), None),
+                ],
+            )
         };
         let write = Write {
             subject: Subject::Kv(key.to_owned()),
             areas: &[Area::Kv],
             compares,
-            ops: vec![delete],
+            ops: delete,
         };
         if let Some(index) = self.commit(write).await? {
             return Ok(Committed { value: true, index });
@@ -493,16 +529,50 @@ fn check_from(kv: &KeyValue) -> Result<CheckRecord> {
     Ok(check)
 }
 
-fn kv_entry(key: &str, kv: &KeyValue) -> Result<KvEntry> {
+/// An entry from its pair under `kv/` and its lock's under `kvlock/`, if it has one.
+pub(crate) fn kv_entry(key: &str, kv: &KeyValue, lock: Option<&KeyValue>) -> Result<KvEntry> {
     let stored = kv.value();
     let (flags, value) = stored
         .split_first_chunk::<8>()
         .ok_or_else(|| Error::Corrupt(format!("key/value entry {key:?} lacks its flags")))?;
+    let lock = lock
+        .map(|lock| decode_lock(key, lock.value()))
+        .transpose()?;
+    let lock = lock.unwrap_or_default();
     Ok(KvEntry {
         key: key.to_owned(),
         value: value.to_vec(),
         flags: u64::from_be_bytes(*flags),
         create_index: revision(kv.create_revision()),
         modify_index: revision(kv.mod_revision()),
+        lock_index: lock.lock_index,
+        session: lock.session,
     })
+}
+
+/// The value of `kvlock/<key>`.
+pub(crate) fn encode_lock(lock: &KvLock) -> Vec<u8> {
+    let session = lock.session.as_deref().unwrap_or_default();
+    let mut stored = Vec::with_capacity(8 + session.len());
+    stored.extend_from_slice(&lock.lock_index.to_be_bytes());
+    stored.extend_from_slice(session.as_bytes());
+    stored
+}
+
+fn decode_lock(key: &str, stored: &[u8]) -> Result<KvLock> {
+    let corrupt = || Error::Corrupt(format!("the lock of key {key:?} does not decode"));
+    let (lock_index, session) = stored.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let session = std::str::from_utf8(session).map_err(|_| corrupt())?;
+    Ok(KvLock {
+        lock_index: u64::from_be_bytes(*lock_index),
+        session: (!session.is_empty()).then(|| session.to_owned()),
+    })
+}
+
+/// The value of `kv/<key>`.
+pub(crate) fn encode_value(flags: u64, value: &[u8]) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(8 + value.len());
+    stored.extend_from_slice(&flags.to_be_bytes());
+    stored.extend_from_slice(value);
+    stored
 }

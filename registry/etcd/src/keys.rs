@@ -12,6 +12,10 @@
 //! | `catalog/reg/<id>`, `catalog/check/<id>` | registrations and checks |
 //! | `catalog/guard` | rewritten by every write that adds or removes registrations or checks |
 //! | `kv/<key>` | 8 bytes of flags (big-endian), then the value |
+//! | `kvlock/<key>` | how a key that was ever locked is locked: 8 bytes of lock index (big-endian), then the holding session's ID (empty: unlocked) |
+//! | `kvdelay/<key>` | until when (Unix ms, 8 bytes big-endian) the key may not be locked: the lock-delay after its holder was invalidated |
+//! | `sessions/<id>` | a [`SessionRecord`](shoal_registry::SessionRecord) |
+//! | `session-alive/<id>` | under the session's own lease, for a session with a TTL: its renewals keep the lease, and its lapse deletes the key, which any node then invalidates |
 //! | `nodes/<name>/info` | the node's [`NodeInfo`](shoal_registry::cluster::NodeInfo), kept after it is gone |
 //! | `nodes/<name>/alive` | under the node's lease: its claim on the name (the value: its API address) |
 //! | `nodes/<name>/report` | under the node's lease: its [`NodeReport`](shoal_registry::cluster::NodeReport) |
@@ -153,6 +157,36 @@ impl Keys {
         key.strip_prefix(&self.root)?.strip_prefix("kv/")
     }
 
+    pub(crate) fn kv_lock(&self, key: &str) -> String {
+        format!("{}kvlock/{key}", self.root)
+    }
+
+    /// The user's key of a key under `kvlock/`.
+    pub(crate) fn kv_lock_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.root)?.strip_prefix("kvlock/")
+    }
+
+    pub(crate) fn kv_delay(&self, key: &str) -> String {
+        format!("{}kvdelay/{key}", self.root)
+    }
+
+    pub(crate) fn session(&self, id: &str) -> String {
+        format!("{}sessions/{id}", self.root)
+    }
+
+    pub(crate) fn sessions(&self) -> String {
+        format!("{}sessions/", self.root)
+    }
+
+    pub(crate) fn session_alive(&self, id: &str) -> String {
+        format!("{}session-alive/{id}", self.root)
+    }
+
+    /// The session ID of a key under `session-alive/`.
+    pub(crate) fn session_alive_id<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.root)?.strip_prefix("session-alive/")
+    }
+
     pub(crate) fn assignments(&self) -> String {
         format!("{}assign/", self.root)
     }
@@ -240,6 +274,7 @@ pub(crate) fn encode_change(subject: &Subject, nonce: &str) -> String {
         Subject::Kv(key) => format!("kv:{key}"),
         Subject::Route(name) => format!("route:{name}"),
         Subject::Waiting(name) => format!("waiting:{name}"),
+        Subject::Session(id) => format!("session:{id}"),
     };
     format!("{nonce}\n{subject}")
 }
@@ -264,6 +299,7 @@ pub(crate) fn decode_subject(value: &[u8]) -> Option<Subject> {
         "kv" => Some(Subject::Kv(rest.to_owned())),
         "route" => rest.parse().ok().map(Subject::Route),
         "waiting" => rest.parse().ok().map(Subject::Waiting),
+        "session" => Some(Subject::Session(rest.to_owned())),
         _ => None,
     }
 }
@@ -285,6 +321,7 @@ mod tests {
             Subject::Catalog,
             Subject::Kv("a/b:c".into()),
             Subject::Kv(String::new()),
+            Subject::Session("5f0c".into()),
         ] {
             let value = encode_change(&subject, "n0nce");
             assert_eq!(decode_subject(value.as_bytes()), Some(subject));

@@ -29,6 +29,7 @@ mod conn;
 mod keys;
 mod members;
 mod services;
+mod sessions;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod watch;
@@ -41,8 +42,9 @@ use etcd_client::{Compare, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, Watc
 use shoal_registry::codec::{StoredRecord, decode};
 use shoal_registry::{
     CatalogSnapshot, ChangeStream, CheckDefinition, CheckRecord, CheckStatus, Clock, Committed,
-    Error, EventRecord, Expect, Indexes, KvEntry, ModuleRecord, Registration, Result,
-    RevisionRecord, RouteRecord, ServiceRecord, Store, Subject, SystemClock, WaitingRecord,
+    Error, EventRecord, Expect, Indexes, KvEntry, KvOp, ModuleRecord, Registration, Result,
+    RevisionRecord, RouteRecord, ServiceRecord, SessionRecord, Store, Subject, SystemClock,
+    TxnOutcome, WaitingRecord,
 };
 use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
@@ -123,7 +125,7 @@ impl EtcdStore {
     /// [`Error::Unavailable`].
     pub async fn connect(options: Options) -> Result<EtcdStore> {
         let conn = Connection::new(&options.endpoints).await?;
-        Ok(EtcdStore {
+        let store = EtcdStore {
             shared: Arc::new(Shared {
                 conn,
                 keys: Keys::new(&options.prefix),
@@ -132,7 +134,9 @@ impl EtcdStore {
                 closed: tokio::sync::watch::Sender::new(false),
                 seen: AtomicI64::new(0),
             }),
-        })
+        };
+        tokio::spawn(sessions::expire_sessions(Arc::downgrade(&store.shared)));
+        Ok(store)
     }
 
     fn keys(&self) -> &Keys {
@@ -345,6 +349,7 @@ pub(crate) fn area_index(indexes: &mut Indexes, area: Area) -> &mut u64 {
 }
 
 /// One get of a snapshot.
+#[derive(Clone)]
 struct Get {
     key: String,
     options: Option<GetOptions>,
@@ -590,6 +595,26 @@ impl Store for EtcdStore {
         cas: Option<u64>,
     ) -> Result<Committed<bool>> {
         self.kv_remove(key, recurse, cas).await
+    }
+
+    async fn kv_txn(&self, ops: Vec<KvOp>) -> Result<Committed<TxnOutcome>> {
+        self.kv_transaction(ops).await
+    }
+
+    async fn create_session(&self, session: SessionRecord) -> Result<Committed<SessionRecord>> {
+        self.create_session_record(session).await
+    }
+
+    async fn renew_session(&self, id: &str) -> Result<Option<SessionRecord>> {
+        self.renew_session_lease(id).await
+    }
+
+    async fn destroy_session(&self, id: &str) -> Result<Committed<bool>> {
+        self.invalidate_session(id).await
+    }
+
+    async fn sessions(&self) -> Result<(Vec<SessionRecord>, u64)> {
+        self.session_records().await
     }
 
     async fn indexes(&self) -> Result<Indexes> {

@@ -28,8 +28,9 @@ use shoal_registry::{
 use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::tables::{
-    CHANGE_INDEX_KEY, CHECKS, EVENTS, INDEX_CATALOG_KEY, INDEX_HEALTH_KEY, INDEX_KV_KEY, KV, META,
-    MODULE_BYTES, MODULES, REGISTRATIONS, REVISIONS, ROUTES, SERVICES, WAITING,
+    CHANGE_INDEX_KEY, CHECKS, EVENTS, INDEX_CATALOG_KEY, INDEX_HEALTH_KEY, INDEX_KV_KEY, KV,
+    KV_LOCKS, LOCK_DELAYS, META, MODULE_BYTES, MODULES, REGISTRATIONS, REVISIONS, ROUTES, SERVICES,
+    SESSIONS, WAITING,
 };
 
 /// One redb database holding a node's state, and the log of its changes.
@@ -38,7 +39,7 @@ use crate::tables::{
 /// [`RedbStore`](crate::RedbStore) calls them on blocking threads.
 pub(crate) struct Db {
     pub(crate) database: Database,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     pub(crate) log: Arc<ChangeLog>,
     /// Held from a write's start until its change is in the log, so the log is in commit
     /// order; redb's own write lock is released at commit, before the push.
@@ -65,6 +66,9 @@ impl Db {
             txn.open_table(REGISTRATIONS)?;
             txn.open_table(CHECKS)?;
             txn.open_table(KV)?;
+            txn.open_table(KV_LOCKS)?;
+            txn.open_table(LOCK_DELAYS)?;
+            txn.open_table(SESSIONS)?;
             let mut meta = txn.open_table(META)?;
             let missing_change_index = meta.get(CHANGE_INDEX_KEY)?.is_none();
             if missing_change_index {
@@ -612,14 +616,23 @@ impl Db {
         subject: Subject,
         body: impl FnOnce(&WriteTransaction) -> DbResult<Write<T>>,
     ) -> DbResult<Committed<T>> {
+        self.write_with_subject(|txn| Ok((body(txn)?, subject)))
+    }
+
+    /// [`Db::write`], for a body that finds out what it changed as it goes: it returns the
+    /// subject of its change with it (which an abort ignores).
+    pub(crate) fn write_with_subject<T>(
+        &self,
+        body: impl FnOnce(&WriteTransaction) -> DbResult<(Write<T>, Subject)>,
+    ) -> DbResult<Committed<T>> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let txn = self.database.begin_write()?;
-        let outcome = body(&txn).and_then(|write| {
+        let outcome = body(&txn).and_then(|(write, subject)| {
             let indexes = read_indexes(&txn.open_table(META)?)?;
-            Ok((write, indexes))
+            Ok((write, subject, indexes))
         });
         match outcome {
-            Ok((Write::Commit(value), indexes)) => {
+            Ok((Write::Commit(value), subject, indexes)) => {
                 txn.commit()?;
                 self.log.push(Change { indexes, subject });
                 Ok(Committed {
@@ -627,7 +640,7 @@ impl Db {
                     index: indexes.change,
                 })
             }
-            Ok((Write::Abort(value), indexes)) => {
+            Ok((Write::Abort(value), _, indexes)) => {
                 txn.abort()?;
                 Ok(Committed {
                     value,

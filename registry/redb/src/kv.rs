@@ -2,11 +2,13 @@
 //! carries the change indexes that created and last modified it, which is what check-and-set
 //! and blocking queries work from.
 
-use redb::{ReadableDatabase, ReadableTable};
-use shoal_registry::{Committed, KvEntry, Subject};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use shoal_registry::{
+    Committed, KvEntry, KvLock, KvOp, KvRead, KvWrites, Result, Subject, TxnOutcome,
+};
 
 use crate::db::{Area, Db, DbResult, Write, bump_change_index, read_indexes};
-use crate::tables::{KV, META};
+use crate::tables::{KV, KV_LOCKS, LOCK_DELAYS, META, SESSIONS};
 
 impl Db {
     /// The entry at `key`, and the index a blocking query on it waits past: the entry's modify
@@ -15,10 +17,11 @@ impl Db {
     pub(crate) fn kv_get(&self, key: &str) -> DbResult<(Option<KvEntry>, u64)> {
         let txn = self.database.begin_read()?;
         let kv_index = read_indexes(&txn.open_table(META)?)?.kv;
-        let entry = txn
-            .open_table(KV)?
-            .get(key)?
-            .map(|value| entry(key, value.value()));
+        let locks = txn.open_table(KV_LOCKS)?;
+        let entry = match txn.open_table(KV)?.get(key)? {
+            Some(value) => Some(entry(key, value.value(), &locks)?),
+            None => None,
+        };
         let index = entry.as_ref().map_or(kv_index, |e| e.modify_index);
         Ok((entry, index))
     }
@@ -28,15 +31,7 @@ impl Db {
     pub(crate) fn kv_list(&self, prefix: &str) -> DbResult<(Vec<KvEntry>, u64)> {
         let txn = self.database.begin_read()?;
         let kv_index = read_indexes(&txn.open_table(META)?)?.kv;
-        let table = txn.open_table(KV)?;
-        let mut entries = Vec::new();
-        for item in table.range(prefix..)? {
-            let (key, value) = item?;
-            if !key.value().starts_with(prefix) {
-                break;
-            }
-            entries.push(entry(key.value(), value.value()));
-        }
+        let entries = list(&txn.open_table(KV)?, &txn.open_table(KV_LOCKS)?, prefix)?;
         Ok((entries, kv_index))
     }
 
@@ -57,18 +52,19 @@ impl Db {
             let existing = txn
                 .open_table(KV)?
                 .get(key)?
-                .map(|value| entry(key, value.value()));
+                .map(|value| (value.value().0, value.value().1));
             let cas_holds = match (cas, &existing) {
                 (None, _) => true,
                 (Some(0), existing) => existing.is_none(),
-                (Some(index), Some(existing)) => existing.modify_index == index,
+                (Some(index), Some((_, modify_index))) => *modify_index == index,
                 (Some(_), None) => false,
             };
             if !cas_holds {
                 return Ok(Write::Abort(false));
             }
             let change_index = bump_change_index(txn, &[Area::Kv])?;
-            let create_index = existing.map_or(change_index, |e| e.create_index);
+            // The key's lock, if any, stays as it is, as in Consul.
+            let create_index = existing.map_or(change_index, |(create_index, _)| create_index);
             txn.open_table(KV)?
                 .insert(key, (create_index, change_index, flags, value))?;
             Ok(Write::Commit(true))
@@ -100,8 +96,10 @@ impl Db {
                     }
                     keys
                 };
+                let mut locks = txn.open_table(KV_LOCKS)?;
                 for found in &keys {
                     table.remove(found.as_str())?;
+                    locks.remove(found.as_str())?;
                 }
                 keys.len()
             } else {
@@ -112,6 +110,7 @@ impl Db {
                     (_, None) => 0,
                     (_, Some(_)) => {
                         table.remove(key)?;
+                        txn.open_table(KV_LOCKS)?.remove(key)?;
                         1
                     }
                 }
@@ -124,14 +123,157 @@ impl Db {
             Ok(Write::Commit(true))
         })
     }
+
+    /// Runs a transaction of key/value operations in one redb write transaction; see
+    /// [`Store::kv_txn`](shoal_registry::Store::kv_txn).
+    pub(crate) fn kv_txn(&self, ops: &[KvOp]) -> DbResult<Committed<TxnOutcome>> {
+        for op in ops {
+            op.validate()?;
+        }
+        let now = self.clock.now_unix_ms();
+        let committed = self.write_with_subject(|txn| {
+            let next = read_indexes(&txn.open_table(META)?)?.change + 1;
+            let (outcome, writes) = {
+                let mut view = TxnView { txn };
+                shoal_registry::plan(ops, &mut view, next, now)?
+            };
+            if writes.is_empty() {
+                return Ok((Write::Abort(outcome), Subject::Kv(String::new())));
+            }
+            let change_index = bump_change_index(txn, &[Area::Kv])?;
+            debug_assert_eq!(change_index, next);
+            apply_writes(txn, &writes)?;
+            let subject = Subject::Kv(shoal_registry::written_prefix(&writes));
+            Ok((Write::Commit(outcome), subject))
+        })?;
+        Ok(committed)
+    }
 }
 
-fn entry(key: &str, (create_index, modify_index, flags, value): (u64, u64, u64, &[u8])) -> KvEntry {
-    KvEntry {
+/// Stores `writes` (entries with their indexes set, or deletions) with their locks; a key
+/// locked anew loses its expired lock-delay.
+pub(crate) fn apply_writes(txn: &WriteTransaction, writes: &KvWrites) -> DbResult<()> {
+    let mut kv = txn.open_table(KV)?;
+    let mut locks = txn.open_table(KV_LOCKS)?;
+    let mut delays = txn.open_table(LOCK_DELAYS)?;
+    for (key, written) in writes {
+        match written {
+            Some(entry) => {
+                kv.insert(
+                    key.as_str(),
+                    (
+                        entry.create_index,
+                        entry.modify_index,
+                        entry.flags,
+                        entry.value.as_slice(),
+                    ),
+                )?;
+                match entry.lock() {
+                    Some(lock) => {
+                        if lock.session.is_some() {
+                            delays.remove(key.as_str())?;
+                        }
+                        locks.insert(
+                            key.as_str(),
+                            (lock.lock_index, lock.session.as_deref().unwrap_or_default()),
+                        )?;
+                    }
+                    None => {
+                        locks.remove(key.as_str())?;
+                    }
+                }
+            }
+            None => {
+                kv.remove(key.as_str())?;
+                locks.remove(key.as_str())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The store as a transaction sees it, for [`shoal_registry::plan`].
+struct TxnView<'t> {
+    txn: &'t WriteTransaction,
+}
+
+impl KvRead for TxnView<'_> {
+    fn entry(&mut self, key: &str) -> Result<Option<KvEntry>> {
+        let read = || -> DbResult<Option<KvEntry>> {
+            let locks = self.txn.open_table(KV_LOCKS)?;
+            match self.txn.open_table(KV)?.get(key)? {
+                Some(value) => Ok(Some(entry(key, value.value(), &locks)?)),
+                None => Ok(None),
+            }
+        };
+        read().map_err(|error| error.0)
+    }
+
+    fn entries(&mut self, prefix: &str) -> Result<Vec<KvEntry>> {
+        let read = || -> DbResult<Vec<KvEntry>> {
+            list(
+                &self.txn.open_table(KV)?,
+                &self.txn.open_table(KV_LOCKS)?,
+                prefix,
+            )
+        };
+        read().map_err(|error| error.0)
+    }
+
+    fn session_exists(&mut self, id: &str) -> Result<bool> {
+        let read = || -> DbResult<bool> { Ok(self.txn.open_table(SESSIONS)?.get(id)?.is_some()) };
+        read().map_err(|error| error.0)
+    }
+
+    fn lock_delay(&mut self, key: &str) -> Result<Option<u64>> {
+        let read = || -> DbResult<Option<u64>> {
+            Ok(self
+                .txn
+                .open_table(LOCK_DELAYS)?
+                .get(key)?
+                .map(|until| until.value()))
+        };
+        read().map_err(|error| error.0)
+    }
+}
+
+/// Every entry under `prefix`, in key order, with its lock.
+fn list(
+    kv: &impl ReadableTable<&'static str, (u64, u64, u64, &'static [u8])>,
+    locks: &impl ReadableTable<&'static str, (u64, &'static str)>,
+    prefix: &str,
+) -> DbResult<Vec<KvEntry>> {
+    let mut entries = Vec::new();
+    for item in kv.range(prefix..)? {
+        let (key, value) = item?;
+        if !key.value().starts_with(prefix) {
+            break;
+        }
+        entries.push(entry(key.value(), value.value(), locks)?);
+    }
+    Ok(entries)
+}
+
+fn entry(
+    key: &str,
+    (create_index, modify_index, flags, value): (u64, u64, u64, &[u8]),
+    locks: &impl ReadableTable<&'static str, (u64, &'static str)>,
+) -> DbResult<KvEntry> {
+    let lock = locks.get(key)?.map(|lock| {
+        let (lock_index, session) = lock.value();
+        KvLock {
+            lock_index,
+            session: (!session.is_empty()).then(|| session.to_owned()),
+        }
+    });
+    let lock = lock.unwrap_or_default();
+    Ok(KvEntry {
         key: key.to_owned(),
         value: value.to_vec(),
         flags,
         create_index,
         modify_index,
-    }
+        lock_index: lock.lock_index,
+        session: lock.session,
+    })
 }

@@ -17,6 +17,7 @@
 mod catalog;
 mod db;
 mod kv;
+mod session;
 mod tables;
 
 use std::path::Path;
@@ -29,8 +30,9 @@ use redb::Database;
 use redb::backends::InMemoryBackend;
 use shoal_registry::{
     CatalogSnapshot, ChangeLog, ChangeStream, CheckDefinition, CheckRecord, CheckStatus, Clock,
-    Committed, Error, EventRecord, Expect, Indexes, KvEntry, ModuleRecord, Registration, Result,
-    RevisionRecord, RouteRecord, ServiceRecord, Store, SystemClock, WaitingRecord,
+    Committed, Error, EventRecord, Expect, Indexes, KvEntry, KvOp, ModuleRecord, Registration,
+    Result, RevisionRecord, RouteRecord, ServiceRecord, SessionRecord, Store, SystemClock,
+    TxnOutcome, WaitingRecord,
 };
 use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
@@ -66,6 +68,7 @@ struct Shared {
     /// The log outlives the database, so watches end cleanly after a close.
     log: Arc<ChangeLog>,
     calls: Arc<BlockingCalls>,
+    timers: Arc<SessionTimers>,
 }
 
 impl RedbStore {
@@ -85,7 +88,13 @@ impl RedbStore {
         .await
         .map_err(|error| Error::Storage(Box::new(error)))?
         .map_err(|error| error.0)?;
-        Ok(RedbStore::new(db))
+        let store = RedbStore::new(db);
+        // Every session's clock starts again.
+        let (sessions, _) = store.sessions().await?;
+        for session in &sessions {
+            store.shared.timers.start(&store, session);
+        }
+        Ok(store)
     }
 
     /// A store held in memory only: nothing survives it.
@@ -104,6 +113,7 @@ impl RedbStore {
                 db: ArcSwapOption::from_pointee(db),
                 log,
                 calls: Arc::default(),
+                timers: Arc::default(),
             }),
         }
     }
@@ -343,6 +353,36 @@ impl Store for RedbStore {
         self.call(move |db| db.kv_delete(&key, recurse, cas)).await
     }
 
+    async fn kv_txn(&self, ops: Vec<KvOp>) -> Result<Committed<TxnOutcome>> {
+        self.call(move |db| db.kv_txn(&ops)).await
+    }
+
+    async fn create_session(&self, session: SessionRecord) -> Result<Committed<SessionRecord>> {
+        let committed = self.call(move |db| db.create_session(session)).await?;
+        self.shared.timers.start(self, &committed.value);
+        Ok(committed)
+    }
+
+    async fn renew_session(&self, id: &str) -> Result<Option<SessionRecord>> {
+        let id = id.to_owned();
+        let session = self.call(move |db| db.session(&id)).await?;
+        if let Some(session) = &session {
+            self.shared.timers.start(self, session);
+        }
+        Ok(session)
+    }
+
+    async fn destroy_session(&self, id: &str) -> Result<Committed<bool>> {
+        let owned = id.to_owned();
+        let committed = self.call(move |db| db.destroy_session(&owned)).await?;
+        self.shared.timers.stop(id);
+        Ok(committed)
+    }
+
+    async fn sessions(&self) -> Result<(Vec<SessionRecord>, u64)> {
+        self.call(|db| db.sessions()).await
+    }
+
     async fn indexes(&self) -> Result<Indexes> {
         self.call(|db| db.indexes()).await
     }
@@ -355,7 +395,113 @@ impl Store for RedbStore {
         // Later calls fail; the file closes when the last call still running on a blocking
         // thread (a task aborted while it waited leaves its call running) lets go.
         self.shared.db.store(None);
+        self.shared.timers.close();
         self.shared.calls.wait_idle().await;
+    }
+}
+
+/// The TTL clocks of sessions: when each lapses unless renewed. They live in memory and start
+/// again when the store opens (as Consul's do when it boots), so a restart never cuts a session
+/// short, and a session whose holder is gone lapses one TTL span after the restart.
+#[derive(Default)]
+struct SessionTimers {
+    deadlines: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    changed: tokio::sync::Notify,
+    /// Whether the task that invalidates lapsed sessions runs.
+    running: std::sync::atomic::AtomicBool,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl SessionTimers {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, tokio::time::Instant>> {
+        self.deadlines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (Re)starts the clock of `session`, if it has a TTL, and the task that acts on it.
+    fn start(&self, store: &RedbStore, session: &SessionRecord) {
+        let Some(after) = session.lapses_after() else {
+            return;
+        };
+        self.lock()
+            .insert(session.id.clone(), tokio::time::Instant::now() + after);
+        self.changed.notify_one();
+        if !self.running.swap(true, Ordering::SeqCst) {
+            tokio::spawn(expire_sessions(Arc::downgrade(&store.shared)));
+        }
+    }
+
+    fn stop(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// The sessions whose clock ran out, and when the next one will.
+    fn lapsed(&self) -> (Vec<String>, Option<tokio::time::Instant>) {
+        let now = tokio::time::Instant::now();
+        let deadlines = self.lock();
+        let lapsed = deadlines
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let next = deadlines
+            .values()
+            .filter(|deadline| **deadline > now)
+            .min()
+            .copied();
+        (lapsed, next)
+    }
+}
+
+/// Invalidates sessions as their clocks run out, until the store closes or is dropped.
+async fn expire_sessions(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let store = RedbStore { shared: strong };
+        let timers = store.shared.timers.clone();
+        let changed = timers.changed.notified();
+        let mut changed = std::pin::pin!(changed);
+        // Registered before reading the clocks, so a renewal in between still wakes us.
+        changed.as_mut().enable();
+        if timers.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let (lapsed, next) = timers.lapsed();
+        for id in lapsed {
+            // Renewed since it was read: its clock was set again.
+            let still_lapsed = timers
+                .lock()
+                .get(&id)
+                .is_some_and(|deadline| *deadline <= tokio::time::Instant::now());
+            if !still_lapsed {
+                continue;
+            }
+            match store.destroy_session(&id).await {
+                Ok(_) => tracing::info!(session = %id, "a session's TTL lapsed: invalidated"),
+                Err(Error::Closed) => return,
+                Err(error) => {
+                    tracing::warn!(session = %id, %error, "cannot invalidate a lapsed session")
+                }
+            }
+        }
+        drop(store);
+        match next {
+            Some(next) => {
+                tokio::select! {
+                    () = changed => {}
+                    () = tokio::time::sleep_until(next) => {}
+                }
+            }
+            None => changed.await,
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! Renaming a table or changing its key or value type is a schema change: old files would no
 //! longer open.
 //! Adding a table is not: opening a registry creates any table its file lacks, which is how
-//! files written before [`EVENTS`], [`ROUTES`] or [`WAITING`] existed gain them.
+//! files written before [`EVENTS`], [`ROUTES`], [`WAITING`] or the session tables existed gain
+//! them.
 
 use redb::TableDefinition;
 
@@ -49,6 +50,18 @@ pub(crate) const CHECKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new
 /// The key/value store: key to (create index, modify index, flags, value).
 /// Values are raw bytes, not JSON, so a 512 KiB value costs 512 KiB.
 pub(crate) const KV: TableDefinition<'_, &str, (u64, u64, u64, &[u8])> = TableDefinition::new("kv");
+
+/// How each key that was ever locked is locked: key to (lock index, holding session or "").
+/// Apart from [`KV`], whose layout predates locks.
+pub(crate) const KV_LOCKS: TableDefinition<'_, &str, (u64, &str)> =
+    TableDefinition::new("kv_locks");
+
+/// Keys that may not be locked until a time (Unix milliseconds): the lock-delay after the
+/// session holding them was invalidated.
+pub(crate) const LOCK_DELAYS: TableDefinition<'_, &str, u64> = TableDefinition::new("lock_delays");
+
+/// Sessions ([`SessionRecord`](shoal_registry::SessionRecord) as JSON), keyed by ID.
+pub(crate) const SESSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sessions");
 
 /// Single values describing the whole database, keyed by [`CHANGE_INDEX_KEY`] and friends.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
