@@ -327,10 +327,10 @@ async fn bad_input_gets_consuls_status_and_message_and_stores_nothing() {
         ),
         (
             "GET",
-            "/v1/agent/services?filter=Service==web",
+            "/v1/agent/services?filter=Service%20%3E%20web",
             "",
             400,
-            "filter expressions are not supported",
+            "Failed to create boolean expression evaluator: unsupported operator \">\"",
         ),
         (
             "PUT",

@@ -394,3 +394,165 @@ async fn consul_paths_shoal_does_not_serve_get_consuls_plain_404() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_keep_what_they_match_and_refuse_what_they_cannot_read() {
+    let node = TestNode::start().await;
+    for (id, tags, env, status) in [
+        ("web-1", vec!["v1", "primary"], "prod", "passing"),
+        ("web-2", vec!["v2"], "prod", "critical"),
+        ("web-3", vec!["v1"], "staging", "passing"),
+    ] {
+        let reply = register(
+            &node,
+            json!({"name": "web", "id": id, "address": "127.0.0.1", "port": 9, "tags": tags,
+                   "meta": {"env": env}, "check": {"ttl": "1h", "status": status, "id": format!("{id}-ttl")}}),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let reply = register(&node, json!({"name": "db", "port": 5432, "tags": ["v1"]})).await;
+    assert_eq!(reply.status, 200);
+    let filter = |expr: &str| form_urlencoded::byte_serialize(expr.as_bytes()).collect::<String>();
+    let ids = |value: &Value, field: &str| -> BTreeSet<String> {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item.pointer(field).unwrap().as_str().unwrap().to_owned())
+            .collect()
+    };
+    let set =
+        |items: &[&str]| -> BTreeSet<String> { items.iter().map(|s| (*s).to_owned()).collect() };
+
+    // Catalog instances: by meta and tags, with and, or, not and parentheses.
+    let reply = node
+        .send(
+            "GET",
+            &format!(
+                "/v1/catalog/service/web?filter={}",
+                filter(
+                    "ServiceMeta.env == prod and (v1 in ServiceTags or ServiceTags contains v2)"
+                )
+            ),
+            None,
+        )
+        .await;
+    read_index(&reply);
+    assert_eq!(ids(&reply.json(), "/ServiceID"), set(&["web-1", "web-2"]));
+    let reply = node
+        .send(
+            "GET",
+            &format!(
+                "/v1/catalog/service/web?filter={}",
+                filter("not ServiceID matches \"-[12]$\"")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&reply.json(), "/ServiceID"), set(&["web-3"]));
+    // Health entries: through the checks' list, and the service's fields.
+    let reply = node
+        .send(
+            "GET",
+            &format!(
+                "/v1/health/service/web?filter={}",
+                filter("Checks.Status == critical or Service.Meta.env != prod")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&reply.json(), "/Service/ID"), set(&["web-2", "web-3"]));
+    // Names: those with an instance the filter keeps, as Consul 1.14+ answers.
+    let reply = node
+        .send(
+            "GET",
+            &format!(
+                "/v1/catalog/services?filter={}",
+                filter("ServiceMeta.env == staging")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(reply.json(), json!({"web": ["v1"]}));
+    // The agent's listings, by ID.
+    let reply = node
+        .send(
+            "GET",
+            &format!(
+                "/v1/agent/services?filter={}",
+                filter("Service == db or \"primary\" in Tags")
+            ),
+            None,
+        )
+        .await;
+    let listed: BTreeSet<String> = reply.json().as_object().unwrap().keys().cloned().collect();
+    assert_eq!(listed, set(&["db", "web-1"]));
+    let reply = node
+        .send(
+            "GET",
+            &format!("/v1/agent/checks?filter={}", filter("Status == critical")),
+            None,
+        )
+        .await;
+    let listed: BTreeSet<String> = reply.json().as_object().unwrap().keys().cloned().collect();
+    assert_eq!(listed, set(&["web-2-ttl"]));
+    let reply = node
+        .send(
+            "GET",
+            &format!(
+                "/v1/health/state/any?filter={}",
+                filter("ServiceName == web and Status != passing")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&reply.json(), "/CheckID"), set(&["web-2-ttl"]));
+    let name = node_name(&node).await;
+    let reply = node
+        .send(
+            "GET",
+            &format!(
+                "/v1/catalog/nodes?filter={}",
+                filter(&format!("Node == \"{name}\""))
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(reply.json().as_array().unwrap().len(), 1);
+    let reply = node
+        .send(
+            "GET",
+            &format!(
+                "/v1/catalog/nodes?filter={}",
+                filter("Meta is not empty and Node == x")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(reply.json(), json!([]));
+
+    // Refused, naming what shoal cannot read; never ignored.
+    for (path, message) in [
+        (
+            "/v1/catalog/service/web?filter=Servicemeta.env%20%3D%3D%20prod",
+            "Selector \"Servicemeta.env\" is not valid",
+        ),
+        (
+            "/v1/health/service/web?filter=Checks%20%3D%3D%20x",
+            "Checks is not a single value",
+        ),
+        (
+            "/v1/agent/services?filter=Port%20%3D%3D%20http",
+            "failed to coerce value \"http\"",
+        ),
+        (
+            "/v1/kv/k?filter=Key%20%3D%3D%20k",
+            "?filter is not supported on this endpoint",
+        ),
+    ] {
+        let reply = node.send("GET", path, None).await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.body);
+        assert!(reply.body.contains(message), "{path}: {}", reply.body);
+    }
+}

@@ -169,8 +169,8 @@ async fn bad_kv_input() {
         (
             "PUT",
             "/v1/kv/k?acquire=abc",
-            400,
-            "sessions are not supported",
+            500,
+            "invalid session \"abc\"",
         ),
         (
             "GET",

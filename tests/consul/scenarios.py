@@ -13,6 +13,7 @@ Talks to 127.0.0.1 only.
 
 import base64
 import http.server
+import inspect
 import sys
 import threading
 import time
@@ -87,6 +88,11 @@ def agent_and_nodes(client):
     check(client.agent.maintenance(False), "node maintenance off")
     _, healthy = client.health.service("my-service", passing=True)
     check(len(healthy) == 1, f"after maintenance: {healthy}")
+    # py-consul 1.8 passes filters (python-consul 1.1 has no such argument).
+    if "filter_expr" in inspect.signature(client.agent.services).parameters:
+        kept = client.agent.services(filter_expr='"my-tag" in Tags and Port == 8080')
+        check(list(kept) == ["my-service"], f"agent.services(filter_expr=): {kept}")
+        check(client.agent.services(filter_expr="Port == 1") == {}, "a filter that keeps nothing")
 
 
 def sessions_and_locks(client):

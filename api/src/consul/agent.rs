@@ -20,7 +20,7 @@ use shoal_node::Node;
 use super::catalog_health::{agent_service, health_check, registered_instances_where};
 use super::decode::{Field, GoDuration, Shape, aliased, decode, field};
 use super::wire::{AgentService, HealthCheck};
-use super::{ConsulError, ConsulNode, ConsulResult, Query, json, ok_empty};
+use super::{ConsulError, ConsulNode, ConsulResult, Query, filter, filtered, json, ok_empty};
 
 /// How long an HTTP or TCP check may take when its definition does not say, as in Consul.
 const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -556,17 +556,22 @@ pub(super) async fn services(
     State(node): State<Node>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult<Response> {
-    let query = Query::parse(raw.as_deref());
+    let mut query = Query::parse(raw.as_deref());
+    let filter = query.take_filter(filter::AGENT_SERVICE)?;
     query.check_common(&node)?;
     let consul = ConsulNode::of(&node);
     let catalog = node.catalog();
-    let services: BTreeMap<&str, _> = catalog
+    let services: Vec<AgentService> = catalog
         .snapshot
         .registrations
         .iter()
         // An agent lists what was registered through it.
         .filter(|r| node.owns(&r.node))
-        .map(|r| (r.id.as_str(), agent_service(&consul, r)))
+        .map(|r| agent_service(&consul, r))
+        .collect();
+    let services: BTreeMap<String, AgentService> = filtered(filter.as_ref(), services)
+        .into_iter()
+        .map(|service| (service.id.clone(), service))
         .collect();
     Ok(json(&query, &services))
 }
@@ -606,19 +611,21 @@ pub(super) async fn checks(
     State(node): State<Node>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult<Response> {
-    let query = Query::parse(raw.as_deref());
+    let mut query = Query::parse(raw.as_deref());
+    let filter = query.take_filter(filter::HEALTH_CHECK)?;
     query.check_common(&node)?;
     let consul = ConsulNode::of(&node);
     let catalog = node.catalog();
-    let checks: BTreeMap<String, _> = catalog
+    let checks: Vec<HealthCheck> = catalog
         .snapshot
         .checks
         .iter()
         .filter(|c| node.owns(&c.definition.node))
-        .map(|c| {
-            let check = health_check(&consul, c);
-            (check.check_id.clone(), check)
-        })
+        .map(|c| health_check(&consul, c))
+        .collect();
+    let checks: BTreeMap<String, HealthCheck> = filtered(filter.as_ref(), checks)
+        .into_iter()
+        .map(|check| (check.check_id.clone(), check))
         .collect();
     Ok(json(&query, &checks))
 }
@@ -842,14 +849,16 @@ fn agent_health(
     registered_instances_where(node, &consul, |r| node.owns(&r.node) && keep(r))
         .into_iter()
         .map(|instance| {
-            let (status, code) = aggregated_status(&instance.checks);
+            let mut checks = instance.node_checks;
+            checks.extend(instance.checks);
+            let (status, code) = aggregated_status(&checks);
             let mut service = instance.service;
             service.create_index = None;
             service.modify_index = None;
             let health = AgentServiceHealth {
                 aggregated_status: status,
                 service,
-                checks: instance.checks,
+                checks,
             };
             (health, code)
         })

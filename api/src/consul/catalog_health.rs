@@ -21,7 +21,7 @@ use shoal_registry::{CheckRecord, CheckStatus, Probe, Registration};
 
 use super::decode::format_go_duration;
 use super::wire::{self, AddressPort, AgentService, CatalogService, HealthCheck, ServiceEntry};
-use super::{ConsulError, ConsulNode, ConsulResult, Query, blocking, read_json};
+use super::{ConsulError, ConsulNode, ConsulResult, Query, blocking, filter, filtered, read_json};
 
 /// One provider of a service name, with its checks, whatever its kind.
 pub(super) struct Instance {
@@ -33,8 +33,12 @@ pub(super) struct Instance {
     pub(super) service: AgentService,
     pub(super) create_index: u64,
     pub(super) modify_index: u64,
-    /// Its own checks, then its node's (which Consul counts in an instance's health).
+    /// Its own checks.
     pub(super) checks: Vec<HealthCheck>,
+    /// Its node's checks but `serfHealth` (maintenance mode among them), which Consul lists
+    /// with an instance's and counts in its health.
+    pub(super) node_checks: Vec<HealthCheck>,
+    /// The status of each of both, and a critical one for a dead node.
     pub(super) statuses: Vec<CheckStatus>,
 }
 
@@ -188,28 +192,39 @@ pub(super) fn registered_instances_where(
         .iter()
         .filter(|r| keep(r))
         .map(|registration| {
-            // Its own checks, then its node's (maintenance mode among them), as Consul lists
-            // them and counts them in `?passing`.
             let checks: Vec<&CheckRecord> = catalog
                 .snapshot
                 .checks
                 .iter()
                 .filter(|c| c.definition.service_id.as_deref() == Some(registration.id.as_str()))
-                .chain(catalog.snapshot.checks.iter().filter(|c| {
+                .collect();
+            let node_checks: Vec<&CheckRecord> = catalog
+                .snapshot
+                .checks
+                .iter()
+                .filter(|c| {
                     c.definition.service_id.is_none() && c.definition.node == registration.node
-                }))
+                })
                 .collect();
             let owner = ConsulNode::owner(node, consul, &registration.node);
             let alive = node.node_alive(&registration.node);
             let mut service = agent_service(&owner, registration);
             service.create_index = Some(registration.create_index);
             service.modify_index = Some(registration.modify_index);
-            let mut statuses: Vec<CheckStatus> = checks.iter().map(|c| c.status).collect();
+            let mut statuses: Vec<CheckStatus> = checks
+                .iter()
+                .chain(&node_checks)
+                .map(|c| c.status)
+                .collect();
             if !alive {
                 statuses.push(CheckStatus::Critical);
             }
             Instance {
                 checks: checks.iter().map(|c| health_check(&owner, c)).collect(),
+                node_checks: node_checks
+                    .iter()
+                    .map(|c| health_check(&owner, c))
+                    .collect(),
                 node: owner,
                 alive,
                 service,
@@ -297,6 +312,7 @@ pub(super) fn wasm_instances(
                 create_index: index,
                 modify_index: index,
                 checks: vec![check],
+                node_checks: Vec::new(),
                 statuses: vec![CheckStatus::Passing],
             }
         })
@@ -336,16 +352,71 @@ fn health_index(node: &Node) -> u64 {
     indexes.catalog.max(indexes.health)
 }
 
-/// `GET /v1/catalog/services`: every name, with the union of its instances' tags.
+/// An instance flat with its node, as `/v1/catalog/service/{name}` lists them.
+fn catalog_entry(instance: Instance) -> CatalogService {
+    let node_view = node_view(&instance.node);
+    let service = instance.service;
+    CatalogService {
+        id: node_view.id,
+        node: node_view.node,
+        address: node_view.address,
+        datacenter: node_view.datacenter,
+        tagged_addresses: node_view.tagged_addresses,
+        node_meta: node_view.meta,
+        service_kind: "",
+        service_id: service.id,
+        service_name: service.service,
+        service_tags: service.tags,
+        service_address: service.address,
+        service_tagged_addresses: service.tagged_addresses,
+        service_weights: service.weights,
+        service_meta: service.meta,
+        service_port: service.port,
+        service_socket_path: service.socket_path,
+        service_enable_tag_override: service.enable_tag_override,
+        create_index: instance.create_index,
+        modify_index: instance.modify_index,
+    }
+}
+
+/// `GET /v1/catalog/services`: every name, with the union of its instances' tags; with a
+/// filter, the names of the instances it keeps (as Consul 1.14 and later filter).
 pub(super) async fn services(
     State(node): State<Node>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult<Response> {
-    let query = Query::parse(raw.as_deref());
+    let mut query = Query::parse(raw.as_deref());
+    let filter = query.take_filter(filter::CATALOG_SERVICE)?;
+    let consul = ConsulNode::of(&node);
     let (services, index) = blocking(&node, &query, || async {
         let index = catalog_index(&node);
         let mut services: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        if node_meta_matches(&query) {
+        if let Some(filter) = &filter {
+            let names: BTreeSet<String> = node
+                .catalog()
+                .snapshot
+                .registrations
+                .iter()
+                .map(|r| r.name.clone())
+                .chain(
+                    node.wasm_services()
+                        .iter()
+                        .map(|w| w.record.name.to_string()),
+                )
+                .collect();
+            for name in names {
+                let entries: Vec<CatalogService> = instances(&node, &consul, &name)
+                    .into_iter()
+                    .map(catalog_entry)
+                    .collect();
+                for entry in filtered(Some(filter), entries) {
+                    services
+                        .entry(entry.service_name)
+                        .or_default()
+                        .extend(entry.service_tags);
+                }
+            }
+        } else if node_meta_matches(&query) {
             for registration in &node.catalog().snapshot.registrations {
                 services
                     .entry(registration.name.clone())
@@ -372,7 +443,8 @@ pub(super) async fn service(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult<Response> {
-    let query = Query::parse(raw.as_deref());
+    let mut query = Query::parse(raw.as_deref());
+    let filter = query.take_filter(filter::CATALOG_SERVICE)?;
     let consul = ConsulNode::of(&node);
     let (entries, index) = blocking(&node, &query, || async {
         let index = catalog_index(&node);
@@ -381,33 +453,9 @@ pub(super) async fn service(
         }
         let entries: Vec<CatalogService> = with_tags(instances(&node, &consul, &name), &query)
             .into_iter()
-            .map(|instance| {
-                let node_view = node_view(&instance.node);
-                let service = instance.service;
-                CatalogService {
-                    id: node_view.id.clone(),
-                    node: node_view.node.clone(),
-                    address: node_view.address.clone(),
-                    datacenter: node_view.datacenter.clone(),
-                    tagged_addresses: node_view.tagged_addresses.clone(),
-                    node_meta: node_view.meta.clone(),
-                    service_kind: "",
-                    service_id: service.id,
-                    service_name: service.service,
-                    service_tags: service.tags,
-                    service_address: service.address,
-                    service_tagged_addresses: service.tagged_addresses,
-                    service_weights: service.weights,
-                    service_meta: service.meta,
-                    service_port: service.port,
-                    service_socket_path: service.socket_path,
-                    service_enable_tag_override: service.enable_tag_override,
-                    create_index: instance.create_index,
-                    modify_index: instance.modify_index,
-                }
-            })
+            .map(catalog_entry)
             .collect();
-        Ok((entries, index))
+        Ok((filtered(filter.as_ref(), entries), index))
     })
     .await?;
     Ok(read_json(&query, &entries, index))
@@ -418,7 +466,8 @@ pub(super) async fn nodes(
     State(node): State<Node>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult<Response> {
-    let query = Query::parse(raw.as_deref());
+    let mut query = Query::parse(raw.as_deref());
+    let filter = query.take_filter(filter::NODE)?;
     let consul = ConsulNode::of(&node);
     let (nodes, index) = blocking(&node, &query, || async {
         let index = catalog_index(&node);
@@ -430,7 +479,7 @@ pub(super) async fn nodes(
         } else {
             Vec::new()
         };
-        Ok((nodes, index))
+        Ok((filtered(filter.as_ref(), nodes), index))
     })
     .await?;
     Ok(read_json(&query, &nodes, index))
@@ -443,7 +492,8 @@ pub(super) async fn health_service(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult<Response> {
-    let query = Query::parse(raw.as_deref());
+    let mut query = Query::parse(raw.as_deref());
+    let filter = query.take_filter(filter::SERVICE_ENTRY)?;
     let passing = query.flag("passing")?;
     let consul = ConsulNode::of(&node);
     let (entries, index) = blocking(&node, &query, || async {
@@ -456,6 +506,8 @@ pub(super) async fn health_service(
             .filter(|i| !passing || i.statuses.iter().all(|s| *s == CheckStatus::Passing))
             .map(|instance| {
                 let mut checks = vec![serf_health(&instance.node, instance.alive)];
+                // The node's checks first, as Consul lists them.
+                checks.extend(instance.node_checks);
                 checks.extend(instance.checks);
                 let mut service = instance.service;
                 service.datacenter = None;
@@ -466,7 +518,7 @@ pub(super) async fn health_service(
                 }
             })
             .collect();
-        Ok((entries, index))
+        Ok((filtered(filter.as_ref(), entries), index))
     })
     .await?;
     Ok(read_json(&query, &entries, index))
@@ -478,7 +530,8 @@ pub(super) async fn health_checks(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult<Response> {
-    let query = Query::parse(raw.as_deref());
+    let mut query = Query::parse(raw.as_deref());
+    let filter = query.take_filter(filter::HEALTH_CHECK)?;
     let consul = ConsulNode::of(&node);
     let (checks, index) = blocking(&node, &query, || async {
         let index = health_index(&node);
@@ -486,7 +539,7 @@ pub(super) async fn health_checks(
             .into_iter()
             .flat_map(|i| i.checks)
             .collect();
-        Ok((checks, index))
+        Ok((filtered(filter.as_ref(), checks), index))
     })
     .await?;
     Ok(read_json(&query, &checks, index))
@@ -499,7 +552,8 @@ pub(super) async fn health_state(
     Path(state): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult<Response> {
-    let query = Query::parse(raw.as_deref());
+    let mut query = Query::parse(raw.as_deref());
+    let filter = query.take_filter(filter::HEALTH_CHECK)?;
     let wanted =
         match state.as_str() {
             "any" => None,
@@ -532,7 +586,7 @@ pub(super) async fn health_state(
                 );
             }
         }
-        Ok((checks, index))
+        Ok((filtered(filter.as_ref(), checks), index))
     })
     .await?;
     Ok(read_json(&query, &checks, index))

@@ -24,11 +24,13 @@
 //! - `kv.rs`: `/v1/kv/*`, with `?acquire` and `?release`;
 //! - `session.rs`: `/v1/session/*`, which locks hang from;
 //! - `txn.rs`: `/v1/txn`, key/value operations applied atomically;
-//! - `decode.rs`: Consul's JSON decoding rules and Go durations.
+//! - `decode.rs`: Consul's JSON decoding rules and Go durations;
+//! - `filter.rs`: `?filter=` expressions.
 
 mod agent;
 mod catalog_health;
 pub(crate) mod decode;
+mod filter;
 mod identity;
 mod kv;
 mod nodes;
@@ -360,8 +362,28 @@ impl Query {
             .transpose()
     }
 
-    /// Checks what every read accepts: the datacenter, the consistency mode, and filters
-    /// (which shoal does not evaluate, so it refuses them rather than ignore them).
+    /// Takes `?filter=` out of the query, parsed for elements of `schema`: what a listing
+    /// that filters calls before anything else (and [`Query::check_common`] refuses a filter
+    /// left in, rather than ignore it).
+    pub(crate) fn take_filter(
+        &mut self,
+        schema: filter::Schema,
+    ) -> ConsulResult<Option<filter::Filter>> {
+        let Some(at) = self.0.iter().position(|(k, _)| k == "filter") else {
+            return Ok(None);
+        };
+        let (_, text) = self.0.remove(at);
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        filter::Filter::parse(&text, schema)
+            .map(Some)
+            .map_err(|error| ConsulError::bad_request(error.to_string()))
+    }
+
+    /// Checks what every read accepts: the datacenter, the consistency mode, and no filter
+    /// left (a listing that filters took it out; anywhere else it is refused rather than
+    /// ignored).
     pub(crate) fn check_common(&self, node: &Node) -> ConsulResult<()> {
         if let Some(dc) = self.get("dc")
             && !dc.is_empty()
@@ -377,9 +399,9 @@ impl Query {
                 "Cannot specify ?stale with ?consistent, conflicting semantics.",
             ));
         }
-        if self.get("filter").is_some_and(|f| !f.is_empty()) {
+        if self.get("filter").is_some_and(|f| !f.trim().is_empty()) {
             return Err(ConsulError::bad_request(
-                "filter expressions are not supported by shoal",
+                "?filter is not supported on this endpoint",
             ));
         }
         Ok(())
@@ -420,6 +442,17 @@ impl Blocking {
             wait: wait.min(MAX_WAIT),
         })
     }
+}
+
+/// Keeps the elements of a listing that `filter` matches (all of them without one).
+pub(crate) fn filtered<T: Serialize>(filter: Option<&filter::Filter>, items: Vec<T>) -> Vec<T> {
+    let Some(filter) = filter else {
+        return items;
+    };
+    items
+        .into_iter()
+        .filter(|item| serde_json::to_value(item).is_ok_and(|value| filter.matches(&value)))
+        .collect()
 }
 
 /// Runs a read; as a blocking query when asked, re-running it after every change until its

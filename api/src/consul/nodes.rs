@@ -25,7 +25,7 @@ use super::catalog_health::{
     wasm_instances,
 };
 use super::wire::{self, AgentService, HealthCheck};
-use super::{ConsulNode, ConsulResult, Query, blocking, json, read_json};
+use super::{ConsulNode, ConsulResult, Query, blocking, filter, filtered, json, read_json};
 
 /// The Consul version whose API shoal answers as; clients compare it to decide what to call.
 pub(super) const CONSUL_VERSION: &str = "1.17.0";
@@ -302,7 +302,8 @@ pub(super) async fn health_node(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ConsulResult<Response> {
-    let query = Query::parse(raw.as_deref());
+    let mut query = Query::parse(raw.as_deref());
+    let filter = query.take_filter(filter::HEALTH_CHECK)?;
     let consul = ConsulNode::of(&node);
     let (checks, index) = blocking(&node, &query, || async {
         let indexes = node.indexes();
@@ -335,7 +336,7 @@ pub(super) async fn health_node(
                 );
             }
         }
-        Ok((checks, index))
+        Ok((filtered(filter.as_ref(), checks), index))
     })
     .await?;
     Ok(read_json(&query, &checks, index))
