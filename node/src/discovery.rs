@@ -11,6 +11,7 @@ use bytes::Bytes;
 use shoal_registry::{
     CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, KvEntry, Probe, Registration,
 };
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::{Node, Result};
@@ -30,6 +31,63 @@ pub fn consul_check_id(id: &str) -> &str {
     }
 }
 
+/// The health index of each service name: the change index of the newest change to its
+/// instances, their checks, the checks of their nodes, or (for a wasm service) its record and
+/// scale events. A blocking health query on one name waits on it, so a change to another name
+/// does not answer it, as Consul's indexes are per service. A name that goes away keeps the
+/// index of its removal, so a name's index never goes back.
+#[derive(Debug, Default)]
+pub(crate) struct HealthIndexes {
+    /// What each registered name's instances and checks looked like at the last snapshot.
+    signatures: HashMap<String, Signature>,
+    indexes: HashMap<String, u64>,
+}
+
+/// Enough of a name's registrations and checks to tell that they changed: any change moves a
+/// modify index past the highest, or adds or removes a record.
+type Signature = (u64, usize);
+
+impl HealthIndexes {
+    /// Marks the names whose registrations or checks differ in `snapshot`.
+    pub(crate) fn apply_catalog(&mut self, snapshot: &CatalogSnapshot) {
+        let mut signatures: HashMap<String, Signature> = HashMap::new();
+        for registration in &snapshot.registrations {
+            let signature = signatures.entry(registration.name.clone()).or_default();
+            signature.0 = signature.0.max(registration.modify_index);
+            signature.1 += 1;
+            let covers = |check: &&CheckRecord| match &check.definition.service_id {
+                Some(id) => *id == registration.id,
+                None => check.definition.node == registration.node,
+            };
+            for check in snapshot.checks.iter().filter(covers) {
+                signature.0 = signature.0.max(check.modify_index);
+                signature.1 += 1;
+            }
+        }
+        let at = snapshot.indexes.change;
+        let old = std::mem::take(&mut self.signatures);
+        for (name, signature) in &signatures {
+            if old.get(name) != Some(signature) {
+                self.mark(name, at);
+            }
+        }
+        for name in old.keys().filter(|name| !signatures.contains_key(*name)) {
+            self.mark(name, at);
+        }
+        self.signatures = signatures;
+    }
+
+    /// Marks `name` as changed at `index`.
+    pub(crate) fn mark(&mut self, name: &str, index: u64) {
+        let entry = self.indexes.entry(name.to_owned()).or_default();
+        *entry = (*entry).max(index);
+    }
+
+    fn get(&self, name: &str) -> Option<u64> {
+        self.indexes.get(name).copied()
+    }
+}
+
 /// Registered services and checks as of the newest catalog change applied.
 #[derive(Debug, Default)]
 pub struct CatalogView {
@@ -41,6 +99,18 @@ impl Node {
     /// Registered services and checks, as of the newest change applied.
     pub fn catalog(&self) -> Arc<CatalogView> {
         self.inner.catalog.load_full()
+    }
+
+    /// The index a blocking health query on the service `name` waits past ([`HealthIndexes`]);
+    /// for a name that never existed here, the catalog's index.
+    pub fn health_index(&self, name: &str) -> u64 {
+        let known = self
+            .inner
+            .health_indexes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name);
+        known.unwrap_or_else(|| self.indexes().catalog).max(1)
     }
 
     /// Registers (or re-registers) an instance with its checks.

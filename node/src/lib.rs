@@ -186,6 +186,8 @@ struct Inner {
     draining: tokio::sync::watch::Sender<bool>,
     /// Whether this node leads its cluster now (a node alone never campaigns).
     leading: AtomicBool,
+    /// Each service name's health index, kept by the reconcile loop.
+    health_indexes: Mutex<discovery::HealthIndexes>,
     gateway_addr: OnceLock<SocketAddr>,
     api_addr: OnceLock<SocketAddr>,
     /// The cluster this node joined, if it shares its store with others.
@@ -272,6 +274,7 @@ impl Node {
                 shutting_down: AtomicBool::new(false),
                 draining: tokio::sync::watch::Sender::new(false),
                 leading: AtomicBool::new(false),
+                health_indexes: Mutex::default(),
                 gateway_addr: OnceLock::new(),
                 api_addr: OnceLock::new(),
                 cluster,

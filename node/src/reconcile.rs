@@ -135,6 +135,11 @@ impl Node {
         let snapshot = store.catalog().await?;
         let newest = newest(indexes, snapshot.indexes);
         self.apply_catalog(snapshot);
+        // What changed while the node was not following is not known: every wasm service's
+        // health may have, once.
+        for name in self.inner.deployed.load().keys() {
+            self.mark_health(name.as_str(), newest.change);
+        }
         self.mirror_kv("").await?;
         self.reload_routes().await?;
         self.publish_routes();
@@ -155,6 +160,7 @@ impl Node {
                 let record = store.service(name).await?;
                 self.apply_service(name, record).await;
                 self.publish_routes();
+                self.mark_health(name.as_str(), change.index());
             }
             Subject::Catalog => {
                 let snapshot = store.catalog().await?;
@@ -173,9 +179,9 @@ impl Node {
                 self.reload_routes().await?;
                 self.publish_routes();
             }
-            // Nothing kept in memory follows scale events; the indexes below wake whoever
-            // waits for them.
-            Subject::Events(_) => {}
+            // A scale event moves the service's health index; the indexes below wake whoever
+            // waits for it.
+            Subject::Events(name) => self.mark_health(name.as_str(), change.index()),
             // A service waiting for its module runs nothing; the node storing the module
             // starts it.
             Subject::Waiting(_) => {}
@@ -295,8 +301,22 @@ impl Node {
         Ok(())
     }
 
+    /// Moves the health index of the service `name` to `index`.
+    fn mark_health(&self, name: &str, index: u64) {
+        self.inner
+            .health_indexes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mark(name, index);
+    }
+
     /// A new catalog view, and the check tasks that follow it.
     fn apply_catalog(&self, snapshot: CatalogSnapshot) {
+        self.inner
+            .health_indexes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply_catalog(&snapshot);
         let view = Arc::new(CatalogView { snapshot });
         self.inner.checks.reconcile(self, &view.snapshot);
         self.inner.catalog.store(view);

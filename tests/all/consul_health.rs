@@ -205,3 +205,70 @@ async fn services_that_stay_critical_are_deregistered() {
         "deregistered too early"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_indexes_are_per_service() {
+    let node = TestNode::start().await;
+    for (name, id) in [("api", "api-1"), ("api", "api-2"), ("other", "other-1")] {
+        let reply = register(
+            &node,
+            json!({"name": name, "id": id, "port": 9, "check": {"ttl": "1h", "status": "passing", "id": format!("{id}-ttl")}}),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let index = read_index(&node.send("GET", "/v1/health/service/api", None).await);
+    // Changes to another service, made while a blocking read of `api` waits: it answers
+    // only when its wait runs out, still at its index.
+    let waiting = {
+        let url = format!("{}/v1/health/service/api?index={index}&wait=1s", node.api);
+        let client = node.client.clone();
+        tokio::spawn(async move { client.get(url).send().await.unwrap() })
+    };
+    for status in ["warn", "pass", "fail"] {
+        let reply = node
+            .send(
+                "PUT",
+                &format!("/v1/agent/check/{status}/other-1-ttl"),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    let reply = shoal_tests::Reply::from(waiting.await.unwrap()).await;
+    assert_eq!(
+        read_index(&reply),
+        index,
+        "another service's changes answered it"
+    );
+    assert!(read_index(&node.send("GET", "/v1/health/service/other", None).await) > index);
+
+    // A change to one of its instances answers it.
+    let waiting = {
+        let url = format!("{}/v1/health/service/api?index={index}&wait=30s", node.api);
+        let client = node.client.clone();
+        tokio::spawn(async move { client.get(url).send().await.unwrap() })
+    };
+    let reply = node
+        .send("PUT", "/v1/agent/check/fail/api-2-ttl", None)
+        .await;
+    assert_eq!(reply.status, 200);
+    let reply = shoal_tests::Reply::from(waiting.await.unwrap()).await;
+    let after_fail = read_index(&reply);
+    assert!(after_fail > index);
+    assert!(reply.body.contains("critical"), "{}", reply.body);
+    // So does an instance going away, though what remains is older.
+    let reply = node
+        .send("PUT", "/v1/agent/service/deregister/api-2", None)
+        .await;
+    assert_eq!(reply.status, 200);
+    let reply = node
+        .send(
+            "GET",
+            &format!("/v1/health/service/api?index={after_fail}&wait=30s"),
+            None,
+        )
+        .await;
+    assert!(read_index(&reply) > after_fail);
+    assert_eq!(reply.json().as_array().unwrap().len(), 1);
+}

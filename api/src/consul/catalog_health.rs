@@ -346,7 +346,8 @@ fn catalog_index(node: &Node) -> u64 {
     node.indexes().catalog
 }
 
-/// The index of a health read: the newest change to services, checks or replicas.
+/// The index of a health read of every name: the newest change to services, checks or
+/// replicas.
 fn health_index(node: &Node) -> u64 {
     let indexes = node.indexes();
     indexes.catalog.max(indexes.health)
@@ -497,7 +498,8 @@ pub(super) async fn health_service(
     let passing = query.flag("passing")?;
     let consul = ConsulNode::of(&node);
     let (entries, index) = blocking(&node, &query, || async {
-        let index = health_index(&node);
+        // Per name, as Consul's: a change to another service does not answer a watcher.
+        let index = node.health_index(&name);
         if !node_meta_matches(&query) {
             return Ok((Vec::new(), index));
         }
@@ -534,7 +536,7 @@ pub(super) async fn health_checks(
     let filter = query.take_filter(filter::HEALTH_CHECK)?;
     let consul = ConsulNode::of(&node);
     let (checks, index) = blocking(&node, &query, || async {
-        let index = health_index(&node);
+        let index = node.health_index(&name);
         let checks: Vec<HealthCheck> = instances(&node, &consul, &name)
             .into_iter()
             .flat_map(|i| i.checks)

@@ -525,10 +525,23 @@ pub(crate) fn json<T: Serialize>(query: &Query, value: &T) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// A JSON answer to a read, with the index headers.
+/// A JSON answer to a read, with the index headers, and the consistency it was read with.
 pub(crate) fn read_json<T: Serialize>(query: &Query, value: &T, index: u64) -> Response {
     let mut response = json(query, value);
     set_read_headers(response.headers_mut(), index);
+    // `?stale` skips catching up with the cluster; `?consistent` reads as the default does,
+    // which is already as of the store's present.
+    let consistency = if query.has("stale") {
+        "stale"
+    } else if query.has("consistent") {
+        "consistent"
+    } else {
+        "leader"
+    };
+    response.headers_mut().insert(
+        "x-consul-effective-consistency",
+        HeaderValue::from_static(consistency),
+    );
     response
 }
 
