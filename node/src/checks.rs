@@ -73,12 +73,12 @@ impl CheckRunner {
         state.reconciled = snapshot.indexes.change;
         let mut running = std::mem::take(&mut state.running);
         // Each node runs the checks its agent API registered, as each Consul agent does.
-        // Maintenance checks are never probed: they hold their state until removed.
-        for check in snapshot
-            .checks
-            .iter()
-            .filter(|c| node.owns(&c.definition.node) && c.definition.probe != Probe::Maintenance)
-        {
+        // Maintenance checks and those of catalog nodes are never probed: they hold the
+        // state they were given.
+        for check in snapshot.checks.iter().filter(|c| {
+            node.owns(&c.definition.node)
+                && !matches!(c.definition.probe, Probe::Maintenance | Probe::External)
+        }) {
             let id = &check.definition.id;
             match running.remove(id) {
                 Some(task) if task.definition == check.definition => {
@@ -218,7 +218,7 @@ impl CheckTask {
         match &self.definition.probe {
             Probe::Http { interval, .. } | Probe::Tcp { interval, .. } => *interval,
             Probe::Ttl { ttl } => *ttl,
-            Probe::Maintenance => Duration::MAX,
+            Probe::Maintenance | Probe::External => Duration::MAX,
         }
     }
 
@@ -289,7 +289,7 @@ impl CheckTask {
             Probe::Tcp {
                 address, timeout, ..
             } => probe_tcp(address, *timeout).await,
-            Probe::Ttl { .. } | Probe::Maintenance => {
+            Probe::Ttl { .. } | Probe::Maintenance | Probe::External => {
                 unreachable!("only HTTP and TCP checks are probed")
             }
         }

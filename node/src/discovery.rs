@@ -9,7 +9,8 @@
 
 use bytes::Bytes;
 use shoal_registry::{
-    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, KvEntry, Probe, Registration,
+    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, ExternalNode, KvEntry, Probe,
+    Registration,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -150,10 +151,60 @@ impl Node {
         owner.is_empty() || owner == self.inner.config.node_name
     }
 
+    /// Registers a node of the catalog (Consul's `/v1/catalog/register`), with an instance on
+    /// it and checks, in one change. The name of a node of this cluster is refused: its
+    /// instances are registered through its agent.
+    pub async fn register_node(
+        &self,
+        node: ExternalNode,
+        registration: Option<Registration>,
+        checks: Vec<CheckDefinition>,
+    ) -> Result<ExternalNode> {
+        self.check_running()?;
+        if self.owns(&node.name) || self.nodes().iter().any(|view| view.name == node.name) {
+            return Err(crate::Error::invalid(
+                "Node",
+                format!(
+                    "{:?} is a shoal node: register its services through its agent (/v1/agent/service/register)",
+                    node.name
+                ),
+            ));
+        }
+        let committed = self
+            .inner
+            .store
+            .register_node(node, registration, checks)
+            .await?;
+        self.wait_applied(committed.index).await?;
+        Ok(committed.value)
+    }
+
+    /// Removes a node of the catalog with everything on it; `false` if there was none.
+    pub async fn deregister_node(&self, name: &str) -> Result<bool> {
+        self.check_running()?;
+        let committed = self.inner.store.deregister_node(name).await?;
+        self.wait_applied(committed.index).await?;
+        Ok(committed.value)
+    }
+
+    /// The node of the catalog named `name`, if there is one.
+    pub fn external_node(&self, name: &str) -> Option<ExternalNode> {
+        if name.is_empty() {
+            return None;
+        }
+        self.catalog()
+            .snapshot
+            .nodes
+            .iter()
+            .find(|node| node.name == name)
+            .cloned()
+    }
+
     /// Whether the node named `name` is alive: this node is; another is while it holds its
-    /// membership (or, on a node serving what it last knew, without a cluster, as it was).
+    /// membership (or, on a node serving what it last knew, without a cluster, as it was); a
+    /// node of the catalog is, having no `serfHealth` to fail.
     pub fn node_alive(&self, name: &str) -> bool {
-        if self.owns(name) {
+        if self.owns(name) || self.external_node(name).is_some() {
             return true;
         }
         self.inner.cluster.as_ref().is_none_or(|joined| {
@@ -167,8 +218,12 @@ impl Node {
         })
     }
 
-    /// The host other nodes and clients reach the node named `name` at, as it advertised.
+    /// The host other nodes and clients reach the node named `name` at, as it advertised (or,
+    /// for a node of the catalog, as it was registered).
     pub fn node_host(&self, name: &str) -> Option<String> {
+        if let Some(external) = self.external_node(name) {
+            return Some(external.address);
+        }
         let joined = self.inner.cluster.as_ref()?;
         let members = joined.cluster.members().borrow().clone();
         let api = &members.nodes.get(name)?.info.api;

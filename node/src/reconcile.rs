@@ -339,11 +339,16 @@ impl Node {
                 };
                 covers && check.status == CheckStatus::Critical
             });
-            // An instance without an address is at the node's, as Consul fills in.
-            let host = if registration.address.is_empty() {
-                self.inner.config.node_address.as_str()
-            } else {
-                registration.address.as_str()
+            // An instance without an address is at its node's, as Consul fills in: this
+            // node's, or the address a node of the catalog was registered with.
+            let catalog_node = snapshot
+                .nodes
+                .iter()
+                .find(|node| !registration.node.is_empty() && node.name == registration.node);
+            let host = match (registration.address.is_empty(), catalog_node) {
+                (false, _) => registration.address.as_str(),
+                (true, Some(node)) => node.address.as_str(),
+                (true, None) => self.inner.config.node_address.as_str(),
             };
             external
                 .entry(registration.name.as_str())

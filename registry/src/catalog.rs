@@ -170,6 +170,9 @@ pub enum Probe {
     /// Nothing probes it: it is critical for as long as it exists, which is maintenance mode
     /// (Consul's `_service_maintenance:{id}` and `_node_maintenance` checks).
     Maintenance,
+    /// Nothing here probes it: its state is what its registrant last wrote through the
+    /// catalog (a check of an [`ExternalNode`]).
+    External,
 }
 
 impl Probe {
@@ -180,6 +183,7 @@ impl Probe {
             Probe::Http { .. } => "http",
             Probe::Tcp { .. } => "tcp",
             Probe::Maintenance => "maintenance",
+            Probe::External => "",
         }
     }
 }
@@ -229,9 +233,35 @@ pub struct CheckRecord {
     pub modify_index: u64,
 }
 
+/// A node registered through the catalog (Consul's `/v1/catalog/register`): a machine that
+/// runs no shoal, whose instances and checks someone else registers and reports on (Consul's
+/// "external nodes", as consul-esm and Terraform keep them). Nothing probes its checks, and it
+/// has no `serfHealth`: it is as healthy as its registered checks say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalNode {
+    /// The schema version, [`SCHEMA_VERSION`].
+    pub version: u32,
+    /// Its name, which its registrations and checks carry as their node.
+    pub name: String,
+    /// Its ID (a UUID), if the registrant gave one.
+    pub id: String,
+    /// Its address, where its instances are unless they say otherwise.
+    pub address: String,
+    /// Other addresses, by name (`lan`, `wan`, ...).
+    pub tagged_addresses: BTreeMap<String, String>,
+    /// Free-form metadata.
+    pub meta: BTreeMap<String, String>,
+    /// The change index of the change that first registered it.
+    pub create_index: u64,
+    /// The change index of its newest change.
+    pub modify_index: u64,
+}
+
 /// Everything the catalog holds, read in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct CatalogSnapshot {
+    /// Every node registered through the catalog, by name.
+    pub nodes: Vec<ExternalNode>,
     /// Every registered instance, by ID.
     pub registrations: Vec<Registration>,
     /// Every check, by ID.

@@ -8,8 +8,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    CheckRecord, Error, EventRecord, ModuleRecord, Registration, Result, RevisionRecord,
-    RouteRecord, SCHEMA_VERSION, ServiceRecord, SessionRecord, WaitingRecord,
+    CheckRecord, Error, EventRecord, ExternalNode, ModuleRecord, Registration, Result,
+    RevisionRecord, RouteRecord, SCHEMA_VERSION, ServiceRecord, SessionRecord, WaitingRecord,
 };
 
 /// A record type stored as JSON, named in corruption errors.
@@ -48,6 +48,10 @@ impl StoredRecord for Registration {
 
 impl StoredRecord for CheckRecord {
     const KIND: &'static str = "check";
+}
+
+impl StoredRecord for ExternalNode {
+    const KIND: &'static str = "node";
 }
 
 impl StoredRecord for SessionRecord {

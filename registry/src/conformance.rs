@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use shoal_spec::{ByteSize, Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::{
-    CheckDefinition, CheckStatus, Clock, Error, Expect, KvOp, MAX_EVENTS_PER_SERVICE,
+    CheckDefinition, CheckStatus, Clock, Error, Expect, ExternalNode, KvOp, MAX_EVENTS_PER_SERVICE,
     MAX_KV_VALUE_SIZE, Probe, Registration, SCHEMA_VERSION, SessionBehavior, SessionRecord, Store,
     Subject, TxnFailure, TxnOutcome,
 };
@@ -159,6 +159,7 @@ macro_rules! conformance_tests {
             delete_behavior_deletes_the_keys_held,
             transactions_are_all_or_nothing,
             sessions_lapse_after_twice_their_ttl_unless_renewed,
+            catalog_nodes_register_with_their_instances_and_go_with_them,
         );
     };
     (@tests $open:expr; $($test:ident),* $(,)?) => {
@@ -2274,4 +2275,82 @@ pub async fn sessions_and_locks_survive_reopening(mut fx: Fixture) {
         [(0, TxnFailure::LockHeld)]
     );
     assert!(store.renew_session("durable").await.unwrap().is_some());
+}
+
+/// A node of the catalog is registered with its instance and checks in one change, updated in
+/// place, and deregistered with everything on it.
+pub async fn catalog_nodes_register_with_their_instances_and_go_with_them(fx: Fixture) {
+    let store = &*fx.store;
+    let node = ExternalNode {
+        version: SCHEMA_VERSION,
+        name: "ext-1".into(),
+        id: String::new(),
+        address: "10.0.0.9".into(),
+        tagged_addresses: Default::default(),
+        meta: [("rack".to_owned(), "r1".to_owned())].into(),
+        create_index: 0,
+        modify_index: 0,
+    };
+    let mut registration = Registration::new("redis");
+    registration.id = "redis-1".into();
+    registration.port = 6379;
+    let check = |id: &str, service: Option<&str>| CheckDefinition {
+        id: id.into(),
+        name: id.into(),
+        service_id: service.map(str::to_owned),
+        notes: String::new(),
+        probe: Probe::External,
+        status: Some(CheckStatus::Passing),
+        deregister_critical_after: None,
+        node: String::new(),
+    };
+    let before = store.indexes().await.unwrap();
+    let committed = store
+        .register_node(
+            node.clone(),
+            Some(registration),
+            vec![check("redis-alive", Some("redis-1")), check("disk", None)],
+        )
+        .await
+        .unwrap();
+    assert!(committed.index > before.change);
+    assert_eq!(committed.value.create_index, committed.index);
+    let catalog = store.catalog().await.unwrap();
+    assert_eq!(catalog.nodes.len(), 1);
+    assert_eq!(catalog.nodes[0].address, "10.0.0.9");
+    assert_eq!(catalog.registrations[0].node, "ext-1");
+    let nodes_of_checks: Vec<(&str, &str)> = catalog
+        .checks
+        .iter()
+        .map(|c| (c.definition.id.as_str(), c.definition.node.as_str()))
+        .collect();
+    assert_eq!(
+        nodes_of_checks,
+        [("disk", "ext-1"), ("redis-alive", "ext-1")]
+    );
+    assert!(catalog.indexes.catalog > before.catalog);
+
+    // Updating the node keeps its create index.
+    let mut moved = node.clone();
+    moved.address = "10.0.0.10".into();
+    let again = store.register_node(moved, None, vec![]).await.unwrap();
+    assert_eq!(again.value.create_index, committed.value.create_index);
+    assert!(again.value.modify_index > committed.value.modify_index);
+    assert_eq!(store.catalog().await.unwrap().registrations.len(), 1);
+
+    // A wasm service's name cannot be taken; nothing is written.
+    let digest = store_module(store, b"ext-module").await;
+    put(store, "taken", ServiceSpec::new(digest)).await;
+    let indexes = store.indexes().await.unwrap();
+    let taken = store
+        .register_node(node.clone(), Some(Registration::new("taken")), vec![])
+        .await;
+    assert!(matches!(taken, Err(Error::NameTaken { .. })), "{taken:?}");
+    assert_eq!(store.indexes().await.unwrap(), indexes);
+
+    assert!(store.deregister_node("ext-1").await.unwrap().value);
+    let catalog = store.catalog().await.unwrap();
+    assert!(catalog.nodes.is_empty() && catalog.registrations.is_empty());
+    assert!(catalog.checks.is_empty());
+    assert!(!store.deregister_node("ext-1").await.unwrap().value);
 }

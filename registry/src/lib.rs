@@ -66,8 +66,8 @@ use bytes::Bytes;
 use shoal_spec::{Digest, FieldError, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 pub use self::catalog::{
-    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, Probe, Registration, TaggedAddress,
-    Weights,
+    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, ExternalNode, Probe, Registration,
+    TaggedAddress, Weights,
 };
 pub use self::changes::{Change, ChangeLog, ChangeStream, Subject};
 pub use self::kv::{
@@ -487,6 +487,22 @@ pub trait Store: Send + Sync + 'static {
         status: CheckStatus,
         output: String,
     ) -> Result<Committed<Option<CheckRecord>>>;
+
+    /// Registers (or updates) a node of the catalog with, optionally, one instance on it
+    /// and checks (of the instance, or of the node when they name no instance), in one change:
+    /// Consul's `/v1/catalog/register`. The registration and the checks carry the node's name
+    /// as theirs. [`Error::NameTaken`] when a wasm service has the instance's name; then
+    /// nothing is written.
+    async fn register_node(
+        &self,
+        node: ExternalNode,
+        registration: Option<Registration>,
+        checks: Vec<CheckDefinition>,
+    ) -> Result<Committed<ExternalNode>>;
+
+    /// Removes a node of the catalog with every instance and check on it; `false` if there
+    /// was none.
+    async fn deregister_node(&self, name: &str) -> Result<Committed<bool>>;
 
     /// Every registration and check, with the indexes, as of one moment.
     async fn catalog(&self) -> Result<CatalogSnapshot>;

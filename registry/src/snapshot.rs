@@ -16,7 +16,7 @@ use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::{
     CatalogSnapshot, ChangeStream, CheckDefinition, CheckRecord, CheckStatus, Committed, Error,
-    EventRecord, Expect, Indexes, KvEntry, KvOp, ModuleRecord, Registration, Result,
+    EventRecord, Expect, ExternalNode, Indexes, KvEntry, KvOp, ModuleRecord, Registration, Result,
     RevisionRecord, RouteRecord, SCHEMA_VERSION, ServiceRecord, SessionRecord, Store, TxnOutcome,
     WaitingRecord,
 };
@@ -30,6 +30,9 @@ pub struct LastKnown {
     pub change_index: u64,
     /// Every service, by name.
     pub services: Vec<ServiceRecord>,
+    /// Every node registered through the catalog.
+    #[serde(default)]
+    pub nodes: Vec<ExternalNode>,
     /// Every registered instance.
     pub registrations: Vec<Registration>,
     /// Every check, with its last state.
@@ -46,6 +49,7 @@ impl LastKnown {
             version: SCHEMA_VERSION,
             change_index,
             services,
+            nodes: catalog.nodes.clone(),
             registrations: catalog.registrations.clone(),
             checks: catalog.checks.clone(),
             routes: Vec::new(),
@@ -262,6 +266,7 @@ impl Store for SnapshotStore {
 
     async fn catalog(&self) -> Result<CatalogSnapshot> {
         Ok(CatalogSnapshot {
+            nodes: self.last.nodes.clone(),
             registrations: self.last.registrations.clone(),
             checks: self.last.checks.clone(),
             indexes: self.indexes_now(),
@@ -292,6 +297,19 @@ impl Store for SnapshotStore {
         _recurse: bool,
         _cas: Option<u64>,
     ) -> Result<Committed<bool>> {
+        Err(read_only())
+    }
+
+    async fn register_node(
+        &self,
+        _node: ExternalNode,
+        _registration: Option<Registration>,
+        _checks: Vec<CheckDefinition>,
+    ) -> Result<Committed<ExternalNode>> {
+        Err(read_only())
+    }
+
+    async fn deregister_node(&self, _name: &str) -> Result<Committed<bool>> {
         Err(read_only())
     }
 

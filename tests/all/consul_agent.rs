@@ -556,3 +556,206 @@ async fn filters_keep_what_they_match_and_refuse_what_they_cannot_read() {
         assert!(reply.body.contains(message), "{path}: {}", reply.body);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_registered_through_the_catalog_are_discovered_and_routed_to() {
+    let node = TestNode::start().await;
+    let upstream = Upstream::start("external").await;
+    // What consul-esm or Terraform send for a machine that runs no agent.
+    let body = json!({
+        "Node": "ext-db", "Address": "127.0.0.1", "NodeMeta": {"external-node": "true"},
+        "Service": {"ID": "pg-1", "Service": "pg", "Port": upstream.addr.port(), "Tags": ["primary"]},
+        "Checks": [
+            {"CheckID": "pg-alive", "Name": "pg alive", "ServiceID": "pg-1", "Status": "passing",
+             "Definition": {"HTTP": "http://127.0.0.1:1/", "Interval": "10s"}},
+            {"CheckID": "disk", "Name": "disk", "Status": "passing"},
+        ],
+    });
+    let reply = node
+        .send("PUT", "/v1/catalog/register", Some(&body.to_string()))
+        .await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "true"));
+
+    let nodes = node.send("GET", "/v1/catalog/nodes", None).await.json();
+    let ext = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["Node"] == "ext-db")
+        .unwrap_or_else(|| panic!("{nodes}"));
+    assert_eq!(ext["Meta"], json!({"external-node": "true"}));
+    let reply = node
+        .send(
+            "GET",
+            "/v1/catalog/nodes?node-meta=external-node:true",
+            None,
+        )
+        .await;
+    assert_eq!(reply.json().as_array().unwrap().len(), 1);
+    let entry = &node
+        .send("GET", "/v1/catalog/service/pg", None)
+        .await
+        .json()[0];
+    assert_eq!(
+        (entry["Node"].as_str(), entry["Address"].as_str()),
+        (Some("ext-db"), Some("127.0.0.1"))
+    );
+    // No serfHealth: its node's checks, then its own, as registered.
+    let health = node
+        .send("GET", "/v1/health/service/pg?passing", None)
+        .await
+        .json();
+    let ids: Vec<&str> = health[0]["Checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["CheckID"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["disk", "pg-alive"]);
+    let reply = node.call("pg", "/q").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "external /q /pg")
+    );
+    // An agent lists only what was registered through it; Serf's members are shoal nodes.
+    assert_eq!(
+        node.send("GET", "/v1/agent/services", None).await.json(),
+        json!({})
+    );
+    let members = node.send("GET", "/v1/agent/members", None).await.json();
+    assert_eq!(members.as_array().unwrap().len(), 1);
+    let on_node = node
+        .send("GET", "/v1/catalog/node/ext-db", None)
+        .await
+        .json();
+    assert_eq!(on_node["Services"]["pg-1"]["Port"], upstream.addr.port());
+
+    // Its registrant reports the state: critical takes it out of `?passing` and the routes.
+    let body = json!({"Node": "ext-db", "Address": "127.0.0.1",
+                      "Check": {"CheckID": "disk", "Name": "disk", "Status": "critical", "Notes": "full"}});
+    let reply = node
+        .send("PUT", "/v1/catalog/register", Some(&body.to_string()))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        node.send("GET", "/v1/health/service/pg?passing", None)
+            .await
+            .json(),
+        json!([])
+    );
+    assert_eq!(node.call("pg", "/").await.status, 503);
+    // The instance is still there: re-registering the node kept it.
+    assert_eq!(
+        node.send("GET", "/v1/catalog/service/pg", None)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Refused, and nothing written.
+    let name = node_name(&node).await;
+    for (path, body, message) in [
+        (
+            "/v1/catalog/register",
+            json!({"Address": "1.2.3.4"}),
+            "Missing node name",
+        ),
+        (
+            "/v1/catalog/register",
+            json!({"Node": "x"}),
+            "Missing node address",
+        ),
+        (
+            "/v1/catalog/register",
+            json!({"Node": name, "Address": "1.2.3.4"}),
+            "is a shoal node",
+        ),
+        (
+            "/v1/catalog/register",
+            json!({"Node": "x", "Address": "1.2.3.4", "Check": {"CheckID": "c", "ServiceID": "pg-1"}}),
+            "is not an instance of node \"x\"",
+        ),
+        (
+            "/v1/catalog/register",
+            json!({"Node": "x", "Address": "1.2.3.4", "Service": {"ID": "pg-1", "Service": "pg"}}),
+            "ID \"pg-1\" is registered on node \"ext-db\"",
+        ),
+        (
+            "/v1/catalog/register",
+            json!({"Node": "x", "Address": "1.2.3.4", "Check": {"Name": "c", "Status": "fine"}}),
+            "Invalid check status",
+        ),
+        ("/v1/catalog/deregister", json!({}), "Missing node name"),
+        (
+            "/v1/catalog/deregister",
+            json!({"Node": name}),
+            "is a shoal node",
+        ),
+    ] {
+        let reply = node.send("PUT", path, Some(&body.to_string())).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.body);
+        assert!(reply.body.contains(message), "{body}: {}", reply.body);
+    }
+    assert!(
+        node.send("GET", "/v1/catalog/node/x", None)
+            .await
+            .json()
+            .is_null()
+    );
+
+    // Deregistering a check, an instance, then the node with what is left.
+    let deregister = |body: Value| {
+        let body = body.to_string();
+        let node = &node;
+        async move {
+            node.send("PUT", "/v1/catalog/deregister", Some(&body))
+                .await
+        }
+    };
+    assert_eq!(
+        deregister(json!({"Node": "ext-db", "CheckID": "disk"}))
+            .await
+            .body,
+        "true"
+    );
+    assert_eq!(
+        node.send("GET", "/v1/health/service/pg?passing", None)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        deregister(json!({"Node": "ext-db", "ServiceID": "pg-1"}))
+            .await
+            .body,
+        "true"
+    );
+    assert_eq!(
+        node.send("GET", "/v1/catalog/service/pg", None)
+            .await
+            .json(),
+        json!([])
+    );
+    assert_eq!(deregister(json!({"Node": "ext-db"})).await.body, "true");
+    assert!(
+        node.send("GET", "/v1/catalog/node/ext-db", None)
+            .await
+            .json()
+            .is_null()
+    );
+    assert_eq!(
+        node.send("GET", "/v1/health/state/any", None)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

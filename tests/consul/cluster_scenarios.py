@@ -115,6 +115,21 @@ def main():
     check(time.monotonic() - started < 20, "the blocking get on node 3 was not woken")
     print("  ok: a key written on node 1 wakes a blocking read on node 3")
 
+    # A node that runs no agent, registered through node 1, is healthy on node 3 (it has no
+    # serfHealth to fail, though it is no member) and routed to from node 3's gateway.
+    check(n1.catalog.register("ext-web", "127.0.0.1",
+                              service={"service": "ext-web", "port": port},
+                              check={"name": "ext-web ok", "status": "passing", "serviceid": "ext-web"}),
+          "catalog.register on node 1")
+    _, healthy = n3.health.service("ext-web", passing=True)
+    check([e["Node"]["Node"] for e in healthy] == ["ext-web"], healthy)
+    with urllib.request.urlopen(f"{gateway3}/ext-web/hello") as response:
+        check(response.read().decode() == "external /hello", "routed to a catalog node")
+    check(n2.catalog.deregister("ext-web"), "catalog.deregister on node 2")
+    _, gone = n3.catalog.node("ext-web")
+    check(gone is None, gone)
+    print("  ok: a node registered through the catalog, on every node")
+
     # A lock means the same on every node: taken through node 2, refused through node 3,
     # released when node 2 dies (its sessions end with its serfHealth).
     on_n2 = n2.session.create(name="n2's", lock_delay=0)

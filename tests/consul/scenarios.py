@@ -95,6 +95,23 @@ def agent_and_nodes(client):
         check(client.agent.services(filter_expr="Port == 1") == {}, "a filter that keeps nothing")
 
 
+def catalog_nodes(client):
+    """A node that runs no agent, registered through the catalog, discovered, then deregistered."""
+    check(client.catalog.register(
+        "py-ext", "127.0.0.1",
+        service={"service": "py-ext-db", "port": 5432, "tags": ["ext"]},
+        check={"name": "py-ext-db alive", "status": "passing", "serviceid": "py-ext-db"},
+    ), "catalog.register")
+    _, healthy = client.health.service("py-ext-db", passing=True)
+    check([e["Node"]["Node"] for e in healthy] == ["py-ext"], f"health.service: {healthy}")
+    check([c["CheckID"] for c in healthy[0]["Checks"]] == ["py-ext-db alive"], healthy[0]["Checks"])
+    _, on_node = client.catalog.node("py-ext")
+    check(list(on_node["Services"]) == ["py-ext-db"], on_node)
+    check(client.catalog.deregister("py-ext"), "catalog.deregister")
+    _, gone = client.catalog.node("py-ext")
+    check(gone is None, f"after deregister: {gone}")
+
+
 def sessions_and_locks(client):
     """Sessions with a TTL, a lock held by one and refused to another, lock-delay, expiry, transactions."""
     a = client.session.create(name="a", ttl=10, lock_delay=0)
@@ -259,6 +276,7 @@ def main():
             (discovery, (client,)),
             (ttl_heartbeat, (client,)),
             (agent_and_nodes, (client,)),
+            (catalog_nodes, (client,)),
             (sessions_and_locks, (client,)),
             (key_value, (client,)),
             (blocking_get, (client,)),

@@ -224,7 +224,7 @@ struct CheckBody {
 }
 
 /// Refuses an Enterprise namespace or partition other than the default.
-fn check_tenancy(namespace: Option<&str>, partition: Option<&str>) -> ConsulResult<()> {
+pub(super) fn check_tenancy(namespace: Option<&str>, partition: Option<&str>) -> ConsulResult<()> {
     for (what, value) in [("namespace", namespace), ("partition", partition)] {
         if let Some(value) = value
             && !value.is_empty()

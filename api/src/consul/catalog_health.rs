@@ -85,7 +85,7 @@ pub(super) fn agent_service(consul: &ConsulNode, registration: &Registration) ->
 pub(super) fn health_check(consul: &ConsulNode, check: &CheckRecord) -> HealthCheck {
     let definition = &check.definition;
     let (interval, timeout) = match &definition.probe {
-        Probe::Ttl { .. } | Probe::Maintenance => (String::new(), String::new()),
+        Probe::Ttl { .. } | Probe::Maintenance | Probe::External => (String::new(), String::new()),
         Probe::Http {
             interval, timeout, ..
         }
@@ -142,6 +142,18 @@ pub(super) fn serf_health(consul: &ConsulNode, alive: bool) -> HealthCheck {
 /// The node, as catalog and health entries embed it.
 pub(super) fn node_view(consul: &ConsulNode) -> wire::Node {
     let address = &consul.address;
+    if let Some(external) = &consul.catalog {
+        return wire::Node {
+            id: consul.id.clone(),
+            node: consul.name.clone(),
+            address: address.clone(),
+            datacenter: consul.datacenter.clone(),
+            tagged_addresses: external.tagged_addresses.clone(),
+            meta: external.meta.clone(),
+            create_index: external.create_index,
+            modify_index: external.modify_index,
+        };
+    }
     wire::Node {
         id: consul.id.clone(),
         node: consul.name.clone(),
@@ -149,24 +161,42 @@ pub(super) fn node_view(consul: &ConsulNode) -> wire::Node {
         datacenter: consul.datacenter.clone(),
         tagged_addresses: ["lan", "lan_ipv4", "wan", "wan_ipv4"]
             .into_iter()
-            .map(|tag| (tag, address.clone()))
+            .map(|tag| (tag.to_owned(), address.clone()))
             .collect(),
-        meta: BTreeMap::from([("consul-network-segment", String::new())]),
+        meta: BTreeMap::from([("consul-network-segment".to_owned(), String::new())]),
         create_index: 1,
         modify_index: 1,
     }
 }
 
-/// This node, then the other nodes of its cluster by name, each with whether it is alive.
+/// This node, then the other nodes of its cluster by name, each with whether it is alive,
+/// then the nodes registered through the catalog.
 pub(super) fn every_node(node: &Node, consul: &ConsulNode) -> Vec<(ConsulNode, bool)> {
     let mut nodes = vec![(consul.clone(), true)];
     for view in node.nodes().into_iter().filter(|view| !view.local) {
         nodes.push((ConsulNode::peer(node, consul, &view.name), view.alive));
     }
+    for external in &node.catalog().snapshot.nodes {
+        nodes.push((ConsulNode::registered(consul, external.clone()), true));
+    }
     nodes
 }
 
-/// Whether `?node-meta=key:value` filters (all of them) match this node's meta.
+/// The node's own check, for a shoal node (a node of the catalog has none).
+pub(super) fn node_health(consul: &ConsulNode, alive: bool) -> Option<HealthCheck> {
+    (!consul.is_registered()).then(|| serf_health(consul, alive))
+}
+
+/// Whether `?node-meta=key:value` filters (all of them) match the meta of `on`.
+fn node_meta_matches_node(query: &Query, on: &ConsulNode) -> bool {
+    let meta = node_view(on).meta;
+    query.all("node-meta").iter().all(|pair| {
+        let (key, value) = pair.split_once(':').unwrap_or((pair, ""));
+        meta.get(key).is_some_and(|found| found == value)
+    })
+}
+
+/// Whether `?node-meta=key:value` filters (all of them) match a shoal node's meta.
 fn node_meta_matches(query: &Query) -> bool {
     query.all("node-meta").iter().all(|pair| {
         let (key, value) = pair.split_once(':').unwrap_or((pair, ""));
@@ -472,14 +502,11 @@ pub(super) async fn nodes(
     let consul = ConsulNode::of(&node);
     let (nodes, index) = blocking(&node, &query, || async {
         let index = catalog_index(&node);
-        let nodes = if node_meta_matches(&query) {
-            every_node(&node, &consul)
-                .iter()
-                .map(|(other, _)| node_view(other))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let nodes: Vec<wire::Node> = every_node(&node, &consul)
+            .iter()
+            .filter(|(other, _)| node_meta_matches_node(&query, other))
+            .map(|(other, _)| node_view(other))
+            .collect();
         Ok((filtered(filter.as_ref(), nodes), index))
     })
     .await?;
@@ -507,7 +534,9 @@ pub(super) async fn health_service(
             .into_iter()
             .filter(|i| !passing || i.statuses.iter().all(|s| *s == CheckStatus::Passing))
             .map(|instance| {
-                let mut checks = vec![serf_health(&instance.node, instance.alive)];
+                let mut checks: Vec<HealthCheck> = node_health(&instance.node, instance.alive)
+                    .into_iter()
+                    .collect();
                 // The node's checks first, as Consul lists them.
                 checks.extend(instance.node_checks);
                 checks.extend(instance.checks);
@@ -568,8 +597,9 @@ pub(super) async fn health_state(
         let index = health_index(&node);
         let mut checks = Vec::new();
         for (other, alive) in every_node(&node, &consul) {
-            let serf = serf_health(&other, alive);
-            if wanted.is_none_or(|s| s.as_str() == serf.status) {
+            if let Some(serf) = node_health(&other, alive)
+                && wanted.is_none_or(|s| s.as_str() == serf.status)
+            {
                 checks.push(serf);
             }
         }

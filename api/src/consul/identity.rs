@@ -16,6 +16,9 @@ pub(crate) struct ConsulNode {
     pub(crate) raft_address: String,
     /// The datacenter it reports.
     pub(crate) datacenter: String,
+    /// For a node registered through the catalog, its record: it has no `serfHealth`, and its
+    /// meta and tagged addresses are what was registered.
+    pub(crate) catalog: Option<shoal_registry::ExternalNode>,
 }
 
 impl ConsulNode {
@@ -29,6 +32,7 @@ impl ConsulNode {
             raft_address: format!("{address}:8300"),
             address,
             datacenter: this.datacenter.clone(),
+            catalog: None,
         }
     }
 
@@ -36,9 +40,37 @@ impl ConsulNode {
     pub(crate) fn owner(node: &Node, this: &ConsulNode, owner: &str) -> ConsulNode {
         if node.owns(owner) {
             this.clone()
+        } else if let Some(external) = node.external_node(owner) {
+            ConsulNode::registered(this, external)
         } else {
             ConsulNode::peer(node, this, owner)
         }
+    }
+
+    /// A node registered through the catalog.
+    pub(crate) fn registered(
+        this: &ConsulNode,
+        external: shoal_registry::ExternalNode,
+    ) -> ConsulNode {
+        let id = if external.id.is_empty() {
+            let seed = format!("{}\n", external.name);
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string()
+        } else {
+            external.id.clone()
+        };
+        ConsulNode {
+            id,
+            name: external.name.clone(),
+            address: external.address.clone(),
+            raft_address: String::new(),
+            datacenter: this.datacenter.clone(),
+            catalog: Some(external),
+        }
+    }
+
+    /// Whether it is a node registered through the catalog, which has no `serfHealth`.
+    pub(crate) fn is_registered(&self) -> bool {
+        self.catalog.is_some()
     }
 
     /// The identity of `node`.
@@ -54,6 +86,7 @@ impl ConsulNode {
             address: config.node_address.clone(),
             raft_address: format!("{}:8300", config.node_address),
             datacenter: config.datacenter.clone(),
+            catalog: None,
         }
     }
 }

@@ -72,6 +72,8 @@ pub const ROUTES: &[&str] = &[
     "GET /v1/agent/health/service/id/{id}",
     "GET /v1/agent/self",
     "GET /v1/agent/members",
+    "PUT /v1/catalog/register",
+    "PUT /v1/catalog/deregister",
     "GET /v1/catalog/services",
     "GET /v1/catalog/service/{name}",
     "GET /v1/catalog/nodes",
@@ -163,6 +165,8 @@ pub(crate) fn routes(node: Node) -> Router<Node> {
             "/v1/agent/check/fail/{*id}",
             put(|s, p, q| agent::ttl_report(CheckStatus::Critical, s, p, q)),
         )
+        .route("/v1/catalog/register", put(nodes::catalog_register))
+        .route("/v1/catalog/deregister", put(nodes::catalog_deregister))
         .route("/v1/catalog/services", get(catalog_health::services))
         .route("/v1/catalog/service/{name}", get(catalog_health::service))
         .route("/v1/catalog/nodes", get(catalog_health::nodes))

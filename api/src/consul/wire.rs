@@ -90,8 +90,8 @@ pub(crate) struct Node {
     pub(crate) node: String,
     pub(crate) address: String,
     pub(crate) datacenter: String,
-    pub(crate) tagged_addresses: BTreeMap<&'static str, String>,
-    pub(crate) meta: BTreeMap<&'static str, String>,
+    pub(crate) tagged_addresses: BTreeMap<String, String>,
+    pub(crate) meta: BTreeMap<String, String>,
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
 }
@@ -105,8 +105,8 @@ pub(crate) struct CatalogService {
     pub(crate) node: String,
     pub(crate) address: String,
     pub(crate) datacenter: String,
-    pub(crate) tagged_addresses: BTreeMap<&'static str, String>,
-    pub(crate) node_meta: BTreeMap<&'static str, String>,
+    pub(crate) tagged_addresses: BTreeMap<String, String>,
+    pub(crate) node_meta: BTreeMap<String, String>,
     pub(crate) service_kind: &'static str,
     #[serde(rename = "ServiceID")]
     pub(crate) service_id: String,

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use etcd_client::{Compare, CompareOp, DeleteOptions, KeyValue, TxnOp};
 use shoal_registry::codec::encode;
 use shoal_registry::{
-    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, Committed, Error, KvEntry, KvLock,
-    Registration, Result, SCHEMA_VERSION, Subject,
+    CatalogSnapshot, CheckDefinition, CheckRecord, CheckStatus, Committed, Error, ExternalNode,
+    KvEntry, KvLock, Registration, Result, SCHEMA_VERSION, Subject,
 };
 use shoal_spec::FieldError;
 
@@ -22,6 +22,7 @@ use crate::{EtcdStore, Get, Snapshot, Write, key_str, record, revision};
 /// The catalog as read: registrations and checks by ID, with their keys' revisions, and the
 /// guard's `mod_revision`.
 struct Catalog {
+    nodes: HashMap<String, (ExternalNode, i64)>,
     registrations: HashMap<String, (Registration, i64)>,
     checks: HashMap<String, (CheckRecord, i64)>,
     guard: i64,
@@ -31,6 +32,7 @@ impl EtcdStore {
     /// Reads the catalog from get `at` of `snapshot` (a prefix get of [`crate::Keys::catalog`]).
     fn catalog_from(&self, snapshot: &Snapshot, at: usize) -> Result<Catalog> {
         let mut catalog = Catalog {
+            nodes: HashMap::new(),
             registrations: HashMap::new(),
             checks: HashMap::new(),
             guard: 0,
@@ -46,6 +48,14 @@ impl EtcdStore {
                     catalog
                         .checks
                         .insert(id.to_owned(), (check_from(kv)?, kv.mod_revision()));
+                }
+                Some(CatalogEntry::Node(name)) => {
+                    let mut node: ExternalNode = record(kv)?;
+                    node.create_index = revision(kv.create_revision());
+                    node.modify_index = revision(kv.mod_revision());
+                    catalog
+                        .nodes
+                        .insert(name.to_owned(), (node, kv.mod_revision()));
                 }
                 None => catalog.guard = kv.mod_revision(),
             }
@@ -107,46 +117,15 @@ impl EtcdStore {
             let existing = catalog.registrations.get(&registration.id);
             // The indexes are known once committed: the existing create index, or this one.
             let mut stored = registration.clone();
-            let mut ops = vec![TxnOp::put(
-                self.keys().registration(&stored.id),
-                encode(&stored),
-                None,
-            )];
-            if replace_existing_checks {
-                for (id, (check, modified)) in &catalog.checks {
-                    let kept = checks.iter().any(|definition| definition.id == *id);
-                    if !kept && check.definition.service_id.as_deref() == Some(stored.id.as_str()) {
-                        compares.push(Compare::mod_revision(
-                            self.keys().check(id),
-                            CompareOp::Equal,
-                            *modified,
-                        ));
-                        ops.push(TxnOp::delete(self.keys().check(id), None));
-                    }
-                }
-            }
-            for definition in &checks {
-                let mut definition = definition.clone();
-                definition.service_id = Some(stored.id.clone());
-                let existing_check = catalog.checks.get(&definition.id);
-                // Keeping a check's state means comparing it: a state written meanwhile wins.
-                compares.push(Compare::mod_revision(
-                    self.keys().check(&definition.id),
-                    CompareOp::Equal,
-                    existing_check.map_or(0, |(_, modified)| *modified),
-                ));
-                let check = CheckRecord::from_definition(
-                    definition,
-                    existing_check.map(|(check, _)| check),
-                    Some(&stored),
-                    0,
-                );
-                ops.push(TxnOp::put(
-                    self.keys().check(&check.definition.id),
-                    encode(&check),
-                    None,
-                ));
-            }
+            let mut ops = Vec::new();
+            self.registration_ops(
+                &catalog,
+                &stored,
+                &checks,
+                replace_existing_checks,
+                &mut compares,
+                &mut ops,
+            );
             ops.push(self.rewrite_guard());
             let create_index = existing.map(|(existing, _)| existing.create_index);
             let write = Write {
@@ -163,6 +142,232 @@ impl EtcdStore {
                     index,
                 }
             }))
+        })
+        .await
+    }
+
+    /// The compares and operations that store `stored` with `checks` (and, with `replace`,
+    /// remove its checks left out), against `catalog` as read.
+    fn registration_ops(
+        &self,
+        catalog: &Catalog,
+        stored: &Registration,
+        checks: &[CheckDefinition],
+        replace: bool,
+        compares: &mut Vec<Compare>,
+        ops: &mut Vec<TxnOp>,
+    ) {
+        ops.push(TxnOp::put(
+            self.keys().registration(&stored.id),
+            encode(stored),
+            None,
+        ));
+        if replace {
+            for (id, (check, modified)) in &catalog.checks {
+                let kept = checks.iter().any(|definition| definition.id == *id);
+                if !kept && check.definition.service_id.as_deref() == Some(stored.id.as_str()) {
+                    compares.push(Compare::mod_revision(
+                        self.keys().check(id),
+                        CompareOp::Equal,
+                        *modified,
+                    ));
+                    ops.push(TxnOp::delete(self.keys().check(id), None));
+                }
+            }
+        }
+        for definition in checks {
+            let mut definition = definition.clone();
+            definition.service_id = Some(stored.id.clone());
+            self.check_ops(catalog, definition, Some(stored), compares, ops);
+        }
+    }
+
+    /// The compare and operation that store the check `definition` of `registration` (or of
+    /// its node), keeping its state unless it sets one.
+    fn check_ops(
+        &self,
+        catalog: &Catalog,
+        definition: CheckDefinition,
+        registration: Option<&Registration>,
+        compares: &mut Vec<Compare>,
+        ops: &mut Vec<TxnOp>,
+    ) {
+        let existing_check = catalog.checks.get(&definition.id);
+        // Keeping a check's state means comparing it: a state written meanwhile wins.
+        compares.push(Compare::mod_revision(
+            self.keys().check(&definition.id),
+            CompareOp::Equal,
+            existing_check.map_or(0, |(_, modified)| *modified),
+        ));
+        let check = CheckRecord::from_definition(
+            definition,
+            existing_check.map(|(check, _)| check),
+            registration,
+            0,
+        );
+        ops.push(TxnOp::put(
+            self.keys().check(&check.definition.id),
+            encode(&check),
+            None,
+        ));
+    }
+
+    /// See [`Store::register_node`](shoal_registry::Store::register_node).
+    pub(crate) async fn register_external_node(
+        &self,
+        mut node: ExternalNode,
+        registration: Option<Registration>,
+        checks: Vec<CheckDefinition>,
+    ) -> Result<Committed<ExternalNode>> {
+        if node.name.is_empty() {
+            return Err(Error::Invalid(FieldError::new("Node", "missing node name")));
+        }
+        node.version = SCHEMA_VERSION;
+        let registration = match registration {
+            Some(mut registration) => {
+                if registration.id.is_empty() {
+                    registration.id = registration.name.clone();
+                }
+                if registration.name.is_empty() {
+                    return Err(Error::Invalid(FieldError::new(
+                        "name",
+                        "missing service name",
+                    )));
+                }
+                registration.version = SCHEMA_VERSION;
+                registration.node = node.name.clone();
+                Some(registration)
+            }
+            None => None,
+        };
+        let checks: Vec<CheckDefinition> = checks
+            .into_iter()
+            .map(|mut check| {
+                check.node = node.name.clone();
+                check
+            })
+            .collect();
+        let service_key = registration
+            .as_ref()
+            .and_then(|registration| registration.name.parse().ok())
+            .map(|name| self.keys().service(&name));
+        self.decide(|| async {
+            let mut gets = vec![self.get_catalog()];
+            if let Some(key) = &service_key {
+                gets.push(Get::key(key.clone()));
+            }
+            let snapshot = self.read(gets).await?;
+            if let Some(registration) = &registration
+                && service_key.is_some()
+                && snapshot.one(1).is_some()
+            {
+                return Err(Error::NameTaken {
+                    name: registration.name.clone(),
+                    owner: "a wasm service deployed in the cluster",
+                });
+            }
+            let catalog = self.catalog_from(&snapshot, 0)?;
+            let mut compares = vec![self.guard_holds(&catalog)];
+            if let Some(key) = &service_key {
+                compares.push(Compare::version(key.clone(), CompareOp::Equal, 0));
+            }
+            let mut ops = vec![TxnOp::put(
+                self.keys().external_node(&node.name),
+                encode(&node),
+                None,
+            )];
+            let (service_checks, node_checks): (Vec<_>, Vec<_>) = checks
+                .iter()
+                .cloned()
+                .partition(|check| check.service_id.is_some());
+            match &registration {
+                Some(registration) => self.registration_ops(
+                    &catalog,
+                    registration,
+                    &service_checks,
+                    false,
+                    &mut compares,
+                    &mut ops,
+                ),
+                None => {
+                    for check in service_checks {
+                        let service_id = check.service_id.clone().unwrap_or_default();
+                        let (registration, _) =
+                            catalog.registrations.get(&service_id).ok_or_else(|| {
+                                Error::NotFound {
+                                    kind: "service",
+                                    key: service_id.clone(),
+                                }
+                            })?;
+                        self.check_ops(
+                            &catalog,
+                            check,
+                            Some(registration),
+                            &mut compares,
+                            &mut ops,
+                        );
+                    }
+                }
+            }
+            for check in node_checks {
+                self.check_ops(&catalog, check, None, &mut compares, &mut ops);
+            }
+            ops.push(self.rewrite_guard());
+            let create_index = catalog.nodes.get(&node.name).map(|(n, _)| n.create_index);
+            let write = Write {
+                subject: Subject::Catalog,
+                areas: &[Area::Catalog, Area::Health],
+                compares,
+                ops,
+            };
+            Ok(self.commit(write).await?.map(|index| {
+                let mut stored = node.clone();
+                stored.create_index = create_index.unwrap_or(index);
+                stored.modify_index = index;
+                Committed {
+                    value: stored,
+                    index,
+                }
+            }))
+        })
+        .await
+    }
+
+    /// See [`Store::deregister_node`](shoal_registry::Store::deregister_node).
+    pub(crate) async fn deregister_external_node(&self, name: &str) -> Result<Committed<bool>> {
+        self.decide(|| async {
+            let snapshot = self
+                .read(vec![self.get_catalog(), self.get_change_index()])
+                .await?;
+            let catalog = self.catalog_from(&snapshot, 0)?;
+            if !catalog.nodes.contains_key(name) {
+                return Ok(Some(Committed {
+                    value: false,
+                    index: snapshot.change_index(1),
+                }));
+            }
+            let mut ops = vec![TxnOp::delete(self.keys().external_node(name), None)];
+            for (id, (registration, _)) in &catalog.registrations {
+                if registration.node == name {
+                    ops.push(TxnOp::delete(self.keys().registration(id), None));
+                }
+            }
+            for (id, (check, _)) in &catalog.checks {
+                if check.definition.node == name {
+                    ops.push(TxnOp::delete(self.keys().check(id), None));
+                }
+            }
+            ops.push(self.rewrite_guard());
+            let write = Write {
+                subject: Subject::Catalog,
+                areas: &[Area::Catalog, Area::Health],
+                compares: vec![self.guard_holds(&catalog)],
+                ops,
+            };
+            Ok(self
+                .commit(write)
+                .await?
+                .map(|index| Committed { value: true, index }))
         })
         .await
     }
@@ -349,7 +554,11 @@ impl EtcdStore {
             .map(|(check, _)| check)
             .collect();
         checks.sort_by(|a, b| a.definition.id.cmp(&b.definition.id));
+        let mut nodes: Vec<ExternalNode> =
+            catalog.nodes.into_values().map(|(node, _)| node).collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(CatalogSnapshot {
+            nodes,
             registrations,
             checks,
             indexes: self.indexes_of(&snapshot.ranges[1]),

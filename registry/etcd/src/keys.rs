@@ -10,6 +10,7 @@
 //! | `revisions/<name>/<revision:020>` | each [`RevisionRecord`](shoal_registry::RevisionRecord) |
 //! | `events/<name>/<seq:020>` | each kept [`EventRecord`](shoal_registry::EventRecord) |
 //! | `catalog/reg/<id>`, `catalog/check/<id>` | registrations and checks |
+//! | `catalog/node/<name>` | a node registered through the catalog ([`ExternalNode`](shoal_registry::ExternalNode)) |
 //! | `catalog/guard` | rewritten by every write that adds or removes registrations or checks |
 //! | `kv/<key>` | 8 bytes of flags (big-endian), then the value |
 //! | `kvlock/<key>` | how a key that was ever locked is locked: 8 bytes of lock index (big-endian), then the holding session's ID (empty: unlocked) |
@@ -135,6 +136,10 @@ impl Keys {
         format!("{}catalog/check/{id}", self.root)
     }
 
+    pub(crate) fn external_node(&self, name: &str) -> String {
+        format!("{}catalog/node/{name}", self.root)
+    }
+
     pub(crate) fn catalog_guard(&self) -> String {
         format!("{}catalog/guard", self.root)
     }
@@ -142,10 +147,13 @@ impl Keys {
     /// What a key under [`Keys::catalog`] holds.
     pub(crate) fn catalog_entry<'k>(&self, key: &'k str) -> Option<CatalogEntry<'k>> {
         let rest = key.strip_prefix(&self.root)?.strip_prefix("catalog/")?;
-        match rest.strip_prefix("reg/") {
-            Some(id) => Some(CatalogEntry::Registration(id)),
-            None => rest.strip_prefix("check/").map(CatalogEntry::Check),
+        if let Some(id) = rest.strip_prefix("reg/") {
+            return Some(CatalogEntry::Registration(id));
         }
+        if let Some(name) = rest.strip_prefix("node/") {
+            return Some(CatalogEntry::Node(name));
+        }
+        rest.strip_prefix("check/").map(CatalogEntry::Check)
     }
 
     pub(crate) fn kv(&self, key: &str) -> String {
@@ -262,6 +270,7 @@ impl NodePart {
 pub(crate) enum CatalogEntry<'k> {
     Registration(&'k str),
     Check(&'k str),
+    Node(&'k str),
 }
 
 /// The value of `index/change`: what the change touched, and the nonce of its transaction.

@@ -42,8 +42,8 @@ use etcd_client::{Compare, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, Watc
 use shoal_registry::codec::{StoredRecord, decode};
 use shoal_registry::{
     CatalogSnapshot, ChangeStream, CheckDefinition, CheckRecord, CheckStatus, Clock, Committed,
-    Error, EventRecord, Expect, Indexes, KvEntry, KvOp, ModuleRecord, Registration, Result,
-    RevisionRecord, RouteRecord, ServiceRecord, SessionRecord, Store, Subject, SystemClock,
+    Error, EventRecord, Expect, ExternalNode, Indexes, KvEntry, KvOp, ModuleRecord, Registration,
+    Result, RevisionRecord, RouteRecord, ServiceRecord, SessionRecord, Store, Subject, SystemClock,
     TxnOutcome, WaitingRecord,
 };
 use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
@@ -595,6 +595,20 @@ impl Store for EtcdStore {
         cas: Option<u64>,
     ) -> Result<Committed<bool>> {
         self.kv_remove(key, recurse, cas).await
+    }
+
+    async fn register_node(
+        &self,
+        node: ExternalNode,
+        registration: Option<Registration>,
+        checks: Vec<CheckDefinition>,
+    ) -> Result<Committed<ExternalNode>> {
+        self.register_external_node(node, registration, checks)
+            .await
+    }
+
+    async fn deregister_node(&self, name: &str) -> Result<Committed<bool>> {
+        self.deregister_external_node(name).await
     }
 
     async fn kv_txn(&self, ops: Vec<KvOp>) -> Result<Committed<TxnOutcome>> {

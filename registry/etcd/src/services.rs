@@ -397,7 +397,9 @@ impl EtcdStore {
                             });
                         }
                     }
-                    Some(crate::keys::CatalogEntry::Check(_)) => {}
+                    Some(
+                        crate::keys::CatalogEntry::Check(_) | crate::keys::CatalogEntry::Node(_),
+                    ) => {}
                     None => guard_revision = kv.mod_revision(),
                 }
             }

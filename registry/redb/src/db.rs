@@ -29,8 +29,8 @@ use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
 use crate::tables::{
     CHANGE_INDEX_KEY, CHECKS, EVENTS, INDEX_CATALOG_KEY, INDEX_HEALTH_KEY, INDEX_KV_KEY, KV,
-    KV_LOCKS, LOCK_DELAYS, META, MODULE_BYTES, MODULES, REGISTRATIONS, REVISIONS, ROUTES, SERVICES,
-    SESSIONS, WAITING,
+    KV_LOCKS, LOCK_DELAYS, META, MODULE_BYTES, MODULES, NODES, REGISTRATIONS, REVISIONS, ROUTES,
+    SERVICES, SESSIONS, WAITING,
 };
 
 /// One redb database holding a node's state, and the log of its changes.
@@ -69,6 +69,7 @@ impl Db {
             txn.open_table(KV_LOCKS)?;
             txn.open_table(LOCK_DELAYS)?;
             txn.open_table(SESSIONS)?;
+            txn.open_table(NODES)?;
             let mut meta = txn.open_table(META)?;
             let missing_change_index = meta.get(CHANGE_INDEX_KEY)?.is_none();
             if missing_change_index {

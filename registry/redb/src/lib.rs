@@ -30,9 +30,9 @@ use redb::Database;
 use redb::backends::InMemoryBackend;
 use shoal_registry::{
     CatalogSnapshot, ChangeLog, ChangeStream, CheckDefinition, CheckRecord, CheckStatus, Clock,
-    Committed, Error, EventRecord, Expect, Indexes, KvEntry, KvOp, ModuleRecord, Registration,
-    Result, RevisionRecord, RouteRecord, ServiceRecord, SessionRecord, Store, SystemClock,
-    TxnOutcome, WaitingRecord,
+    Committed, Error, EventRecord, Expect, ExternalNode, Indexes, KvEntry, KvOp, ModuleRecord,
+    Registration, Result, RevisionRecord, RouteRecord, ServiceRecord, SessionRecord, Store,
+    SystemClock, TxnOutcome, WaitingRecord,
 };
 use shoal_spec::{Digest, ModuleKind, RouteSpec, ServiceName, ServiceSpec};
 
@@ -315,6 +315,21 @@ impl Store for RedbStore {
         let id = id.to_owned();
         self.call(move |db| db.update_check(&id, status, &output))
             .await
+    }
+
+    async fn register_node(
+        &self,
+        node: ExternalNode,
+        registration: Option<Registration>,
+        checks: Vec<CheckDefinition>,
+    ) -> Result<Committed<ExternalNode>> {
+        self.call(move |db| db.register_node(node, registration, checks))
+            .await
+    }
+
+    async fn deregister_node(&self, name: &str) -> Result<Committed<bool>> {
+        let name = name.to_owned();
+        self.call(move |db| db.deregister_node(&name)).await
     }
 
     async fn catalog(&self) -> Result<CatalogSnapshot> {

@@ -44,6 +44,10 @@ pub(crate) const EVENTS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefiniti
 pub(crate) const REGISTRATIONS: TableDefinition<'_, &str, &[u8]> =
     TableDefinition::new("registrations");
 
+/// Nodes registered through the catalog ([`ExternalNode`](shoal_registry::ExternalNode) as
+/// JSON), keyed by name.
+pub(crate) const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
+
 /// Health checks and their state ([`CheckRecord`](crate::CheckRecord) as JSON), keyed by check ID.
 pub(crate) const CHECKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("checks");
 
