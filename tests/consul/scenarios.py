@@ -14,6 +14,7 @@ Talks to 127.0.0.1 only.
 import base64
 import http.server
 import inspect
+import json
 import sys
 import threading
 import time
@@ -55,6 +56,17 @@ def ttl_heartbeat(client):
     check([e["Service"]["ID"] for e in healthy] == ["worker-1"], f"after ttl_pass: {healthy}")
     checks = {c["CheckID"]: c for c in healthy[0]["Checks"]}
     check(checks["service:worker-1"]["Output"] == "all good", checks)
+    # Go's UpdateTTL, which neither Python client wraps, sent through the client's own
+    # connection: the status and output in the body.
+    try:
+        from consul.callback import CB
+    except ImportError:
+        from consul.base import CB
+    body = json.dumps({"Status": "warning", "Output": "slow disk"})
+    boolean = CB.boolean() if hasattr(CB, "boolean") else CB.bool()
+    check(client.http.put(boolean, "/v1/agent/check/update/service:worker-1", data=body), "check update")
+    check_state = client.agent.checks()["service:worker-1"]
+    check((check_state["Status"], check_state["Output"]) == ("warning", "slow disk"), check_state)
     check(client.agent.service.deregister("worker-1"), "deregister")
     _, entries = client.catalog.service("worker")
     check(entries == [], f"after deregister: {entries}")
