@@ -28,12 +28,13 @@ const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of a TTL note kept as the check's output.
 const MAX_OUTPUT: usize = 4096;
 
-const WEIGHTS: &[Field] = &[
+pub(super) const WEIGHTS: &[Field] = &[
     field("Passing", Shape::Plain),
     field("Warning", Shape::Plain),
 ];
 
-const TAGGED_ADDRESS: &[Field] = &[field("Address", Shape::Plain), field("Port", Shape::Plain)];
+pub(super) const TAGGED_ADDRESS: &[Field] =
+    &[field("Address", Shape::Plain), field("Port", Shape::Plain)];
 
 /// The fields of a check, in a service registration or on its own.
 const CHECK: &[Field] = &[
@@ -140,16 +141,35 @@ struct ServiceBody {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct TaggedAddressBody {
+pub(super) struct TaggedAddressBody {
     address: Option<String>,
     port: Option<u16>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct WeightsBody {
+pub(super) struct WeightsBody {
     passing: Option<u32>,
     warning: Option<u32>,
+}
+
+impl WeightsBody {
+    /// The weights, each 1 where not given, as in Consul.
+    pub(super) fn or_default(body: Option<WeightsBody>) -> Weights {
+        body.map_or_else(Weights::default, |w| Weights {
+            passing: w.passing.unwrap_or(1),
+            warning: w.warning.unwrap_or(1),
+        })
+    }
+}
+
+impl TaggedAddressBody {
+    pub(super) fn into_tagged(self) -> TaggedAddress {
+        TaggedAddress {
+            address: self.address.unwrap_or_default(),
+            port: self.port.unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -478,10 +498,7 @@ pub(super) async fn register_service(
             },
         );
     }
-    let weights = body.weights.map_or_else(Weights::default, |w| Weights {
-        passing: w.passing.unwrap_or(1),
-        warning: w.warning.unwrap_or(1),
-    });
+    let weights = WeightsBody::or_default(body.weights);
     if weights.passing == 0 {
         return Err(ConsulError::bad_request(
             "Passing must be greater than 0 in Weights",

@@ -25,11 +25,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json as object};
 use shoal_node::Node;
-use shoal_registry::{
-    CheckDefinition, CheckStatus, ExternalNode, Probe, Registration, TaggedAddress, Weights,
-};
+use shoal_registry::{CheckDefinition, CheckStatus, ExternalNode, Probe, Registration};
 
-use super::agent::check_tenancy;
+use super::agent::{TAGGED_ADDRESS, TaggedAddressBody, WEIGHTS, WeightsBody, check_tenancy};
 use super::catalog_health::{
     Instance, every_node, health_check, node_health, node_view, registered_instances_where,
     wasm_instances,
@@ -357,8 +355,6 @@ pub(super) async fn health_node(
     Ok(read_json(&query, &checks, index))
 }
 
-const TAGGED: &[Field] = &[field("Address", Shape::Plain), field("Port", Shape::Plain)];
-
 const CATALOG_SERVICE: &[Field] = &[
     field("ID", Shape::Plain),
     field("Service", Shape::Plain),
@@ -367,18 +363,12 @@ const CATALOG_SERVICE: &[Field] = &[
     aliased(
         "TaggedAddresses",
         &["tagged_addresses"],
-        Shape::MapOf(TAGGED),
+        Shape::MapOf(TAGGED_ADDRESS),
     ),
     field("Meta", Shape::Plain),
     field("Port", Shape::Plain),
     field("SocketPath", Shape::Plain),
-    field(
-        "Weights",
-        Shape::Object(&[
-            field("Passing", Shape::Plain),
-            field("Warning", Shape::Plain),
-        ]),
-    ),
+    field("Weights", Shape::Object(WEIGHTS)),
     aliased("EnableTagOverride", &["enable_tag_override"], Shape::Plain),
     field("Kind", Shape::Plain),
     field("Proxy", Shape::Plain),
@@ -471,7 +461,7 @@ struct CatalogServiceBody {
     service: Option<String>,
     tags: Option<Vec<String>>,
     address: Option<String>,
-    tagged_addresses: Option<BTreeMap<String, TaggedBody>>,
+    tagged_addresses: Option<BTreeMap<String, TaggedAddressBody>>,
     meta: Option<BTreeMap<String, String>>,
     port: Option<u16>,
     socket_path: Option<String>,
@@ -484,20 +474,6 @@ struct CatalogServiceBody {
     partition: Option<String>,
     #[allow(dead_code, reason = "advisory locality, accepted and not acted on")]
     locality: Option<Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct TaggedBody {
-    address: Option<String>,
-    port: Option<u16>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct WeightsBody {
-    passing: Option<u32>,
-    warning: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -693,10 +669,7 @@ pub(super) async fn catalog_register(
                     "Invalid service: ID {id:?} is registered on node {other:?}"
                 )));
             }
-            let weights = service.weights.map_or_else(Weights::default, |w| Weights {
-                passing: w.passing.unwrap_or(1),
-                warning: w.warning.unwrap_or(1),
-            });
+            let weights = WeightsBody::or_default(service.weights);
             Some(Registration {
                 id,
                 tags: service.tags.unwrap_or_default(),
@@ -707,15 +680,7 @@ pub(super) async fn catalog_register(
                     .tagged_addresses
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|(tag, tagged)| {
-                        (
-                            tag,
-                            TaggedAddress {
-                                address: tagged.address.unwrap_or_default(),
-                                port: tagged.port.unwrap_or_default(),
-                            },
-                        )
-                    })
+                    .map(|(tag, tagged)| (tag, tagged.into_tagged()))
                     .collect(),
                 weights,
                 enable_tag_override: service.enable_tag_override.unwrap_or_default(),

@@ -284,6 +284,54 @@ impl EtcdStore {
             .await
     }
 
+    /// Grants a lease of `seconds`.
+    pub(crate) async fn grant_lease(&self, seconds: i64) -> Result<i64> {
+        let granted = self
+            .shared
+            .conn
+            .call(Retry::Write, |client| async move {
+                client.lease_client().grant(seconds, None).await
+            })
+            .await?;
+        Ok(granted.id())
+    }
+
+    /// Gives a lease up, deleting the keys under it; a failure only leaves it to lapse.
+    pub(crate) async fn revoke_lease(&self, lease: i64) {
+        let revoked = self
+            .shared
+            .conn
+            .call(Retry::Read, |client| async move {
+                client.lease_client().revoke(lease).await
+            })
+            .await;
+        if let Err(error) = revoked {
+            tracing::debug!(%error, lease, "revoking a lease failed; it will lapse");
+        }
+    }
+
+    /// Renews a lease once (`what` names it in errors): `Ok(false)` when etcd no longer has
+    /// it.
+    pub(crate) async fn keep_lease(&self, lease: i64, what: &str) -> Result<bool> {
+        let (member, client) = self.shared.conn.client();
+        let renewed = tokio::time::timeout(conn::REQUEST_TIMEOUT, async move {
+            client.lease_client().keep_alive(lease).await
+        })
+        .await;
+        match renewed {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(false),
+            Ok(Err(error)) => {
+                self.shared.conn.move_on_from(member);
+                Err(conn::unavailable(self.shared.conn.endpoint(member), &error))
+            }
+            Err(_) => {
+                self.shared.conn.move_on_from(member);
+                Err(Error::Unavailable(format!("renewing {what} timed out")))
+            }
+        }
+    }
+
     /// Notes a revision a response carried: a later transaction commits after it.
     fn saw(&self, at: i64) {
         self.shared.seen.fetch_max(at, Ordering::Relaxed);

@@ -206,31 +206,12 @@ impl EtcdNodes {
     }
 
     async fn grant(&self) -> Result<i64> {
-        let ttl = self.ttl_seconds;
-        let granted = self
-            .store
-            .shared
-            .conn
-            .call(Retry::Write, |client| async move {
-                client.lease_client().grant(ttl, None).await
-            })
-            .await?;
-        Ok(granted.id())
+        self.store.grant_lease(self.ttl_seconds).await
     }
 
     /// Gives a lease up, deleting the keys under it; a failure only leaves it to lapse.
     async fn revoke(&self, lease: i64) {
-        let revoked = self
-            .store
-            .shared
-            .conn
-            .call(Retry::Read, |client| async move {
-                client.lease_client().revoke(lease).await
-            })
-            .await;
-        if let Err(error) = revoked {
-            tracing::debug!(%error, lease, "revoking a lease failed; it will lapse");
-        }
+        self.store.revoke_lease(lease).await;
     }
 
     /// Creates `nodes/<name>/alive` under `lease` and writes `info`, unless a live node holds
@@ -426,28 +407,7 @@ impl Claim {
     /// Renews the lease once: `Ok(false)` when etcd no longer has it.
     async fn renew(&self) -> Result<bool> {
         let lease = self.lease.load(Ordering::SeqCst);
-        let (member, client) = self.nodes.store.shared.conn.client();
-        let renewed = tokio::time::timeout(conn::REQUEST_TIMEOUT, async move {
-            client.lease_client().keep_alive(lease).await
-        })
-        .await;
-        match renewed {
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(false),
-            Ok(Err(error)) => {
-                self.nodes.store.shared.conn.move_on_from(member);
-                Err(conn::unavailable(
-                    self.nodes.store.shared.conn.endpoint(member),
-                    &error,
-                ))
-            }
-            Err(_) => {
-                self.nodes.store.shared.conn.move_on_from(member);
-                Err(Error::Unavailable(
-                    "renewing the node's lease timed out".into(),
-                ))
-            }
-        }
+        self.nodes.store.keep_lease(lease, "the node's lease").await
     }
 
     /// Claims the name again under a new lease, after the old one lapsed.

@@ -23,7 +23,7 @@ use shoal_registry::{
 };
 
 use crate::catalog::{encode_lock, encode_value};
-use crate::conn::{self, Retry};
+use crate::conn;
 use crate::keys::Area;
 use crate::{EtcdStore, Get, Shared, Write, key_str, record, revision};
 
@@ -310,23 +310,10 @@ impl EtcdStore {
         let Some(alive) = snapshot.one(1) else {
             return Ok(None);
         };
-        let lease = alive.lease();
-        let (member, client) = self.shared.conn.client();
-        let kept = tokio::time::timeout(conn::REQUEST_TIMEOUT, async move {
-            client.lease_client().keep_alive(lease).await
-        })
-        .await;
-        match kept {
-            Ok(Ok(_)) => Ok(Some(session)),
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(None),
-            Ok(Err(error)) => {
-                self.shared.conn.move_on_from(member);
-                Err(conn::unavailable(self.shared.conn.endpoint(member), &error))
-            }
-            Err(_) => {
-                self.shared.conn.move_on_from(member);
-                Err(Error::Unavailable("renewing a session timed out".into()))
-            }
+        if self.keep_lease(alive.lease(), "a session").await? {
+            Ok(Some(session))
+        } else {
+            Ok(None)
         }
     }
 
@@ -464,28 +451,11 @@ impl EtcdStore {
 
     async fn grant(&self, ttl: Duration) -> Result<i64> {
         let seconds = i64::try_from(ttl.as_secs_f64().ceil() as u64).unwrap_or(i64::MAX);
-        let granted = self
-            .shared
-            .conn
-            .call(Retry::Write, |client| async move {
-                client.lease_client().grant(seconds, None).await
-            })
-            .await?;
-        Ok(granted.id())
+        self.grant_lease(seconds).await
     }
 
-    /// Gives a lease up; a failure only leaves it to lapse.
     async fn revoke(&self, lease: i64) {
-        let revoked = self
-            .shared
-            .conn
-            .call(Retry::Read, |client| async move {
-                client.lease_client().revoke(lease).await
-            })
-            .await;
-        if let Err(error) = revoked {
-            tracing::debug!(%error, lease, "revoking a session's lease failed; it will lapse");
-        }
+        self.revoke_lease(lease).await;
     }
 
     /// Invalidates every session with a TTL whose lease is gone; returns the revision read.
