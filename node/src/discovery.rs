@@ -161,7 +161,7 @@ impl Node {
         checks: Vec<CheckDefinition>,
     ) -> Result<ExternalNode> {
         self.check_running()?;
-        if self.owns(&node.name) || self.nodes().iter().any(|view| view.name == node.name) {
+        if self.is_shoal_node(&node.name) {
             return Err(crate::Error::invalid(
                 "Node",
                 format!(
@@ -177,6 +177,11 @@ impl Node {
             .await?;
         self.wait_applied(committed.index).await?;
         Ok(committed.value)
+    }
+
+    /// Whether `name` is this node's, or a member's of its cluster.
+    pub fn is_shoal_node(&self, name: &str) -> bool {
+        self.owns(name) || self.nodes().iter().any(|view| view.name == name)
     }
 
     /// Removes a node of the catalog with everything on it; `false` if there was none.

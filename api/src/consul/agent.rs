@@ -739,8 +739,7 @@ pub(super) async fn check_update(
     id: Path<String>,
     body: Bytes,
 ) -> ConsulResult<Response> {
-    let body: CheckUpdateBody = decode(&body, CHECK_UPDATE)
-        .map_err(|e| ConsulError::bad_request(format!("Request decode failed: {e}")))?;
+    let body: CheckUpdateBody = decode(&body, CHECK_UPDATE).map_err(ConsulError::bad_request)?;
     let status = body.status.unwrap_or_default();
     let status = status
         .parse::<CheckStatus>()

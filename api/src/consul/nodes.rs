@@ -600,8 +600,7 @@ pub(super) async fn catalog_register(
 ) -> ConsulResult<Response> {
     let query = Query::parse(raw.as_deref());
     query.check_common(&node)?;
-    let body: RegisterBody = decode(&body, REGISTER)
-        .map_err(|e| ConsulError::bad_request(format!("Request decode failed: {e}")))?;
+    let body: RegisterBody = decode(&body, REGISTER).map_err(ConsulError::bad_request)?;
     check_scope(
         &node,
         body.datacenter.as_deref(),
@@ -733,8 +732,7 @@ pub(super) async fn catalog_deregister(
 ) -> ConsulResult<Response> {
     let query = Query::parse(raw.as_deref());
     query.check_common(&node)?;
-    let body: DeregisterBody = decode(&body, DEREGISTER)
-        .map_err(|e| ConsulError::bad_request(format!("Request decode failed: {e}")))?;
+    let body: DeregisterBody = decode(&body, DEREGISTER).map_err(ConsulError::bad_request)?;
     check_scope(
         &node,
         body.datacenter.as_deref(),
@@ -745,7 +743,7 @@ pub(super) async fn catalog_deregister(
     if name.is_empty() {
         return Err(ConsulError::bad_request("Missing node name"));
     }
-    if node.owns(&name) || node.nodes().iter().any(|view| view.name == name) {
+    if node.is_shoal_node(&name) {
         return Err(ConsulError::bad_request(format!(
             "{name:?} is a shoal node: deregister its services through its agent (/v1/agent/service/deregister)"
         )));

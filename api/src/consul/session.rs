@@ -132,8 +132,7 @@ pub(super) async fn create(
     let body: SessionBody = if body.iter().all(u8::is_ascii_whitespace) {
         SessionBody::default()
     } else {
-        decode(&body, SESSION)
-            .map_err(|e| ConsulError::bad_request(format!("Request decode failed: {e}")))?
+        decode(&body, SESSION).map_err(ConsulError::bad_request)?
     };
     for (what, value) in [
         ("namespace", &body.namespace),
