@@ -18,9 +18,7 @@ impl Node {
         if session.node.is_empty() {
             session.node = self.inner.config.node_name.clone();
         }
-        let known_node =
-            self.owns(&session.node) || self.nodes().iter().any(|view| view.name == session.node);
-        if !known_node {
+        if !self.is_shoal_node(&session.node) && self.external_node(&session.node).is_none() {
             return Err(Error::invalid(
                 "Node",
                 format!("Missing node registration: {:?}", session.node),
