@@ -56,6 +56,14 @@ impl HealthIndexes {
             let signature = signatures.entry(registration.name.clone()).or_default();
             signature.0 = signature.0.max(registration.modify_index);
             signature.1 += 1;
+            // A node of the catalog's address and meta are in its instances' health answers.
+            if let Some(node) = snapshot
+                .nodes
+                .iter()
+                .find(|node| !registration.node.is_empty() && node.name == registration.node)
+            {
+                signature.0 = signature.0.max(node.modify_index);
+            }
             let covers = |check: &&CheckRecord| match &check.definition.service_id {
                 Some(id) => *id == registration.id,
                 None => check.definition.node == registration.node,

@@ -3,8 +3,9 @@
 //! The store keeps sessions and their TTLs (`shoal_registry::SessionRecord`); the node chooses
 //! their IDs, checks what they name when they are created, and ends those whose checks fail
 //! ([`guard`]): a session of this node ends when one of its checks goes critical or is removed,
-//! and the leader ends the sessions of a node that died (whose `serfHealth` failed), as
-//! Consul's servers do.
+//! and the leader ends the sessions of a node that died (whose `serfHealth` failed) or is gone,
+//! and judges those of nodes registered through the catalog by their checks, as Consul's
+//! servers do.
 
 use shoal_registry::{CheckStatus, KvOp, NODE_HEALTH_CHECK, SessionRecord, TxnOutcome};
 
@@ -109,7 +110,11 @@ impl Node {
         let (sessions, _) = self.inner.store.sessions().await?;
         let mut failed = Vec::new();
         for session in sessions {
-            let reason = if self.owns(&session.node) {
+            let on_catalog_node = self.external_node(&session.node).is_some();
+            // This node judges its own sessions by their checks; the leader, those of nodes
+            // registered through the catalog (whose checks nobody here runs), and those of
+            // nodes that died or are gone.
+            let reason = if self.owns(&session.node) || (self.is_leader() && on_catalog_node) {
                 session
                     .checks
                     .iter()
@@ -126,6 +131,8 @@ impl Node {
                 && !self.node_alive(&session.node)
             {
                 Some(format!("its node {:?} is dead", session.node))
+            } else if self.is_leader() && !on_catalog_node && !self.is_shoal_node(&session.node) {
+                Some(format!("its node {:?} is gone", session.node))
             } else {
                 None
             };

@@ -2214,6 +2214,30 @@ pub async fn transactions_are_all_or_nothing(fx: Fixture) {
         store.kv_txn(vec![set("", "x")]).await,
         Err(Error::Invalid(_))
     ));
+    // As many operations as Consul takes: 64 writes, then 64 reads, each one transaction.
+    let writes: Vec<KvOp> = (0..crate::MAX_TXN_OPS)
+        .map(|n| set(&format!("many/{n:02}"), "v"))
+        .collect();
+    assert!(matches!(
+        store.kv_txn(writes).await.unwrap().value,
+        TxnOutcome::Committed(_)
+    ));
+    let reads: Vec<KvOp> = (0..crate::MAX_TXN_OPS)
+        .map(|n| KvOp::Get {
+            key: format!("many/{n:02}"),
+        })
+        .collect();
+    let read = store.kv_txn(reads).await.unwrap().value;
+    assert!(matches!(read, TxnOutcome::Committed(ref found) if found.len() == crate::MAX_TXN_OPS));
+    // A missing key is deleted already, whatever index a delete-cas names.
+    let gone = KvOp::DeleteCas {
+        key: "never".into(),
+        index: 7,
+    };
+    assert!(matches!(
+        store.kv_txn(vec![gone]).await.unwrap().value,
+        TxnOutcome::Committed(_)
+    ));
 }
 
 /// A session not renewed lapses by itself, releasing what it held.

@@ -500,7 +500,8 @@ pub fn plan(
                 writes.insert(key.to_owned(), None);
             }
             KvOp::DeleteCas { index, .. } => {
-                let holds = existing.as_ref().is_some_and(|e| e.modify_index == *index);
+                // A key that is not there is deleted already, as Consul answers.
+                let holds = existing.as_ref().is_none_or(|e| e.modify_index == *index);
                 if !holds {
                     fail(
                         TxnFailure::Failed,

@@ -631,7 +631,7 @@ async fn nodes_registered_through_the_catalog_are_discovered_and_routed_to() {
     assert_eq!(on_node["Services"]["pg-1"]["Port"], upstream.addr.port());
 
     // Its registrant reports the state: critical takes it out of `?passing` and the routes.
-    let body = json!({"Node": "ext-db", "Address": "127.0.0.1",
+    let body = json!({"Node": "ext-db", "Address": "127.0.0.1", "SkipNodeUpdate": true,
                       "Check": {"CheckID": "disk", "Name": "disk", "Status": "critical", "Notes": "full"}});
     let reply = node
         .send("PUT", "/v1/catalog/register", Some(&body.to_string()))
@@ -655,7 +655,38 @@ async fn nodes_registered_through_the_catalog_are_discovered_and_routed_to() {
         1
     );
 
+    // SkipNodeUpdate adds a check without touching the node's meta; a check naming an
+    // instance registered earlier stays that instance's when another is registered with it.
+    let body = json!({"Node": "ext-db", "Address": "10.9.9.9", "SkipNodeUpdate": true,
+                      "Service": {"ID": "pg-2", "Service": "pg-replica", "Port": 1},
+                      "Checks": [{"CheckID": "pg-1-lag", "Name": "lag", "ServiceID": "pg-1", "Status": "passing"}]});
+    let reply = node
+        .send("PUT", "/v1/catalog/register", Some(&body.to_string()))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let on_node = node
+        .send("GET", "/v1/catalog/node/ext-db", None)
+        .await
+        .json();
+    assert_eq!(on_node["Node"]["Meta"], json!({"external-node": "true"}));
+    assert_eq!(on_node["Node"]["Address"], "127.0.0.1");
+    let checks = node.send("GET", "/v1/health/checks/pg", None).await.json();
+    assert!(
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["CheckID"] == "pg-1-lag" && c["ServiceID"] == "pg-1"),
+        "{checks}"
+    );
+
     // Refused, and nothing written.
+    let reply = register(
+        &node,
+        json!({"name": "local", "check": {"ttl": "1h", "id": "local-alive"}}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
     let name = node_name(&node).await;
     for (path, body, message) in [
         (
@@ -687,6 +718,11 @@ async fn nodes_registered_through_the_catalog_are_discovered_and_routed_to() {
             "/v1/catalog/register",
             json!({"Node": "x", "Address": "1.2.3.4", "Check": {"Name": "c", "Status": "fine"}}),
             "Invalid check status",
+        ),
+        (
+            "/v1/catalog/register",
+            json!({"Node": "x", "Address": "1.2.3.4", "Check": {"CheckID": "local-alive", "Status": "passing"}}),
+            "CheckID \"local-alive\" is registered on node",
         ),
         ("/v1/catalog/deregister", json!({}), "Missing node name"),
         (
@@ -749,13 +785,13 @@ async fn nodes_registered_through_the_catalog_are_discovered_and_routed_to() {
             .json()
             .is_null()
     );
-    assert_eq!(
-        node.send("GET", "/v1/health/state/any", None)
-            .await
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    // What is left: this node's own, and the check of the instance its agent registered.
+    let left = node.send("GET", "/v1/health/state/any", None).await.json();
+    let left: BTreeSet<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["CheckID"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, BTreeSet::from(["local-alive", "serfHealth"]));
 }

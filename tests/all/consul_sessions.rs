@@ -311,6 +311,40 @@ async fn sessions_end_with_their_ttl_or_their_checks() {
         );
     }
     assert!(entry(&node, "db/leader").await.get("Session").is_none());
+    // A session of a node registered through the catalog ends with that node.
+    let body = json!({"Node": "ext", "Address": "10.0.0.1",
+                      "Check": {"CheckID": "ext-ok", "Name": "ok", "Status": "passing"}});
+    let reply = put(&node, "/v1/catalog/register", &body.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let external = create_session(&node, json!({"Node": "ext", "Checks": ["ext-ok"]})).await;
+    let reply = put(
+        &node,
+        "/v1/catalog/deregister",
+        &json!({"Node": "ext"}).to_string(),
+    )
+    .await;
+    assert_eq!(reply.body, "true");
+    // Session reads wait on the change index: read until the guard has acted.
+    let mut index = 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = node
+            .send(
+                "GET",
+                &format!("/v1/session/info/{external}?index={index}&wait=5s"),
+                None,
+            )
+            .await;
+        index = crate::consul::read_index(&reply);
+        if reply.json() == json!([]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session outlived its node"
+        );
+    }
+
     // A session cannot be created on a critical check.
     let reply = put(
         &node,

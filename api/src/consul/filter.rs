@@ -165,6 +165,7 @@ impl Filter {
             tokens,
             at: 0,
             schema,
+            depth: 0,
         };
         let expr = parser.or()?;
         if let Some(extra) = parser.peek() {
@@ -309,7 +310,13 @@ fn tokenize(text: &str) -> Result<Vec<Token>, FilterError> {
                         None => return Err(FilterError(format!("unterminated string at {at}"))),
                         Some((_, close)) if close == c => break,
                         Some((_, '\\')) if c == '"' => match chars.next() {
-                            Some((_, escaped)) => value.push(escaped),
+                            // `\"` and `\\` stand for themselves; any other escape is kept
+                            // whole, so a regular expression's `\d` means what it says.
+                            Some((_, escaped @ ('"' | '\\'))) => value.push(escaped),
+                            Some((_, other)) => {
+                                value.push('\\');
+                                value.push(other);
+                            }
                             None => {
                                 return Err(FilterError(format!("unterminated string at {at}")));
                             }
@@ -335,10 +342,15 @@ fn tokenize(text: &str) -> Result<Vec<Token>, FilterError> {
     Ok(tokens)
 }
 
+/// How deeply `not` and parentheses may nest: parsing, evaluating and dropping an expression
+/// recurse, and a request line is long enough to overflow a thread's stack otherwise.
+const MAX_DEPTH: usize = 64;
+
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
     schema: Schema,
+    depth: usize,
 }
 
 impl Parser {
@@ -378,6 +390,18 @@ impl Parser {
     }
 
     fn not(&mut self) -> Result<Expr, FilterError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(FilterError(format!(
+                "the expression nests deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        let expr = self.not_inner();
+        self.depth -= 1;
+        expr
+    }
+
+    fn not_inner(&mut self) -> Result<Expr, FilterError> {
         if self.keyword("not") {
             return Ok(Expr::Not(Box::new(self.not()?)));
         }
@@ -605,6 +629,7 @@ mod tests {
             ("NodeMeta is empty", true),
             ("ServiceTags is not empty", true),
             ("ServiceAddress matches \"^10\\\\.0\\\\.\"", true),
+            ("ServiceAddress matches \"^\\d+\\.0\"", true),
             ("ServiceAddress not matches `^192`", true),
             ("ServiceAddress contains \"0.0\"", true),
             ("ServiceName == web and v1 in ServiceTags", true),
@@ -800,6 +825,8 @@ mod tests {
                 "ServiceName == web web",
                 "unexpected \"web\" after the expression",
             ),
+            (&"(".repeat(10_000), "nests deeper than 64"),
+            (&"not ".repeat(10_000), "nests deeper than 64"),
         ] {
             let error = Filter::parse(expr, CATALOG_SERVICE)
                 .unwrap_err()

@@ -615,15 +615,20 @@ pub(super) async fn catalog_register(
     if address.is_empty() {
         return Err(ConsulError::bad_request("Missing node address"));
     }
-    let external = ExternalNode {
-        version: shoal_registry::SCHEMA_VERSION,
-        name: name.clone(),
-        id: body.id.unwrap_or_default(),
-        address,
-        tagged_addresses: body.tagged_addresses.unwrap_or_default(),
-        meta: body.node_meta.unwrap_or_default(),
-        create_index: 0,
-        modify_index: 0,
+    let external = match node.external_node(&name) {
+        // Consul's SkipNodeUpdate: a check or an instance added without touching the node's
+        // address or meta (consul-esm finds its nodes by their meta).
+        Some(existing) if body.skip_node_update == Some(true) => existing,
+        _ => ExternalNode {
+            version: shoal_registry::SCHEMA_VERSION,
+            name: name.clone(),
+            id: body.id.unwrap_or_default(),
+            address,
+            tagged_addresses: body.tagged_addresses.unwrap_or_default(),
+            meta: body.node_meta.unwrap_or_default(),
+            create_index: 0,
+            modify_index: 0,
+        },
     };
     let registration = match body.service {
         None => None,
@@ -689,13 +694,36 @@ pub(super) async fn catalog_register(
         }
     };
     let service_id = registration.as_ref().map(|r| r.id.clone());
-    let mut checks = Vec::new();
+    // One check per ID: a later one replaces an earlier one, as successive registrations do.
+    let mut checks: Vec<CheckDefinition> = Vec::new();
     for check in body
         .check
         .into_iter()
         .chain(body.checks.unwrap_or_default())
     {
-        checks.push(catalog_check(check, &name)?);
+        let check = catalog_check(check, &name)?;
+        checks.retain(|earlier| earlier.id != check.id);
+        checks.push(check);
+    }
+    // Check IDs are one namespace across the store: another node's check stays its own.
+    for check in &checks {
+        let catalog = node.catalog();
+        if let Some(other) = catalog
+            .snapshot
+            .checks
+            .iter()
+            .find(|c| c.definition.id == check.id && c.definition.node != name)
+        {
+            let owner = if node.owns(&other.definition.node) {
+                node.config().node_name.clone()
+            } else {
+                other.definition.node.clone()
+            };
+            return Err(ConsulError::bad_request(format!(
+                "Invalid check: CheckID {:?} is registered on node {owner:?}",
+                check.id
+            )));
+        }
     }
     // A check naming no instance checks the node, as in Consul; one naming the instance
     // being registered, or one registered earlier on this node, checks it.

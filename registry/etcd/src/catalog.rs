@@ -276,41 +276,31 @@ impl EtcdStore {
                 encode(&node),
                 None,
             )];
-            let (service_checks, node_checks): (Vec<_>, Vec<_>) = checks
+            // The checks of the instance registered now go with it; the others (of the node,
+            // or of its instances registered earlier) are added on their own.
+            let registered = registration.as_ref().map(|r| r.id.clone());
+            let (own, others): (Vec<_>, Vec<_>) = checks
                 .iter()
                 .cloned()
-                .partition(|check| check.service_id.is_some());
-            match &registration {
-                Some(registration) => self.registration_ops(
-                    &catalog,
-                    registration,
-                    &service_checks,
-                    false,
-                    &mut compares,
-                    &mut ops,
-                ),
-                None => {
-                    for check in service_checks {
-                        let service_id = check.service_id.clone().unwrap_or_default();
-                        let (registration, _) =
-                            catalog.registrations.get(&service_id).ok_or_else(|| {
-                                Error::NotFound {
-                                    kind: "service",
-                                    key: service_id.clone(),
-                                }
-                            })?;
-                        self.check_ops(
-                            &catalog,
-                            check,
-                            Some(registration),
-                            &mut compares,
-                            &mut ops,
-                        );
-                    }
-                }
+                .partition(|check| registered.is_some() && check.service_id == registered);
+            if let Some(registration) = &registration {
+                self.registration_ops(&catalog, registration, &own, false, &mut compares, &mut ops);
             }
-            for check in node_checks {
-                self.check_ops(&catalog, check, None, &mut compares, &mut ops);
+            for check in others {
+                let instance = match &check.service_id {
+                    Some(service_id) => Some(
+                        catalog
+                            .registrations
+                            .get(service_id)
+                            .map(|(registration, _)| registration)
+                            .ok_or_else(|| Error::NotFound {
+                                kind: "service",
+                                key: service_id.clone(),
+                            })?,
+                    ),
+                    None => None,
+                };
+                self.check_ops(&catalog, check, instance, &mut compares, &mut ops);
             }
             ops.push(self.rewrite_guard());
             let create_index = catalog.nodes.get(&node.name).map(|(n, _)| n.create_index);

@@ -175,6 +175,35 @@ impl EtcdStore {
         })
     }
 
+    /// [`EtcdStore::read`] for more gets than etcd takes in one transaction: in as many as
+    /// needed, the later ones pinned to the revision of the first, so all read one moment.
+    async fn read_pinned(&self, gets: Vec<Get>) -> Result<Snapshot> {
+        const PER_TXN: usize = 100;
+        if gets.len() <= PER_TXN {
+            return self.read(gets).await;
+        }
+        let mut chunks = gets.chunks(PER_TXN);
+        let first = chunks.next().map(<[Get]>::to_vec).unwrap_or_default();
+        let mut snapshot = self.read(first).await?;
+        for chunk in chunks {
+            let pinned = chunk
+                .iter()
+                .map(|get| Get {
+                    key: get.key.clone(),
+                    options: Some(
+                        get.options
+                            .clone()
+                            .unwrap_or_default()
+                            .with_revision(snapshot.revision),
+                    ),
+                })
+                .collect();
+            let more = self.read(pinned).await?;
+            snapshot.ranges.extend(more.ranges);
+        }
+        Ok(snapshot)
+    }
+
     /// Commits `write` if its compares hold: its operations, `index/change` set to its subject
     /// and the index of each of its areas. Returns the revision it committed at, or `None` if
     /// a compare failed and nothing was written.

@@ -18,14 +18,18 @@ use std::time::Duration;
 use etcd_client::{Compare, CompareOp, EventType, PutOptions, TxnOp, WatchOptions};
 use shoal_registry::codec::encode;
 use shoal_registry::{
-    Committed, Error, KvEntry, KvOp, KvRead, KvWrites, Result, SessionBehavior, SessionRecord,
-    Subject, TxnOutcome,
+    Committed, Error, KvEntry, KvLock, KvOp, KvRead, KvWrites, Result, SessionBehavior,
+    SessionRecord, Subject, TxnOutcome,
 };
+use shoal_spec::FieldError;
 
 use crate::catalog::{encode_lock, encode_value};
 use crate::conn;
 use crate::keys::Area;
 use crate::{EtcdStore, Get, Shared, Write, key_str, record, revision};
+
+/// The most operations etcd takes in one transaction (its `--max-txn-ops` default).
+const MAX_TXN_OPS: usize = 128;
 
 /// The index of what a transaction writes, until it commits.
 const PENDING: u64 = u64::MAX;
@@ -105,7 +109,7 @@ impl EtcdStore {
         }
         let now = self.shared.clock.now_unix_ms();
         self.decide(|| async {
-            let snapshot = self.read(gets.clone()).await?;
+            let snapshot = self.read_pinned(gets.clone()).await?;
             let kv_guard = snapshot.mod_revision(0);
             let mut values = Vec::new();
             let mut locks = Vec::new();
@@ -131,10 +135,9 @@ impl EtcdStore {
                 .into_iter()
                 .map(|entry| (entry.key.clone(), entry))
                 .collect();
-            let had_lock: Vec<String> = entries
+            let locks_before: HashMap<String, KvLock> = entries
                 .values()
-                .filter(|entry| entry.lock().is_some())
-                .map(|entry| entry.key.clone())
+                .filter_map(|entry| Some((entry.key.clone(), entry.lock()?)))
                 .collect();
             let mut compares = vec![Compare::mod_revision(
                 keys.index(Area::Kv),
@@ -166,7 +169,16 @@ impl EtcdStore {
                     index: snapshot.change_index(1),
                 }));
             }
-            let ops = self.write_ops(&writes, &had_lock, &view.delays);
+            let ops = self.write_ops(&writes, &locks_before, &view.delays);
+            if ops.len() + 2 > MAX_TXN_OPS {
+                return Err(Error::Invalid(FieldError::new(
+                    "ops",
+                    format!(
+                        "this transaction writes {} etcd keys, more than etcd takes in one ({MAX_TXN_OPS}): split it",
+                        ops.len() + 2
+                    ),
+                )));
+            }
             let write = Write {
                 subject: Subject::Kv(shoal_registry::written_prefix(&writes)),
                 areas: &[Area::Kv],
@@ -203,13 +215,14 @@ impl EtcdStore {
     fn write_ops(
         &self,
         writes: &KvWrites,
-        had_lock: &[String],
+        locks_before: &HashMap<String, KvLock>,
         delays: &HashMap<String, u64>,
     ) -> Vec<TxnOp> {
         let keys = self.keys();
         let mut ops = Vec::with_capacity(writes.len());
         for (key, written) in writes {
-            let had_lock = had_lock.contains(key);
+            let before = locks_before.get(key);
+            let had_lock = before.is_some();
             match written {
                 Some(entry) => {
                     ops.push(TxnOp::put(
@@ -219,7 +232,9 @@ impl EtcdStore {
                     ));
                     match entry.lock() {
                         Some(lock) => {
-                            ops.push(TxnOp::put(keys.kv_lock(key), encode_lock(&lock), None));
+                            if before != Some(&lock) {
+                                ops.push(TxnOp::put(keys.kv_lock(key), encode_lock(&lock), None));
+                            }
                             if lock.session.is_some() && delays.contains_key(key) {
                                 ops.push(TxnOp::delete(keys.kv_delay(key), None));
                             }
@@ -342,18 +357,17 @@ impl EtcdStore {
                     .read(vec![
                         Get::key(keys.session(id)),
                         Get::key(keys.session_alive(id)),
-                        Get::key(keys.index(Area::Kv)),
                         Get::prefix(keys.kv_lock("")),
                         self.get_change_index(),
                     ])
                     .await?;
                 let Some(found) = snapshot.one(0) else {
-                    return Ok(Some((None, false, snapshot.change_index(4))));
+                    return Ok(Some((None, false, snapshot.change_index(3))));
                 };
                 let session = session_from(found)?;
                 let lease = snapshot.one(1).map(etcd_client::KeyValue::lease);
                 let mut held = Vec::new();
-                for lock in &snapshot.ranges[3] {
+                for lock in &snapshot.ranges[2] {
                     let Some(key) = keys.kv_lock_key(key_str(lock)?) else {
                         continue;
                     };
@@ -362,13 +376,12 @@ impl EtcdStore {
                         held.push(key.to_owned());
                     }
                 }
+                // No lock taken or changed since the read (a key taken by this session meanwhile
+                // must be released too); other key/value writes do not matter here.
                 let mut compares = vec![
                     Compare::mod_revision(keys.session(id), CompareOp::Equal, found.mod_revision()),
-                    Compare::mod_revision(
-                        keys.index(Area::Kv),
-                        CompareOp::Equal,
-                        snapshot.mod_revision(2),
-                    ),
+                    Compare::mod_revision(keys.kv_lock(""), CompareOp::Less, snapshot.revision + 1)
+                        .with_prefix(),
                 ];
                 let mut ops = vec![
                     TxnOp::delete(keys.session(id), None),
@@ -474,22 +487,18 @@ impl EtcdStore {
         for found in &snapshot.ranges[0] {
             let session = session_from(found)?;
             if session.ttl.is_some() && !alive.contains(&session.id.as_str()) {
-                self.lapsed(&session.id).await;
+                self.lapsed(&session.id).await?;
             }
         }
         Ok(snapshot.revision)
     }
 
-    async fn lapsed(&self, id: &str) {
-        match self.invalidate_session(id).await {
-            Ok(Committed { value: true, .. }) => {
-                tracing::info!(session = %id, "a session's TTL lapsed: invalidated")
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(session = %id, %error, "cannot invalidate a lapsed session")
-            }
+    /// Invalidates a session whose lease lapsed; an error means it must be tried again.
+    async fn lapsed(&self, id: &str) -> Result<()> {
+        if self.invalidate_session(id).await?.value {
+            tracing::info!(session = %id, "a session's TTL lapsed: invalidated");
         }
+        Ok(())
     }
 }
 
@@ -555,7 +564,8 @@ async fn follow_lapses(store: &EtcdStore) -> Result<()> {
             else {
                 continue;
             };
-            store.lapsed(id).await;
+            // A failure ends the watch: the sweep that follows finds the session again.
+            store.lapsed(id).await?;
         }
     }
 }

@@ -76,22 +76,20 @@ impl Db {
             node.modify_index = change_index;
             nodes.insert(node.name.as_str(), encode(&node).as_slice())?;
             drop(nodes);
-            let (service_checks, node_checks): (Vec<_>, Vec<_>) = checks
+            // The checks of the instance registered now go with it; the others (of the node,
+            // or of its instances registered earlier) are added on their own.
+            let registered = registration.as_ref().map(|r| r.id.clone());
+            let (own, others): (Vec<_>, Vec<_>) = checks
                 .into_iter()
                 .map(|mut check| {
                     check.node = node.name.clone();
                     check
                 })
-                .partition(|check| check.service_id.is_some());
+                .partition(|check| registered.is_some() && check.service_id == registered);
             if let Some(registration) = registration {
-                register_in(txn, registration, service_checks, false, change_index)?;
-            } else {
-                // Checks of instances registered earlier.
-                for check in service_checks {
-                    add_check_in(txn, check, change_index)?;
-                }
+                register_in(txn, registration, own, false, change_index)?;
             }
-            for check in node_checks {
+            for check in others {
                 add_check_in(txn, check, change_index)?;
             }
             Ok(Write::Commit(node.clone()))

@@ -474,6 +474,12 @@ impl SessionTimers {
     }
 }
 
+/// How soon an invalidation that failed is tried again.
+const RETRY_LAPSED: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a task with no clock to wait for looks whether its store is gone.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Invalidates sessions as their clocks run out, until the store closes or is dropped.
 async fn expire_sessions(shared: std::sync::Weak<Shared>) {
     loop {
@@ -489,7 +495,7 @@ async fn expire_sessions(shared: std::sync::Weak<Shared>) {
         if timers.closed.load(Ordering::SeqCst) {
             return;
         }
-        let (lapsed, next) = timers.lapsed();
+        let (lapsed, mut next) = timers.lapsed();
         for id in lapsed {
             // Renewed since it was read: its clock was set again.
             let still_lapsed = timers
@@ -503,19 +509,19 @@ async fn expire_sessions(shared: std::sync::Weak<Shared>) {
                 Ok(_) => tracing::info!(session = %id, "a session's TTL lapsed: invalidated"),
                 Err(Error::Closed) => return,
                 Err(error) => {
-                    tracing::warn!(session = %id, %error, "cannot invalidate a lapsed session")
+                    tracing::warn!(session = %id, %error, "cannot invalidate a lapsed session; trying again in a second");
+                    let again = tokio::time::Instant::now() + RETRY_LAPSED;
+                    next = Some(next.map_or(again, |next| next.min(again)));
                 }
             }
         }
         drop(store);
-        match next {
-            Some(next) => {
-                tokio::select! {
-                    () = changed => {}
-                    () = tokio::time::sleep_until(next) => {}
-                }
-            }
-            None => changed.await,
+        // Woken by a clock set or stopped, the next deadline, or now and then to find out
+        // whether the store was dropped without being closed.
+        let wake = next.unwrap_or_else(|| tokio::time::Instant::now() + IDLE_CHECK);
+        tokio::select! {
+            () = changed => {}
+            () = tokio::time::sleep_until(wake) => {}
         }
     }
 }
