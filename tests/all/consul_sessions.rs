@@ -18,6 +18,27 @@ async fn create_session(node: &TestNode, body: Value) -> String {
     reply.json()["ID"].as_str().unwrap().to_owned()
 }
 
+/// Waits, with blocking reads of the session, until it is gone (at most 20 s). Session reads
+/// wait on the change index, so each change answers them: read until the guard has acted.
+async fn wait_until_gone(node: &TestNode, id: &str, what: &str) {
+    let mut index = 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = node
+            .send(
+                "GET",
+                &format!("/v1/session/info/{id}?index={index}&wait=5s"),
+                None,
+            )
+            .await;
+        index = crate::consul::read_index(&reply);
+        if reply.json() == json!([]) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+    }
+}
+
 async fn put(node: &TestNode, path: &str, body: &str) -> Reply {
     node.send("PUT", path, Some(body)).await
 }
@@ -291,25 +312,7 @@ async fn sessions_end_with_their_ttl_or_their_checks() {
     assert_eq!(reply.json(), json!(true));
     let reply = put(&node, "/v1/agent/check/fail/db-alive", "").await;
     assert_eq!(reply.status, 200);
-    let mut index = 1;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let reply = node
-            .send(
-                "GET",
-                &format!("/v1/session/info/{guarded}?index={index}&wait=5s"),
-                None,
-            )
-            .await;
-        index = crate::consul::read_index(&reply);
-        if reply.json() == json!([]) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the session outlived its check"
-        );
-    }
+    wait_until_gone(&node, &guarded, "the session outlived its check").await;
     assert!(entry(&node, "db/leader").await.get("Session").is_none());
     // A session of a node registered through the catalog ends with that node.
     let body = json!({"Node": "ext", "Address": "10.0.0.1",
@@ -324,26 +327,7 @@ async fn sessions_end_with_their_ttl_or_their_checks() {
     )
     .await;
     assert_eq!(reply.body, "true");
-    // Session reads wait on the change index: read until the guard has acted.
-    let mut index = 1;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let reply = node
-            .send(
-                "GET",
-                &format!("/v1/session/info/{external}?index={index}&wait=5s"),
-                None,
-            )
-            .await;
-        index = crate::consul::read_index(&reply);
-        if reply.json() == json!([]) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the session outlived its node"
-        );
-    }
+    wait_until_gone(&node, &external, "the session outlived its node").await;
 
     // A session cannot be created on a critical check.
     let reply = put(
