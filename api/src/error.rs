@@ -91,6 +91,9 @@ impl From<Error> for ApiError {
                 "cluster-unavailable",
                 message,
             ),
+            Error::Storage(_) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage-full", message)
+            }
             Error::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting-down", message)
             }

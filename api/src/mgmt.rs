@@ -381,8 +381,31 @@ async fn upload_module(
             }
         }
     }
-    let (record, created) = node.add_named_module(bytes, name.as_deref()).await?;
+    let (record, created) = store_upload(&node, bytes, name.as_deref()).await?;
     Ok((created_or_ok(created), Json(record.into())))
+}
+
+/// Stores an upload: wasm, which the node compiles, or a precompiled package (`shoal
+/// compile`), machine code the node would run as it is, so installed only for a caller that
+/// presented the node's token; a node started without one has no such caller.
+async fn store_upload(
+    node: &Node,
+    bytes: Bytes,
+    name: Option<&str>,
+) -> ApiResult<(shoal_registry::ModuleRecord, bool)> {
+    if !shoal_node::is_precompiled(&bytes) {
+        return Ok(node.add_named_module(bytes, name).await?);
+    }
+    if node.config().token.is_none() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "precompiled-refused",
+            "precompiled machine code is installed only by a node started with --token \
+             (SHOAL_TOKEN), for callers that send it; upload the .wasm instead to have this \
+             node compile it",
+        ));
+    }
+    Ok(node.install_precompiled(bytes, name).await?)
 }
 
 async fn list_modules(State(node): State<Node>) -> ApiResult<Json<Vec<ModuleView>>> {
@@ -543,7 +566,7 @@ async fn deploy(
     let limits: shoal_spec::Limits =
         shoal_spec::from_json_value_at("limits", serde_json::Value::Object(limits))?;
     node.check_limits(&limits)?;
-    let (module, _) = node.add_module(bytes).await?;
+    let (module, _) = store_upload(&node, bytes, None).await?;
     let spec = ServiceSpec {
         limits,
         env,

@@ -63,6 +63,11 @@ pub enum Command {
     Call(CallArgs),
     /// List uploaded modules.
     Modules,
+    /// Compile a module here for another machine (an edge board, say), into a package that
+    /// `shoal deploy` or POST /v1/modules installs on a node started with --token, a
+    /// runtime-only build too. Local: no node is called.
+    #[cfg(feature = "compiler")]
+    Compile(CompileArgs),
     /// Show every service's replicas, load, latency, share of the node, and replicas per node.
     Ps,
     /// Change a service's replica bounds.
@@ -132,6 +137,21 @@ pub enum Command {
     },
 }
 
+/// Flags of `shoal compile`.
+#[cfg(feature = "compiler")]
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    /// The module: a wasi:http component or a WASI preview1 command.
+    pub module: PathBuf,
+    /// The target triple of the machine that will run it (aarch64-unknown-linux-gnu,
+    /// x86_64-unknown-linux-gnu); default: this one.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Where to write the package.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
 /// Flags of `shoal up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -156,6 +176,11 @@ pub struct UpArgs {
     /// Use on-demand instance allocation even where the pooling allocator would fit.
     #[arg(long)]
     pub no_pooling: bool,
+    /// Instances that may be alive at once with the pooling allocator, each reserving about
+    /// 4 GiB of address space up front: lower it where the address space is small (a 39-bit
+    /// aarch64 kernel has 512 GiB) to keep pooling there.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_instances: u32,
     /// Memory replicas may reserve (a quantity such as 8Gi); default 3/4 of the machine's.
     #[arg(long, value_parser = parse_bytes)]
     pub capacity_memory: Option<u64>,
@@ -265,6 +290,7 @@ impl UpArgs {
         config.max_module_size = self.max_module_size;
         config.shutdown_timeout = self.shutdown_timeout;
         config.runtime.pooling = !self.no_pooling;
+        config.runtime.max_instances = self.max_instances;
         if self.capacity_memory.is_some() || self.capacity_cpu.is_some() {
             let detected = shoal_runtime::Capacity::detect(0.75);
             config.capacity = Some(shoal_runtime::ReplicaResources {
@@ -559,6 +585,36 @@ pub async fn run_client(cli: Cli) -> anyhow::Result<()> {
                 print_json(&service)
             } else {
                 println!("deleted {name}")
+            }
+        }
+        #[cfg(feature = "compiler")]
+        Command::Compile(args) => {
+            let bytes = std::fs::read(&args.module)
+                .with_context(|| format!("reading {}", args.module.display()))?;
+            let target = args.target.clone();
+            let package = tokio::task::spawn_blocking(move || {
+                shoal_node::precompile(&bytes, target.as_deref())
+            })
+            .await??;
+            let packed = package.to_bytes();
+            std::fs::write(&args.output, &packed)
+                .with_context(|| format!("writing {}", args.output.display()))?;
+            if json {
+                print_json(&serde_json::json!({
+                    "digest": package.digest,
+                    "target": package.target,
+                    "wasmtime": package.wasmtime,
+                    "engine": package.engine,
+                    "size": packed.len(),
+                }));
+            } else {
+                println!(
+                    "{}: {} for {} ({} bytes)",
+                    args.output.display(),
+                    package.digest,
+                    package.target,
+                    packed.len()
+                );
             }
         }
         Command::Modules => {

@@ -50,7 +50,8 @@ pub fn error_response(
 pub fn runtime_error_status(error: &shoal_runtime::Error) -> StatusCode {
     use shoal_runtime::Error as E;
     match error {
-        E::InvalidModule(_) | E::NoCompiler(_) => StatusCode::BAD_REQUEST,
+        E::InvalidModule(_) | E::NoCompiler(_) | E::Precompiled(_) => StatusCode::BAD_REQUEST,
+        E::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
         E::Trap(_)
         | E::MemoryLimit { .. }
         | E::BadCgiOutput(_)

@@ -176,6 +176,9 @@ impl Gateway {
         let _in_flight = self.begin_request();
         let pool = match route {
             Route::Wasm(pool) => pool,
+            Route::Unavailable(reason) => {
+                return error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &reason);
+            }
             Route::External(external) => {
                 return forward::forward(&self.http, &external, target, remote_addr, request).await;
             }

@@ -28,6 +28,8 @@ pub enum Route {
     External(Arc<ExternalService>),
     /// A wasm service of a cluster: its replicas on this node, and the peers that run it.
     Cluster(Arc<ClusterService>),
+    /// A wasm service this node cannot run (its code cannot be loaded here): why.
+    Unavailable(Arc<str>),
 }
 
 /// A wasm service as the gateway of one node of a cluster sees it.

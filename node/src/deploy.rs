@@ -92,12 +92,56 @@ impl Node {
             tokio::task::spawn_blocking(move || runtime.load(&key, || Ok(compile_bytes.to_vec())))
                 .await
                 .map_err(|error| Error::Internal(error.to_string()))??;
-        let kind = convert::module_kind(compiled.kind());
+        self.put_module(&digest, compiled.kind(), bytes).await
+    }
+
+    async fn put_module(
+        &self,
+        digest: &Digest,
+        kind: GuestKind,
+        bytes: Bytes,
+    ) -> Result<(ModuleRecord, bool)> {
+        let kind = convert::module_kind(kind);
         // In a cluster, on a second node's disk before the record says the module exists.
-        self.replicate_module(&digest, kind, &bytes).await?;
-        let committed = self.inner.store.put_module(&digest, kind, bytes).await?;
+        self.replicate_module(digest, kind, &bytes).await?;
+        let committed = self.inner.store.put_module(digest, kind, bytes).await?;
         self.wait_applied(committed.index).await?;
         Ok(committed.value)
+    }
+
+    /// Installs a precompiled package (`shoal compile`): checks it, writes its machine code to
+    /// the artifact cache and stores its wasm bytes as the module, which then deploys like any
+    /// other, on a node without a compiler too. Idempotent by digest.
+    ///
+    /// Loading machine code is running it: the surfaces call this only for callers that
+    /// presented the node's token.
+    pub async fn install_precompiled(
+        &self,
+        package: Bytes,
+        name: Option<&str>,
+    ) -> Result<(ModuleRecord, bool)> {
+        self.check_running()?;
+        if let Some(name) = name {
+            check_module_name(name)?;
+        }
+        let package = shoal_runtime::Precompiled::parse(&package)?;
+        let digest: Digest = package.digest.parse()?;
+        let runtime = self.inner.runtime.clone();
+        let (compiled, package) = tokio::task::spawn_blocking(move || {
+            runtime
+                .install(&package)
+                .map(|compiled| (compiled, package))
+        })
+        .await
+        .map_err(|error| Error::Internal(error.to_string()))??;
+        let (record, created) = match self.inner.store.module(&digest).await? {
+            Some(record) => (record, false),
+            None => {
+                self.put_module(&digest, compiled.kind(), Bytes::from(package.wasm))
+                    .await?
+            }
+        };
+        self.name_and_resolve(record, created, name).await
     }
 
     /// [`add_module`](Node::add_module), then gives the module `name`, which then resolves to
@@ -111,6 +155,15 @@ impl Node {
             check_module_name(name)?;
         }
         let (record, created) = self.store_module(bytes).await?;
+        self.name_and_resolve(record, created, name).await
+    }
+
+    async fn name_and_resolve(
+        &self,
+        record: ModuleRecord,
+        created: bool,
+        name: Option<&str>,
+    ) -> Result<(ModuleRecord, bool)> {
         let record = match name {
             Some(name) => {
                 let committed = self.inner.store.name_module(&record.digest, name).await?;

@@ -65,6 +65,10 @@ pub enum Error {
     /// written; reads still come from what this node last knew. Retry later.
     #[error("the cluster's store cannot be reached, nothing was written; try again: {0}")]
     ClusterUnavailable(String),
+    /// The data directory cannot be written (the disk is full, say): nothing was stored, and
+    /// what runs keeps running. Free space and retry.
+    #[error("the data directory cannot be written, nothing was stored: {0}")]
+    Storage(String),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -155,6 +159,7 @@ impl From<shoal_registry::Error> for Error {
             // Only the cluster's store is remote: a node's own redb file is always there.
             E::Unavailable(reason) => Error::ClusterUnavailable(reason),
             E::Closed => Error::ShuttingDown,
+            E::Full(reason) => Error::Storage(reason),
             other => Error::Internal(format!("{:#}", anyhow::Error::new(other))),
         }
     }
@@ -173,6 +178,7 @@ impl From<shoal_runtime::Error> for Error {
     fn from(error: shoal_runtime::Error) -> Error {
         match error {
             shoal_runtime::Error::Internal(error) => Error::Internal(format!("{error:#}")),
+            shoal_runtime::Error::Storage(reason) => Error::Storage(reason),
             other => Error::Module(other),
         }
     }

@@ -75,7 +75,12 @@ pub use self::status::{
     ServiceResources, ServiceStatus, WasmService,
 };
 /// A service's guest log, as [`Node::logs`] gives it.
-pub use shoal_runtime::{GuestLog, HistogramSnapshot, LogLine, PoolMetrics, Stream as LogStream};
+#[cfg(feature = "compiler")]
+pub use shoal_runtime::precompile;
+pub use shoal_runtime::{
+    GuestLog, HOST_TARGET, HistogramSnapshot, LogLine, PoolMetrics, Stream as LogStream,
+    is_precompiled,
+};
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -161,6 +166,8 @@ struct Inner {
     gateway: Arc<Gateway>,
     /// The wasm services, as the reconcile loop last applied them; only it writes this.
     deployed: ArcSwap<HashMap<ServiceName, Arc<Deployed>>>,
+    /// Services stored but not running here, because their code cannot be loaded: why.
+    unrunnable: ArcSwap<HashMap<ServiceName, Arc<str>>>,
     /// Routes (Kubernetes Services), as the reconcile loop last applied them.
     routes: ArcSwap<std::collections::BTreeMap<ServiceName, shoal_registry::RouteRecord>>,
     /// Registered services and checks, as the reconcile loop last applied them.
@@ -262,6 +269,7 @@ impl Node {
                 runtime: Arc::new(runtime),
                 capacity,
                 deployed: ArcSwap::default(),
+                unrunnable: ArcSwap::default(),
                 catalog: ArcSwap::default(),
                 kv_mirror: ArcSwap::default(),
                 applied: tokio::sync::watch::Sender::new(Indexes::default()),

@@ -193,6 +193,7 @@ impl Node {
     /// Makes the service `name` run `record`, or stop running when there is none.
     async fn apply_service(&self, name: &ServiceName, record: Option<ServiceRecord>) {
         let current = self.inner.deployed.load().get(name).cloned();
+        self.set_unrunnable(name, None);
         match (record, current) {
             (None, None) => {}
             (None, Some(old)) => {
@@ -224,14 +225,35 @@ impl Node {
                     }
                 }
                 // Whatever runs keeps running: a revision that cannot run replaces nothing.
-                Err(error) => tracing::error!(
-                    service = %name,
-                    revision = record.revision,
-                    %error,
-                    "cannot run this revision of the service"
-                ),
+                Err(error) => {
+                    tracing::error!(
+                        service = %name,
+                        revision = record.revision,
+                        %error,
+                        "cannot run this revision of the service"
+                    );
+                    if old.is_none() {
+                        let reason = format!("service {name:?} cannot run on this node: {error}");
+                        self.set_unrunnable(name, Some(reason.into()));
+                    }
+                }
             },
         }
+    }
+
+    /// Records why a stored service is not running here (the gateway answers its requests
+    /// with it), or that it no longer needs saying.
+    fn set_unrunnable(&self, name: &ServiceName, reason: Option<Arc<str>>) {
+        let current = self.inner.unrunnable.load();
+        if reason.is_none() && !current.contains_key(name) {
+            return;
+        }
+        let mut unrunnable = HashMap::clone(&current);
+        match reason {
+            Some(reason) => unrunnable.insert(name.clone(), reason),
+            None => unrunnable.remove(name),
+        };
+        self.inner.unrunnable.store(Arc::new(unrunnable));
     }
 
     /// A replica pool running `record`, reporting its scale events to the event writer.
@@ -380,6 +402,11 @@ impl Node {
                 Route::Wasm(deployed.pool.clone())
             };
             routes.insert(name.to_string(), route);
+        }
+        for (name, reason) in self.inner.unrunnable.load().iter() {
+            routes
+                .entry(name.to_string())
+                .or_insert_with(|| Route::Unavailable(reason.clone()));
         }
         // A route leads where the first service its selector picks does, and never
         // shadows a name that already leads somewhere.

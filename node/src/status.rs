@@ -27,6 +27,10 @@ pub struct NodeStatus {
     pub data_dir: std::path::PathBuf,
     /// The instance allocator in use: `pooling` or `on-demand`.
     pub allocator: &'static str,
+    /// Why: what pooling reserves and whether it fits, or what refused it.
+    pub allocator_reason: String,
+    /// The target triple this build runs on: what `shoal compile --target` compiles for.
+    pub target: &'static str,
     /// Wasm services running.
     pub services: usize,
     /// Gateway requests being served.
@@ -346,6 +350,8 @@ impl Node {
             domain: self.inner.config.domain.clone(),
             data_dir: self.inner.config.data_dir.clone(),
             allocator: runtime.allocator().as_str(),
+            allocator_reason: runtime.allocator_reason().to_owned(),
+            target: shoal_runtime::HOST_TARGET,
             services: deployed.len(),
             in_flight: self.inner.gateway.in_flight(),
             replicas: deployed

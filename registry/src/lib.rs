@@ -158,6 +158,9 @@ pub enum Error {
         /// Where the node holding it says its management API is.
         api: String,
     },
+    /// The disk under the store is full: the write did not happen.
+    #[error("the disk is full: {0}")]
+    Full(String),
     /// The store was closed ([`Store::close`]); nothing more can be read or written.
     #[error("the store is closed")]
     Closed,

@@ -12,8 +12,9 @@
 //! the compiler serves what a full build compiled. Deserializing machine code is trusting it,
 //! so a cached artifact carries a SHA-256 of its own bytes, is checked for the expected kind
 //! and engine compatibility, and anything that fails a check is passed over, never loaded
-//! (and recompiled and replaced, where there is a compiler). Only this node's compiler writes
-//! the cache: precompiled code never comes from the network.
+//! (and recompiled and replaced, where there is a compiler). The cache is written by this
+//! node's compiler, and by [`Runtime::install`](crate::Runtime::install) of a precompiled
+//! package an authenticated caller sent (`precompiled.rs`); never from anyone else.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -117,7 +118,10 @@ impl Runtime {
     pub fn compile(&self, digest: &str, _bytes: &[u8]) -> Result<Compiled> {
         Err(Error::NoCompiler(format!(
             "module {digest} is not in this node's artifact cache, and this build of shoal has \
-             no compiler: compile it once with a full build of shoal on the same data directory"
+             no compiler: compile it elsewhere with `shoal compile MODULE --target {}` and \
+             upload the package with the node's token, or compile it once with a full build of \
+             shoal on the same data directory",
+            crate::HOST_TARGET
         )))
     }
 
@@ -232,16 +236,17 @@ fn list(names: &[&str]) -> String {
 }
 
 #[allow(unsafe_code)]
-fn deserialize_module(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Module> {
-    // SAFETY: the artifact was written by `ArtifactCache::store` from wasmtime's own
-    // serializer, and `ArtifactCache::read` verified its SHA-256 before returning it,
-    // so these are the bytes wasmtime produced; wasmtime itself then checks the
-    // engine compatibility recorded in the artifact's header.
+pub(crate) fn deserialize_module(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Module> {
+    // SAFETY: the artifact was written by wasmtime's own serializer: by this node's compiler
+    // into the cache (`ArtifactCache::read` verified its SHA-256 before returning it), or by
+    // another node's, in a package an authenticated caller installed (`Precompiled::parse`
+    // verified its SHA-256); wasmtime itself then checks the engine compatibility recorded in
+    // the artifact's header.
     Ok(unsafe { Module::deserialize(engine, artifact) }?)
 }
 
 #[allow(unsafe_code)]
-fn deserialize_component(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
+pub(crate) fn deserialize_component(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
     // SAFETY: as for `deserialize_module`.
     Ok(unsafe { Component::deserialize(engine, artifact) }?)
 }
@@ -273,24 +278,19 @@ impl ArtifactCache {
         })
     }
 
-    /// The file an artifact of `digest` is stored in by this engine, if it stores any.
-    fn path(&self, digest: &str) -> Option<PathBuf> {
-        let name = digest.replace(':', "-");
-        let fingerprint = self.fingerprint.as_ref()?;
-        self.dir
-            .as_ref()
-            .map(|dir| dir.join(format!("{name}.{fingerprint}.cwasm")))
-    }
-
-    /// The file to read an artifact of `digest` from: this engine's, or, without a
-    /// fingerprint, the newest one of any engine.
+    /// The file to read an artifact of `digest` from: this engine's if there is one, else the
+    /// newest one of any engine (installed precompiled, or cached by a build whose fingerprint
+    /// this one cannot compute); wasmtime checks that it fits.
     fn find(&self, digest: &str) -> anyhow::Result<Option<PathBuf>> {
-        if self.fingerprint.is_some() {
-            return Ok(self.path(digest));
-        }
         let Some(dir) = &self.dir else {
             return Ok(None);
         };
+        if let Some(fingerprint) = &self.fingerprint {
+            let own = dir.join(format!("{}.{fingerprint}.cwasm", digest.replace(':', "-")));
+            if own.exists() {
+                return Ok(Some(own));
+            }
+        }
         let prefix = format!("{}.", digest.replace(':', "-"));
         let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
         for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -332,12 +332,23 @@ impl ArtifactCache {
     /// Stores an artifact this engine compiled.
     #[cfg(feature = "compiler")]
     pub(crate) fn store(&self, digest: &str, artifact: &[u8]) -> anyhow::Result<()> {
-        let Some(path) = self.path(digest) else {
+        match &self.fingerprint {
+            Some(fingerprint) => self.store_as(digest, fingerprint, artifact),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores an artifact compiled elsewhere by an engine of this `fingerprint` (hex).
+    pub(crate) fn store_as(
+        &self,
+        digest: &str,
+        fingerprint: &str,
+        artifact: &[u8],
+    ) -> anyhow::Result<()> {
+        let Some(dir) = &self.dir else {
             return Ok(());
         };
-        let dir = path
-            .parent()
-            .expect("cache paths are always inside the cache dir");
+        let path = dir.join(format!("{}.{fingerprint}.cwasm", digest.replace(':', "-")));
         let checksum = Sha256::digest(artifact);
         write_atomically(dir, &path, &[checksum.as_slice(), artifact])
     }
@@ -346,7 +357,7 @@ impl ArtifactCache {
 /// wasmtime's compatibility hash of the engine, in hex: artifacts with the same fingerprint
 /// deserialize in this engine.
 #[cfg(feature = "compiler")]
-fn fingerprint(engine: &Engine) -> Option<String> {
+pub(crate) fn fingerprint(engine: &Engine) -> Option<String> {
     use std::hash::{Hash as _, Hasher as _};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -361,7 +372,6 @@ fn fingerprint(_engine: &Engine) -> Option<String> {
 
 /// Writes `parts` to a temporary file in `dir`, syncs it, renames it over `path` and
 /// syncs the directory, so readers see either the old file or the whole new one.
-#[cfg(feature = "compiler")]
 fn write_atomically(
     dir: &std::path::Path,
     path: &std::path::Path,

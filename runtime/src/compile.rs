@@ -13,16 +13,23 @@ use crate::artifact::{ACCEPTED, Compiled, Pre};
 use crate::{Error, Result, Runtime};
 
 /// What the first eight bytes say the module is.
-enum Format {
+pub(crate) enum Format {
     Core,
     Component,
 }
 
-fn sniff(bytes: &[u8]) -> Result<Format> {
+pub(crate) fn sniff(bytes: &[u8]) -> Result<Format> {
     if bytes.is_empty() {
         return Err(Error::InvalidModule(format!(
             "the module is empty; {ACCEPTED}"
         )));
+    }
+    if crate::is_precompiled(bytes) {
+        return Err(Error::InvalidModule(
+            "this is a precompiled package (from `shoal compile`), not wasm: install it with \
+             POST /v1/modules on a node started with --token, sending the token"
+                .to_owned(),
+        ));
     }
     if !bytes.starts_with(b"\0asm") {
         let head = &bytes[..bytes.len().min(4)];

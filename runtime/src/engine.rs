@@ -7,7 +7,8 @@
 //! and the TLB shootdowns that come with returning memory to the kernel. Pooling needs
 //! a large virtual address space (terabytes for a thousand 4 GiB memory reservations),
 //! which small ARM boards with 39-bit address spaces do not have, so the engine probes
-//! for it at start and falls back to on-demand allocation, logging which one it uses.
+//! for it at start (`address_space.rs`, bounded in time) and falls back to on-demand
+//! allocation, reporting which one it uses and why.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::address_space::{self, Misfit};
 use crate::artifact::{ArtifactCache, Compiled};
 use crate::cpu::{CpuScheduler, SATURATED_WINDOW};
 use crate::exec::{cgi, http};
@@ -111,6 +113,7 @@ pub struct Runtime {
     pub(crate) n_cache_hits: AtomicU64,
     pub(crate) n_cache_rejected: AtomicU64,
     allocator: AllocatorKind,
+    allocator_reason: String,
     config: RuntimeConfig,
     scheduler: Arc<CpuScheduler>,
     ticker: EpochTicker,
@@ -120,8 +123,9 @@ impl Runtime {
     /// Builds the engine (probing for the pooling allocator), the linkers and the
     /// epoch ticker.
     pub fn new(config: RuntimeConfig) -> crate::Result<Runtime> {
-        let (engine, allocator) = build_engine(&config).map_err(crate::Error::Internal)?;
-        tracing::info!(allocator = allocator.as_str(), "wasm engine ready");
+        let (engine, allocator, allocator_reason) =
+            build_engine(&config).map_err(crate::Error::Internal)?;
+        tracing::info!(allocator = allocator.as_str(), reason = %allocator_reason, "wasm engine ready");
         let http_linker = http::linker(&engine).map_err(crate::Error::Internal)?;
         let cgi_linker = cgi::linker(&engine).map_err(crate::Error::Internal)?;
         let cache = ArtifactCache::new(config.cache_dir.clone(), &engine)
@@ -142,6 +146,7 @@ impl Runtime {
             n_cache_hits: AtomicU64::new(0),
             n_cache_rejected: AtomicU64::new(0),
             allocator,
+            allocator_reason,
             config,
             scheduler,
             ticker,
@@ -156,6 +161,12 @@ impl Runtime {
     /// The allocator in use.
     pub fn allocator(&self) -> AllocatorKind {
         self.allocator
+    }
+
+    /// Why the engine uses the allocator it does: what pooling would reserve, and whether it
+    /// fits, was turned off, or was refused (by `ulimit -v`, the kernel or a slow emulator).
+    pub fn allocator_reason(&self) -> &str {
+        &self.allocator_reason
     }
 
     /// The node's CPU scheduler, which the guests of every service share.
@@ -183,7 +194,7 @@ impl Runtime {
     }
 }
 
-fn base_config() -> Config {
+pub(crate) fn base_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.consume_fuel(true);
@@ -191,22 +202,66 @@ fn base_config() -> Config {
     config
 }
 
-fn build_engine(runtime: &RuntimeConfig) -> anyhow::Result<(Engine, AllocatorKind)> {
-    if runtime.pooling {
-        let mut config = base_config();
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(runtime)));
-        match Engine::new(&config) {
-            Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),
-            Err(error) => tracing::warn!(
-                error = %error,
-                "cannot reserve the pooling allocator's address space; using on-demand allocation"
+fn build_engine(runtime: &RuntimeConfig) -> anyhow::Result<(Engine, AllocatorKind, String)> {
+    let reason = if runtime.pooling {
+        let n = runtime.max_instances;
+        let reservation = pooling_reservation(runtime);
+        let wants = format!(
+            "pooling {n} instances (--max-instances) reserves about {} of address space",
+            gib(reservation)
+        );
+        match address_space::check(reservation, address_space::PROBE_DEADLINE) {
+            Ok(()) => {
+                let mut config = base_config();
+                config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+                    runtime,
+                )));
+                match Engine::new(&config) {
+                    Ok(engine) => {
+                        let reason =
+                            format!("{wants} up front, and it fits: instances reuse their slots");
+                        return Ok((engine, AllocatorKind::Pooling, reason));
+                    }
+                    Err(error) => format!("{wants}, and wasmtime could not set it up: {error}"),
+                }
+            }
+            Err(Misfit::Limited(limit)) => format!(
+                "{wants}, and the address space is limited to {} (ulimit -v)",
+                gib(limit)
+            ),
+            Err(Misfit::Refused(error)) => format!(
+                "{wants}, and the kernel refused it ({error}); a 39-bit address space has 512 GiB"
+            ),
+            Err(Misfit::TooSlow(deadline)) => format!(
+                "{wants}, and reserving it took longer than {}s (an emulator such as qemu-user maps it page by page)",
+                deadline.as_secs()
             ),
         }
-    }
+    } else {
+        "pooling is turned off (--no-pooling)".to_owned()
+    };
+    tracing::warn!(reason = %reason, "using on-demand instance allocation");
     let engine = Engine::new(&base_config())
         .map_err(anyhow::Error::from)
         .context("creating the wasm engine")?;
-    Ok((engine, AllocatorKind::OnDemand))
+    Ok((engine, AllocatorKind::OnDemand, reason))
+}
+
+/// The linear memory reserved per instance on 64-bit hosts by default, and its guard.
+const MEMORY_RESERVATION: u64 = 4 << 30;
+const MEMORY_GUARD: u64 = 32 << 20;
+/// An async stack (wasmtime's default) and its guard page.
+const STACK_RESERVATION: u64 = (2 << 20) + (64 << 10);
+
+/// About how much address space the pooling allocator reserves: one memory slot and one
+/// stack per instance; tables are small beside them.
+fn pooling_reservation(runtime: &RuntimeConfig) -> u64 {
+    let slot = runtime.max_memory_per_instance.max(MEMORY_RESERVATION) + MEMORY_GUARD;
+    u64::from(runtime.max_instances).saturating_mul(slot + STACK_RESERVATION)
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{} GiB", bytes.div_ceil(1 << 30))
 }
 
 /// Pages kept mapped per slot when an instance is recycled: enough for a typical small

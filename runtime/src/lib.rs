@@ -14,10 +14,13 @@
 //!
 //! # Layout
 //! Imports run one way: `sandbox` ← `exec` ← `service` ← `replica`.
-//! - `engine.rs`: [`RuntimeConfig`], [`Runtime`], the allocator probe and the epoch ticker.
+//! - `engine.rs`: [`RuntimeConfig`], [`Runtime`], the choice of allocator and the epoch ticker;
+//!   `address_space.rs`: whether pooling's reservation fits, asked in a child with a deadline.
 //! - `artifact.rs`: [`GuestKind`], [`Compiled`], linking, the durable artifact cache.
 //! - `compile.rs` (feature `compiler`): compiling uploads with Cranelift. Without it the
 //!   runtime serves what the cache holds.
+//! - `precompiled.rs`: packages of machine code compiled for another machine
+//!   ([`precompile`]), checked and installed ([`Runtime::install`]) on one without a compiler.
 //! - `cpu.rs`: the node's [`CpuScheduler`], which shares the CPU between services by weight,
 //!   in slots, measured in thread CPU time.
 //! - `sandbox/`: the leaf: [`SandboxLimits`], metering of memory, fuel and cpu, bounded
@@ -35,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod address_space;
 mod artifact;
 #[cfg(feature = "compiler")]
 mod compile;
@@ -44,6 +48,7 @@ mod exec;
 mod kernel;
 mod logs;
 mod metrics;
+mod precompiled;
 mod replica;
 mod sandbox;
 mod service;
@@ -57,6 +62,9 @@ pub use self::exec::{RequestContext, ServiceConfig};
 pub use self::kernel::TickerPriority;
 pub use self::logs::{GuestLog, LogLine, Stream};
 pub use self::metrics::{BUCKETS, Histogram, HistogramSnapshot, Recent};
+#[cfg(feature = "compiler")]
+pub use self::precompiled::precompile;
+pub use self::precompiled::{HOST_TARGET, Precompiled, WASMTIME_VERSION, is_precompiled};
 pub use self::replica::{
     Autoscaler, Capacity, Decision, EventSink, Fault, FaultReason, HeldDemand, Occupancy,
     PoolMetrics, PoolStatus, ReplicaPool, ReplicaResources, ReplicaSpec, ReplicaState, Reservation,
@@ -125,6 +133,13 @@ pub enum Error {
     /// Every instance slot of the pooling allocator is taken: the node is at capacity.
     #[error("the node is at capacity: {0}")]
     Overloaded(String),
+    /// A precompiled package was refused: damaged, or compiled for another target, wasmtime
+    /// or engine; the message says which.
+    #[error("{0}")]
+    Precompiled(String),
+    /// Compiled code could not be written to the data directory (it is full, say).
+    #[error("cannot store the compiled code: {0}")]
+    Storage(String),
     /// Anything else: a host-side failure, never the guest's doing.
     #[error("internal error: {0:#}")]
     Internal(#[source] anyhow::Error),
@@ -139,6 +154,8 @@ impl Error {
         match self {
             Error::InvalidModule(_) => "invalid-module",
             Error::NoCompiler(_) => "no-compiler",
+            Error::Precompiled(_) => "precompiled-refused",
+            Error::Storage(_) => "storage",
             Error::Trap(_) => "trap",
             Error::MemoryLimit { .. } => "memory-limit",
             Error::OutOfFuel { .. } => "out-of-fuel",

@@ -1,10 +1,25 @@
-//! The edge build: `cargo build -p shoal --no-default-features` has no compiler (no
-//! Cranelift), and serves what a full build compiled into the same data directory.
+//! Edge devices: the runtime-only build, precompiled modules, small address spaces, a full
+//! disk, and the same suite on another architecture under emulation.
 //!
-//! `scripts/test` builds it and runs this with `SHOAL_EDGE_BIN` set to it
-//! (`cargo test -p shoal-tests --features edge --test edge`): a full node compiles and serves
-//! modules, then the edge binary serves them from the same data directory, takes a module whose
-//! machine code is cached, and refuses one it would have to compile.
+//! `scripts/test` runs this (`cargo test -p shoal-tests --features edge --test edge`) twice:
+//! - natively: `SHOAL_BIN` the full x86-64 build, `SHOAL_EDGE_BIN` the runtime-only one
+//!   (`cargo build -p shoal --no-default-features`: no compiler, no Cranelift);
+//! - for aarch64 under qemu-user: both builds cross-compiled, `SHOAL_RUNNER` the emulator
+//!   command they run under, and `SHOAL_COMPILE_BIN` the native full build, which compiles
+//!   modules for them with `shoal compile --target`, as a laptop would for a board.
+//!
+//! Modules:
+//! - this file: the runtime-only build serves what a full build compiled into its data
+//!   directory, and refuses what it would have to compile;
+//! - `precompiled.rs`: `shoal compile --target` on one machine, installed with the token on
+//!   a runtime-only node, and every way an install is refused;
+//! - `subset.rs`: what a new architecture must pass: upload and compile, both executors,
+//!   limits, scaling and a restart;
+//! - `small.rs`: an address space too small for pooling, a full disk, a damaged cache.
+
+mod precompiled;
+mod small;
+mod subset;
 
 use std::path::PathBuf;
 
@@ -18,6 +33,11 @@ fn edge_bin() -> PathBuf {
              (scripts/test does)",
         )
         .into()
+}
+
+/// The full build that runs `shoal compile` here: the native one.
+fn compile_bin() -> PathBuf {
+    std::env::var_os("SHOAL_COMPILE_BIN").map_or_else(shoal_bin, PathBuf::from)
 }
 
 async fn get(url: String) -> Reply {

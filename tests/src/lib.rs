@@ -303,7 +303,26 @@ impl ChildNode {
 
     /// Starts `shoal up` from `bin` with more flags (`--etcd ...`); as [`ChildNode::start`].
     pub async fn start_with(bin: &Path, data_dir: &Path, flags: &[String]) -> ChildNode {
-        let mut child = tokio::process::Command::new(bin)
+        ChildNode::start_wrapped(&[], bin, data_dir, flags).await
+    }
+
+    /// Starts `shoal up` from `bin` with more flags, through `wrapper` (a command that runs
+    /// the rest of its arguments: `prlimit --as=N --`, say); as [`ChildNode::start`].
+    ///
+    /// A binary for another architecture runs under the emulator `SHOAL_RUNNER` names
+    /// (`qemu-aarch64-static -L /usr/aarch64-linux-gnu`), inside the wrapper.
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        bin: &Path,
+        data_dir: &Path,
+        flags: &[String],
+    ) -> ChildNode {
+        let runner = std::env::var("SHOAL_RUNNER").unwrap_or_default();
+        let mut argv: Vec<std::ffi::OsString> = wrapper.iter().map(Into::into).collect();
+        argv.extend(runner.split_whitespace().map(Into::into));
+        argv.push(bin.into());
+        let mut child = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
             .args([
                 "up",
                 "--api-listen",

@@ -44,7 +44,16 @@ pub(crate) struct Db {
     /// Held from a write's start until its change is in the log, so the log is in commit
     /// order; redb's own write lock is released at commit, before the push.
     writer: Mutex<()>,
+    /// The directory of the file, whose free space is checked before each write; `None` in
+    /// memory.
+    pub(crate) dir: Option<std::path::PathBuf>,
 }
+
+/// Free space a write leaves on the disk, beyond twice what it stores: redb writes pages
+/// copy-on-write and grows its file in steps. A write that failed for want of space would make
+/// redb refuse every later call until the file is opened again, so a write that might not fit
+/// is refused before it starts.
+const SPACE_RESERVE: u64 = 1 << 20;
 
 impl Db {
     /// Takes over `database`, creating any missing table and the change index at 1, so that
@@ -83,7 +92,28 @@ impl Db {
             clock,
             log: ChangeLog::new(current, log_capacity),
             writer: Mutex::new(()),
+            dir: None,
         })
+    }
+
+    /// Refuses a write of about `bytes` that the disk may not have room for.
+    pub(crate) fn check_space(&self, bytes: u64) -> DbResult<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let Ok(stat) = rustix::fs::statvfs(dir) else {
+            return Ok(());
+        };
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let needed = bytes.saturating_mul(2).saturating_add(SPACE_RESERVE);
+        if free < needed {
+            return Err(DbError(Error::Full(format!(
+                "{}: {free} bytes free under {}, and a write of {bytes} bytes needs {needed}",
+                std::io::Error::from_raw_os_error(28),
+                dir.display()
+            ))));
+        }
+        Ok(())
     }
 
     fn read_change_index(database: &Database) -> DbResult<u64> {
@@ -105,6 +135,7 @@ impl Db {
         bytes: &[u8],
     ) -> DbResult<Committed<(ModuleRecord, bool)>> {
         shoal_registry::check_digest(digest, bytes)?;
+        self.check_space(bytes.len() as u64)?;
         let committed = self.write(Subject::Module(digest.clone()), |txn| {
             let mut modules = txn.open_table(MODULES)?;
             let existing = modules
@@ -626,6 +657,7 @@ impl Db {
         &self,
         body: impl FnOnce(&WriteTransaction) -> DbResult<(Write<T>, Subject)>,
     ) -> DbResult<Committed<T>> {
+        self.check_space(0)?;
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let txn = self.database.begin_write()?;
         let outcome = body(&txn).and_then(|(write, subject)| {
@@ -689,11 +721,21 @@ macro_rules! storage_error_from {
         $(
             impl From<$redb_error> for DbError {
                 fn from(error: $redb_error) -> DbError {
-                    DbError(Error::Storage(Box::new(redb::Error::from(error))))
+                    DbError(storage_error(redb::Error::from(error)))
                 }
             }
         )*
     };
+}
+
+/// A full disk is told apart: the caller can say what to do about it.
+fn storage_error(error: redb::Error) -> Error {
+    match &error {
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            Error::Full(io.to_string())
+        }
+        _ => Error::Storage(Box::new(error)),
+    }
 }
 
 storage_error_from!(

@@ -79,11 +79,13 @@ impl RedbStore {
     pub async fn open(path: &Path, options: Options) -> Result<RedbStore> {
         let path = path.to_owned();
         let db = tokio::task::spawn_blocking(move || {
-            Db::init(
+            let mut db = Db::init(
                 Database::create(&path).map_err(db::DbError::from)?,
                 options.clock,
                 options.log_capacity,
-            )
+            )?;
+            db.dir = path.parent().map(Path::to_owned);
+            Ok::<_, db::DbError>(db)
         })
         .await
         .map_err(|error| Error::Storage(Box::new(error)))?
