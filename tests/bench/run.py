@@ -35,11 +35,15 @@ all alike, medians reported:
   involved), deploy to answerable on every node, 1,000 services with min 1 placed and
   answering, and failover after SIGKILL of the node running a service;
 - before and after (with BENCH_BASELINE=<git revision>): CPU per request at fixed rates of
-  shoal built from that revision and of this tree, side by side, per-request and reuse.
+  shoal built from that revision and of this tree, side by side, per-request and reuse;
+- footprint (edge devices): the `edge` profile's binaries, full and runtime-only, for x86-64
+  and aarch64 (cross-compiled); idle RSS of a node with no services and with 10, and its data
+  directory; hello's requests per second on the runtime-only build natively and on the aarch64
+  one under qemu-user (emulation: a rough guide, not a performance figure).
 
 Environment: BENCH_DURATION (wrk duration, default 5s), BENCH_ROUNDS (default 5),
 BENCH_ONLY (comma-separated sections: throughput, latency, fuel, cold, density, contention,
-slice, baseline, cluster),
+slice, baseline, cluster, footprint),
 BENCH_BASELINE (a git revision to compare with; the baseline section runs only when set),
 BENCH_CLIENT_RT (contention: hello's client in the real-time class).
 """
@@ -92,8 +96,9 @@ def run(*args, **kwargs):
 
 # ---------------------------------------------------------------- building and the peer
 
-def build():
-    run("cargo", "build", "--release", "--locked", "--bin", "shoal", "--bin", "native-hello")
+def build(servers=True):
+    if servers:
+        run("cargo", "build", "--release", "--locked", "--bin", "shoal", "--bin", "native-hello")
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(TARGET, "bench-guests"))
     env.pop("CARGO_ENCODED_RUSTFLAGS", None)
     run("cargo", "build", "--release", "--locked", "--manifest-path", "guests/Cargo.toml",
@@ -167,14 +172,15 @@ def wait_http(url, process, limit=60):
 class Shoal:
     """`shoal up` on loopback, with its API and gateway addresses."""
 
-    def __init__(self, binary, data_dir, extra=()):
+    def __init__(self, binary, data_dir, extra=(), prefix=()):
         self.binary, self.data_dir, self.extra = binary, data_dir, list(extra)
+        self.prefix = list(prefix)
         self.start()
 
     def start(self):
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            [self.binary, "up", "--data-dir", self.data_dir, "--api-listen", "127.0.0.1:0",
+            self.prefix + [self.binary, "up", "--data-dir", self.data_dir, "--api-listen", "127.0.0.1:0",
              "--gateway-listen", "127.0.0.1:0"] + self.extra,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=SERVER_ENV)
         line = self.process.stdout.readline()
@@ -779,6 +785,99 @@ def cluster_bench(paths, load):
 
 # ---------------------------------------------------------------- the report
 
+# ---------------------------------------------------------------- footprint (edge devices)
+
+EDGE_TARGETS = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"]
+QEMU = ["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu"]
+TOKEN = "footprint"
+
+
+def edge_builds():
+    """The `edge` profile's binaries: {(target, "full" | "runtime-only"): path}."""
+    env = dict(os.environ, CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER="aarch64-linux-gnu-gcc")
+    out = os.path.join(TARGET, "footprint")
+    os.makedirs(out, exist_ok=True)
+    builds = {}
+    for target in EDGE_TARGETS:
+        for kind, flags in [("runtime-only", ["--no-default-features"]), ("full", [])]:
+            run("cargo", "build", "--locked", "--profile", "edge", "-p", "shoal", "--target", target,
+                *flags, env=env)
+            path = os.path.join(out, f"shoal-{target}-{kind}")
+            subprocess.run(["cp", os.path.join(TARGET, target, "edge", "shoal"), path], check=True)
+            builds[(target, kind)] = path
+    return builds
+
+
+def authed(node, method, path, body=None):
+    data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+    request = urllib.request.Request(node.api + path, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request) as response:
+        return json.loads(response.read())
+
+
+def package(compiler, wasm, target, directory):
+    out = os.path.join(directory, f"hello-{target}.cwasm")
+    run(compiler, "compile", wasm, "--target", target, "-o", out, stdout=subprocess.DEVNULL)
+    with open(out, "rb") as f:
+        return f.read()
+
+
+def settled_rss(pid):
+    """RSS once the node has been idle for a second: what it holds, not what it just freed."""
+    time.sleep(1)
+    return rss_mib(pid)
+
+
+def du_mib(directory):
+    total = sum(os.path.getsize(os.path.join(root, name))
+                for root, _, names in os.walk(directory) for name in names)
+    return total / (1 << 20)
+
+
+def footprint(paths):
+    builds = edge_builds()
+    host = EDGE_TARGETS[0]
+    compiler = builds[(host, "full")]
+    lines = ["| binary (`--profile edge`, stripped) | x86-64 | aarch64 |", "|---|---|---|"]
+    for kind in ["runtime-only", "full"]:
+        sizes = [os.path.getsize(builds[(target, kind)]) / 1e6 for target in EDGE_TARGETS]
+        lines.append(f"| {kind} | {sizes[0]:.1f} MB | {sizes[1]:.1f} MB |")
+    lines += ["", "| x86-64 node | idle RSS, no services | idle RSS, 10 hello services | data directory, 10 services |",
+              "|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as scratch:
+        for kind in ["runtime-only", "full"]:
+            data_dir = os.path.join(scratch, kind)
+            node = Shoal(builds[(host, kind)], data_dir, ["--token", TOKEN])
+            try:
+                empty = settled_rss(node.process.pid)
+                body = (package(compiler, paths["hello"], host, scratch) if kind == "runtime-only"
+                        else open(paths["hello"], "rb").read())
+                digest = authed(node, "POST", "/v1/modules", body)["digest"]
+                for i in range(10):
+                    authed(node, "PUT", f"/v1/services/hello-{i}", {"module": digest})
+                    timed_get(f"{node.gateway}/hello-{i}/")
+                ten = settled_rss(node.process.pid)
+            finally:
+                node.stop()
+            lines.append(f"| {kind} | {empty:.1f} MiB | {ten:.1f} MiB | {du_mib(data_dir):.1f} MiB |")
+        lines += ["", "| hello, runtime-only build, wrk -t1 -c4 | requests/s |", "|---|---|"]
+        for target, prefix in [(host, []), (EDGE_TARGETS[1], QEMU)]:
+            data_dir = os.path.join(scratch, f"rps-{target}")
+            node = Shoal(builds[(target, "runtime-only")], data_dir, ["--token", TOKEN], prefix=prefix)
+            try:
+                authed(node, "POST", "/v1/deploy/hello", package(compiler, paths["hello"], target, scratch))
+                out = subprocess.run(["wrk", "-t1", "-c4", f"-d{DURATION}", f"{node.gateway}/hello/"],
+                                     check=True, capture_output=True, text=True).stdout
+                rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+            finally:
+                node.stop()
+            where = "x86-64, native" if not prefix else "aarch64 under qemu-user (emulated)"
+            lines.append(f"| {where} | {rps:,.0f} |")
+    lines.append("")
+    return lines
+
+
 def machine():
     with open("/proc/meminfo") as meminfo:
         mem_gib = int(re.search(r"MemTotal:\s+(\d+)", meminfo.read()).group(1)) / 1024 / 1024
@@ -838,7 +937,7 @@ def main():
             return False
         return not ONLY or name in ONLY
 
-    paths = build()
+    paths = build(servers=not ONLY or ONLY != {"footprint"})
     peer = wasmtime() if any(section(name) for name in ["throughput", "latency", "fuel"]) else None
     load = oha()
     lines = [f"Machine: {machine()}. Saturated: wrk -t2 -c{CONNECTIONS} -d{DURATION}; fixed rate: oha -c{CONNECTIONS} "
@@ -921,6 +1020,10 @@ def main():
             idle, loaded, p99, restart, compiled = density(paths, n_modules)
             lines.append(f"| {label} | {idle:.0f} MiB | {loaded:.0f} MiB | {p99:.2f} ms | {restart * 1000:.0f} ms | {compiled} |")
         lines.append("")
+
+    if section("footprint"):
+        log("footprint")
+        lines += footprint(paths)
 
     report = "\n".join(lines)
     print(report)
