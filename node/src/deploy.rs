@@ -141,6 +141,9 @@ impl Node {
                     .await?
             }
         };
+        // Services stored with this module that could not run here (its code was missing or
+        // damaged) can now.
+        self.retry_unrunnable().await;
         self.name_and_resolve(record, created, name).await
     }
 

@@ -185,6 +185,10 @@ struct Inner {
     logs: Mutex<HashMap<ServiceName, Arc<shoal_runtime::GuestLog>>>,
     /// Serializes deploys on this node, so admission counts what the last one reserved.
     admission: tokio::sync::Mutex<()>,
+    /// Held while a service's record is read and applied outside the reconcile loop (a retry
+    /// of a service that could not run), and by the loop while it applies one, so an older
+    /// read never lands after a newer one.
+    applying: tokio::sync::Mutex<()>,
     /// The reconcile loop and the event writer, stopped by [`Node::shutdown`].
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutting_down: AtomicBool,
@@ -278,6 +282,7 @@ impl Node {
                 logs: Mutex::new(HashMap::new()),
                 routes: ArcSwap::default(),
                 admission: tokio::sync::Mutex::new(()),
+                applying: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
                 shutting_down: AtomicBool::new(false),
                 draining: tokio::sync::watch::Sender::new(false),
@@ -294,7 +299,9 @@ impl Node {
         let reconciler = tokio::spawn(reconcile::run(node.downgrade(), synced));
         let recorder = tokio::spawn(events::record(node.downgrade(), receiver));
         let sessions = tokio::spawn(sessions::guard(node.downgrade()));
-        node.tasks().extend([reconciler, recorder, sessions]);
+        let retrier = tokio::spawn(reconcile::retry_unrunnable(node.downgrade()));
+        node.tasks()
+            .extend([reconciler, recorder, sessions, retrier]);
         if node.inner.cluster.is_some() {
             let reporter = tokio::spawn(cluster::report(node.downgrade()));
             let follower = tokio::spawn(cluster::follow(node.downgrade()));

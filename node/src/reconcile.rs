@@ -88,6 +88,19 @@ pub(crate) async fn run(node: WeakNode, mut from: u64) {
     }
 }
 
+/// How often services that could not run are tried again.
+const RETRY_UNRUNNABLE: Duration = Duration::from_secs(5);
+
+/// Tries the services that could not run again, every [`RETRY_UNRUNNABLE`], until the node is
+/// gone: a fetch from a peer that failed, say, succeeds later.
+pub(crate) async fn retry_unrunnable(node: WeakNode) {
+    loop {
+        tokio::time::sleep(RETRY_UNRUNNABLE).await;
+        let Some(node) = node.upgrade() else { return };
+        node.retry_unrunnable().await;
+    }
+}
+
 /// Waits twice as long each time, from a tenth of a second to five seconds.
 struct Backoff(Duration);
 
@@ -121,14 +134,16 @@ impl Node {
             let name = record.name.clone();
             self.apply_service(&name, Some(record)).await;
         }
-        let gone: Vec<ServiceName> = self
-            .inner
-            .deployed
-            .load()
-            .keys()
-            .filter(|name| !listed.contains(*name))
-            .cloned()
-            .collect();
+        let gone: Vec<ServiceName> = {
+            let deployed = self.inner.deployed.load();
+            let unrunnable = self.inner.unrunnable.load();
+            deployed
+                .keys()
+                .chain(unrunnable.keys())
+                .filter(|name| !listed.contains(*name))
+                .cloned()
+                .collect()
+        };
         for name in gone {
             self.apply_service(&name, None).await;
         }
@@ -190,8 +205,30 @@ impl Node {
         Ok(())
     }
 
+    /// Tries again to run the services this node could not run (their code could not be
+    /// loaded or fetched): after a precompiled install, and every few seconds while any wait.
+    pub(crate) async fn retry_unrunnable(&self) {
+        let names: Vec<ServiceName> = self.inner.unrunnable.load().keys().cloned().collect();
+        if names.is_empty() {
+            return;
+        }
+        let _applying = self.inner.applying.lock().await;
+        for name in names {
+            match self.inner.store.service(&name).await {
+                Ok(record) => self.apply_service_locked(&name, record).await,
+                Err(error) => tracing::warn!(service = %name, %error, "cannot read the service"),
+            }
+        }
+        self.publish_routes();
+    }
+
     /// Makes the service `name` run `record`, or stop running when there is none.
     async fn apply_service(&self, name: &ServiceName, record: Option<ServiceRecord>) {
+        let _applying = self.inner.applying.lock().await;
+        self.apply_service_locked(name, record).await;
+    }
+
+    async fn apply_service_locked(&self, name: &ServiceName, record: Option<ServiceRecord>) {
         let current = self.inner.deployed.load().get(name).cloned();
         self.set_unrunnable(name, None);
         match (record, current) {

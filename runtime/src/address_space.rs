@@ -7,8 +7,8 @@
 //! page, at about 10 ms per GiB: wasmtime's own attempt then takes minutes, and while it runs
 //! it holds the emulator's mapping lock, so a thread with a timeout would not help. So the
 //! limit is read first (`RLIMIT_AS`), and the reservation is then tried in a forked child that
-//! only maps, and is killed if it has not answered by a deadline. The child calls `mmap` and
-//! `_exit` and nothing else, both safe after a fork in a threaded process.
+//! only maps, and is killed if it has not answered by a deadline. The child calls `prctl`,
+//! `mmap` and `_exit` and nothing else, all safe after a fork in a threaded process.
 
 use std::time::{Duration, Instant};
 
@@ -60,8 +60,11 @@ fn reserve_in_child(bytes: u64, deadline: Duration) -> Result<(), Misfit> {
     // no lock another thread held at the fork can stop it.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        // SAFETY: a fresh anonymous mapping, never touched; _exit ends the child at once.
+        // SAFETY: a fresh anonymous mapping, never touched; _exit ends the child at once. The
+        // child dies with the thread that forked it, so it never outlives the node holding its
+        // inherited listeners and store lock, even under an emulator that maps for minutes.
         unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
             let mapped = libc::mmap(std::ptr::null_mut(), len, libc::PROT_NONE, flags, -1, 0);
             let status = if mapped == libc::MAP_FAILED {

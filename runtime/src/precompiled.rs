@@ -184,9 +184,30 @@ impl Runtime {
             }
             None => return Err(refused("its machine code is not a wasmtime artifact")),
         };
+        let artifact_kind = pre.kind();
+        let wasm_kind = match package.wasm.get(4..8) {
+            Some([1, 0, 0, 0]) => Some(crate::GuestKind::Cgi),
+            Some([0x0d, 0, 1, 0]) => Some(crate::GuestKind::Http),
+            _ => None,
+        };
+        if wasm_kind != Some(artifact_kind) {
+            return Err(refused(
+                "its machine code is not of the kind of module its wasm bytes are",
+            ));
+        }
         self.cache
             .store_as(&package.digest, &package.engine, &package.artifact)
-            .map_err(|e| Error::Storage(format!("{e:#}")))?;
+            .map_err(|error| {
+                let full = error
+                    .downcast_ref::<std::io::Error>()
+                    .or_else(|| error.root_cause().downcast_ref::<std::io::Error>())
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull);
+                if full {
+                    Error::Storage(format!("{error:#}"))
+                } else {
+                    Error::Internal(error.context("writing the artifact cache"))
+                }
+            })?;
         let compiled = Compiled {
             kind: pre.kind(),
             pre,

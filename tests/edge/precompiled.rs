@@ -7,13 +7,18 @@ use serde_json::json;
 
 use super::*;
 
-const TOKEN: &str = "edge-secret";
+pub(super) const TOKEN: &str = "edge-secret";
 
-fn with_token() -> Vec<String> {
+pub(super) fn with_token() -> Vec<String> {
     vec!["--token".into(), TOKEN.into()]
 }
 
-async fn send(method: reqwest::Method, url: String, token: Option<&str>, body: Vec<u8>) -> Reply {
+pub(super) async fn send(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> Reply {
     let mut request = reqwest::Client::new().request(method, url).body(body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -22,7 +27,7 @@ async fn send(method: reqwest::Method, url: String, token: Option<&str>, body: V
 }
 
 /// Runs the native full build's `shoal compile` on `guest` for `target`; the package's bytes.
-fn compile_for(guest: &str, target: &str, out: &Path) -> Vec<u8> {
+pub(super) fn compile_for(guest: &str, target: &str, out: &Path) -> Vec<u8> {
     let output = std::process::Command::new(compile_bin())
         .args(["--json", "compile"])
         .arg(guest)

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::precompiled::{TOKEN, compile_for, send};
 use super::*;
 
 /// 64 GiB: room for a dozen on-demand instances (4 GiB of address space each), not for
@@ -49,7 +50,7 @@ async fn a_limited_address_space_falls_back_to_on_demand_and_serves() {
         &["prlimit", ADDRESS_SPACE, "--"],
         &shoal_bin(),
         dir.path(),
-        &["--max-instances".into(), "8".into()],
+        &["--max-instances".into(), "2".into()],
     )
     .await;
     let info = node.get_json("/v1/node").await;
@@ -58,7 +59,7 @@ async fn a_limited_address_space_falls_back_to_on_demand_and_serves() {
         info["allocator_reason"]
             .as_str()
             .unwrap()
-            .contains("8 instances"),
+            .contains("2 instances"),
         "{info}"
     );
     assert_eq!(
@@ -211,13 +212,34 @@ async fn a_damaged_cache_is_refused_clearly_by_a_node_that_cannot_recompile() {
     bytes[middle] ^= 0xff;
     std::fs::write(&artifact, bytes).unwrap();
 
-    let edge = ChildNode::start_bin(&edge_bin(), dir.path()).await;
-    let info = edge.get_json("/v1/node").await;
+    let edge =
+        ChildNode::start_with(&edge_bin(), dir.path(), &super::precompiled::with_token()).await;
+    let node_url = format!("{}/v1/node", edge.api);
+    let info = send(reqwest::Method::GET, node_url, Some(TOKEN), vec![])
+        .await
+        .json();
     assert_eq!(info["compile"]["cache_rejected"], 1, "{info}");
     // The other service is unharmed.
     assert_eq!(get(format!("{}/other/", edge.gateway)).await.status, 200);
     let reply = get(format!("{}/hello/", edge.gateway)).await;
     assert_eq!(reply.status, 503, "{}", reply.body);
-    assert!(reply.error().contains("no compiler"), "{}", reply.error());
+    assert!(
+        reply.error().contains("no compiler") && reply.error().contains("shoal compile"),
+        "{}",
+        reply.error()
+    );
+
+    // Doing what it says: the package installed, the service runs, without a restart.
+    let out = tempfile::tempdir().unwrap();
+    let target = info["target"].as_str().unwrap();
+    let package = compile_for(HELLO_HTTP, target, &out.path().join("hello.cwasm"));
+    let modules = format!("{}/v1/modules", edge.api);
+    let reply = send(reqwest::Method::POST, modules, Some(TOKEN), package).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = get(format!("{}/hello/", edge.gateway)).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "hello from wasm\n")
+    );
     edge.kill9().await;
 }
