@@ -335,6 +335,45 @@ impl Collector for Scrape {
             None,
             self.for_node(node.compile.compiled as f64),
         )?;
+        let tiers = [
+            ("baseline", node.compile.baseline),
+            ("optimized", node.compile.optimized),
+        ];
+        let per_tier = |value: fn(&shoal_node::TierTimes) -> f64| {
+            tiers
+                .iter()
+                .map(|(tier, times)| {
+                    (
+                        vec![("node", self.node_name.clone()), ("tier", (*tier).into())],
+                        value(times),
+                    )
+                })
+                .collect()
+        };
+        family(
+            e,
+            Counter,
+            "node_tier_compiles",
+            "Compiles per tier: baseline (Winch) and optimized (Cranelift).",
+            None,
+            per_tier(|times| times.compiles as f64),
+        )?;
+        family(
+            e,
+            Counter,
+            "node_tier_compile",
+            "Time spent compiling, per tier.",
+            Some(Unit::Seconds),
+            per_tier(|times| times.seconds),
+        )?;
+        family(
+            e,
+            Gauge,
+            "node_optimizing_modules",
+            "Modules waiting for Cranelift in the background, or being compiled by it.",
+            None,
+            self.for_node(node.compile.optimizing as f64),
+        )?;
         family(
             e,
             Counter,

@@ -150,6 +150,8 @@ struct ServiceView {
     kind: Option<String>,
     /// Whether the running code came from the artifact cache (no compile at load).
     cached: Option<bool>,
+    /// `baseline` (Winch's code) or `optimized` (Cranelift's): what new instances start on.
+    tier: Option<&'static str>,
     url: Option<String>,
     host: String,
     created: String,
@@ -199,6 +201,7 @@ fn service_view(node: &Node, record: ServiceRecord) -> ServiceView {
         host: format!("{name}.{}", node.config().domain),
         kind: running.as_ref().map(|r| r.kind.to_string()),
         cached: running.as_ref().map(|r| r.from_cache),
+        tier: running.as_ref().map(|r| r.tier.as_str()),
         name,
         revision: record.revision,
         spec: record.spec,

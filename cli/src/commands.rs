@@ -40,6 +40,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How `shoal up` compiles new modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompileMode {
+    /// Winch first, Cranelift in the background.
+    Tiered,
+    /// Cranelift before the upload answers.
+    Optimized,
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -181,6 +190,11 @@ pub struct UpArgs {
     /// aarch64 kernel has 512 GiB) to keep pooling there.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_instances: u32,
+    /// How new modules are compiled: `tiered` serves on Winch's code as soon as it is ready and
+    /// switches to Cranelift's when a background compile finishes; `optimized` makes every
+    /// upload wait for Cranelift, for full speed from the first request.
+    #[arg(long, value_enum, default_value_t = CompileMode::Tiered)]
+    pub compile: CompileMode,
     /// Memory replicas may reserve (a quantity such as 8Gi); default 3/4 of the machine's.
     #[arg(long, value_parser = parse_bytes)]
     pub capacity_memory: Option<u64>,
@@ -291,6 +305,7 @@ impl UpArgs {
         config.shutdown_timeout = self.shutdown_timeout;
         config.runtime.pooling = !self.no_pooling;
         config.runtime.max_instances = self.max_instances;
+        config.runtime.tiering = self.compile == CompileMode::Tiered;
         if self.capacity_memory.is_some() || self.capacity_cpu.is_some() {
             let detected = shoal_runtime::Capacity::detect(0.75);
             config.capacity = Some(shoal_runtime::ReplicaResources {

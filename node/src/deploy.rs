@@ -85,14 +85,10 @@ impl Node {
         if let Some(record) = self.inner.store.module(&digest).await? {
             return Ok((record, false));
         }
-        let runtime = self.inner.runtime.clone();
-        let key = digest.to_string();
-        let compile_bytes = bytes.clone();
-        let compiled =
-            tokio::task::spawn_blocking(move || runtime.load(&key, || Ok(compile_bytes.to_vec())))
-                .await
-                .map_err(|error| Error::Internal(error.to_string()))??;
-        self.put_module(&digest, compiled.kind(), bytes).await
+        let compiled = self.compile_module(&digest, bytes.clone()).await?;
+        let stored = self.put_module(&digest, compiled.kind(), bytes).await?;
+        self.optimize_later(&digest, &compiled);
+        Ok(stored)
     }
 
     async fn put_module(

@@ -72,13 +72,13 @@ pub use self::error::{Conflict, Error, NodeRoom, Result};
 pub use self::status::{
     Allocation, CompileCounts, FaultView, Latency, Load, NodeCpu, NodeStatus, ReplicaCounts,
     RequestCounts, ResourceAmounts, RunningReplica, ScaleView, ServiceAllocation, ServiceCpu,
-    ServiceResources, ServiceStatus, WasmService,
+    ServiceResources, ServiceStatus, TierTimes, WasmService,
 };
 /// A service's guest log, as [`Node::logs`] gives it.
 #[cfg(feature = "compiler")]
 pub use shoal_runtime::precompile;
 pub use shoal_runtime::{
-    GuestLog, HOST_TARGET, HistogramSnapshot, LogLine, PoolMetrics, Stream as LogStream,
+    GuestLog, HOST_TARGET, HistogramSnapshot, LogLine, PoolMetrics, Stream as LogStream, Tier,
     is_precompiled,
 };
 

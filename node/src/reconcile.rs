@@ -322,6 +322,7 @@ impl Node {
             .await
             .map_err(|error| Error::Internal(error.to_string()))?;
         if let Some(compiled) = cached {
+            self.optimize_later(digest, &compiled);
             return Ok(compiled);
         }
         let bytes = match self.inner.store.module_bytes(digest).await? {
@@ -332,12 +333,61 @@ impl Node {
                 .await?
                 .ok_or_else(|| Error::ModuleNotFound(digest.clone()))?,
         };
+        let compiled = self.compile_module(digest, bytes).await?;
+        self.optimize_later(digest, &compiled);
+        Ok(compiled)
+    }
+
+    /// The module's machine code from memory or the artifact cache, else compiled from
+    /// `bytes`, in tiers where the node compiles in tiers: the caller then has it
+    /// [optimized](Node::optimize_later) once the module is stored.
+    pub(crate) async fn compile_module(
+        &self,
+        digest: &Digest,
+        bytes: bytes::Bytes,
+    ) -> Result<Compiled> {
         let runtime = self.inner.runtime.clone();
         let key = digest.to_string();
-        let compiled = tokio::task::spawn_blocking(move || runtime.compile(&key, &bytes))
-            .await
-            .map_err(|error| Error::Internal(error.to_string()))??;
-        Ok(compiled)
+        tokio::task::spawn_blocking(move || match runtime.cached(&key) {
+            Some(compiled) => Ok(compiled),
+            None => runtime.compile_tiered(&key, &bytes),
+        })
+        .await
+        .map_err(|error| Error::Internal(error.to_string()))?
+        .map_err(Error::from)
+    }
+
+    /// Has the background compiler replace a stored module's baseline code with optimized code.
+    pub(crate) fn optimize_later(&self, digest: &Digest, compiled: &Compiled) {
+        if compiled.tier() == shoal_runtime::Tier::Baseline {
+            let source = self.module_source(digest);
+            self.inner
+                .runtime
+                .optimize_later(digest.as_str(), compiled, source);
+        }
+    }
+
+    /// Reads a module's bytes from a thread outside the node's async runtime, for as long as
+    /// the node is open.
+    fn module_source(&self, digest: &Digest) -> shoal_runtime::ModuleSource {
+        let node = self.downgrade();
+        let handle = tokio::runtime::Handle::current();
+        let digest = digest.clone();
+        Box::new(move || {
+            let node = node
+                .upgrade()
+                .ok_or_else(|| anyhow::anyhow!("the node has closed"))?;
+            handle.block_on(async {
+                match node.inner.store.module_bytes(&digest).await? {
+                    Some(bytes) => Ok(bytes.to_vec()),
+                    None => node
+                        .fetch_module(&digest)
+                        .await?
+                        .map(|bytes| bytes.to_vec())
+                        .ok_or_else(|| anyhow::anyhow!("module {digest} is gone")),
+                }
+            })
+        })
     }
 
     fn update_deployed(&self, change: impl FnOnce(&mut HashMap<ServiceName, Arc<Deployed>>)) {

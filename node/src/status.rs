@@ -108,7 +108,7 @@ pub struct ServiceCpu {
 }
 
 /// Compiles and artifact-cache hits since the node started.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CompileCounts {
     /// Modules compiled.
     pub compiled: u64,
@@ -116,6 +116,38 @@ pub struct CompileCounts {
     pub cache_hits: u64,
     /// Cached artifacts found unusable and passed over.
     pub cache_rejected: u64,
+    /// `tiered` (Winch first, Cranelift in the background) or `optimized` (Cranelift only).
+    pub mode: &'static str,
+    /// Why the node does not compile in tiers, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode_reason: Option<String>,
+    /// Compiles with Winch, and their times.
+    pub baseline: TierTimes,
+    /// Compiles with Cranelift (in the foreground or the background), and their times.
+    pub optimized: TierTimes,
+    /// Modules waiting for Cranelift in the background, or being compiled by it.
+    pub optimizing: u64,
+}
+
+/// The compiles of one tier since the node started.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TierTimes {
+    /// How many.
+    pub compiles: u64,
+    /// Their wall-clock time in all, in seconds.
+    pub seconds: f64,
+    /// The last one's, in milliseconds.
+    pub last_ms: Option<f64>,
+}
+
+impl From<shoal_runtime::TierStats> for TierTimes {
+    fn from(stats: shoal_runtime::TierStats) -> TierTimes {
+        TierTimes {
+            compiles: stats.compiles,
+            seconds: stats.seconds,
+            last_ms: stats.last_seconds.map(|s| s * 1000.0),
+        }
+    }
 }
 
 /// What a service's scaling acts on.
@@ -299,6 +331,8 @@ pub struct WasmService {
     pub kind: shoal_spec::ModuleKind,
     /// Whether its machine code came from the artifact cache.
     pub from_cache: bool,
+    /// The tier of the machine code its new instances start on.
+    pub tier: shoal_runtime::Tier,
     /// Replicas running.
     pub replicas: u32,
 }
@@ -369,6 +403,15 @@ impl Node {
                 compiled: stats.compiled,
                 cache_hits: stats.cache_hits,
                 cache_rejected: stats.cache_rejected,
+                mode: if runtime.tiering().is_ok() {
+                    "tiered"
+                } else {
+                    "optimized"
+                },
+                mode_reason: runtime.tiering().err().map(str::to_owned),
+                baseline: stats.baseline.into(),
+                optimized: stats.optimized.into(),
+                optimizing: stats.optimizing,
             },
             cpu: {
                 let scheduler = runtime.scheduler();
@@ -542,6 +585,7 @@ impl WasmService {
             record: deployed.record.clone(),
             kind: convert::module_kind(deployed.pool.service().kind()),
             from_cache: deployed.pool.service().from_cache(),
+            tier: deployed.pool.service().tier(),
             replicas: deployed.pool.replicas(),
         }
     }

@@ -17,10 +17,13 @@
 //! package an authenticated caller sent (`precompiled.rs`); never from anyone else.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Module, Precompiled};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -47,12 +50,56 @@ impl GuestKind {
     }
 }
 
-/// A compiled, linked module, ready to instantiate. Cheap to clone.
+/// Which compiler made the machine code a module runs: shoal compiles in tiers, the way
+/// browsers and JVMs do, so that a fresh upload answers at once and runs fast later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// Winch, a single-pass compiler: about five times quicker to compile than Cranelift,
+    /// slower code. What a new module serves with while Cranelift works in the background.
+    Baseline,
+    /// Cranelift, an optimizing compiler: what the artifact cache keeps and restarts load.
+    Optimized,
+}
+
+impl Tier {
+    /// A stable name for the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Baseline => "baseline",
+            Tier::Optimized => "optimized",
+        }
+    }
+
+    /// The compiler behind the tier.
+    pub fn compiler(self) -> &'static str {
+        match self {
+            Tier::Baseline => "winch",
+            Tier::Optimized => "cranelift",
+        }
+    }
+}
+
+/// A compiled, linked module, ready to instantiate. Cheap to clone: clones share the machine
+/// code in force, so when the optimized tier replaces the baseline one every service running
+/// the module starts its next instances on it, and instances already running keep theirs.
 #[derive(Clone)]
 pub struct Compiled {
     pub(crate) kind: GuestKind,
+    code: Arc<Code>,
+}
+
+/// The machine code in force for a module, swapped once, from baseline to optimized.
+struct Code {
+    current: ArcSwap<TieredPre>,
+    /// The tier in force, for whoever waits for the switch.
+    tier: watch::Sender<Tier>,
+    from_cache: bool,
+}
+
+/// Linked machine code of one tier.
+pub(crate) struct TieredPre {
     pub(crate) pre: Pre,
-    pub(crate) from_cache: bool,
+    pub(crate) tier: Tier,
 }
 
 #[derive(Clone)]
@@ -62,6 +109,17 @@ pub(crate) enum Pre {
 }
 
 impl Compiled {
+    pub(crate) fn new(pre: Pre, tier: Tier, from_cache: bool) -> Compiled {
+        Compiled {
+            kind: pre.kind(),
+            code: Arc::new(Code {
+                current: ArcSwap::from_pointee(TieredPre { pre, tier }),
+                tier: watch::Sender::new(tier),
+                from_cache,
+            }),
+        }
+    }
+
     /// The module's kind.
     pub fn kind(&self) -> GuestKind {
         self.kind
@@ -69,7 +127,40 @@ impl Compiled {
 
     /// Whether the machine code came from the on-disk cache rather than a compile.
     pub fn from_cache(&self) -> bool {
-        self.from_cache
+        self.code.from_cache
+    }
+
+    /// The tier of the machine code new instances start on.
+    pub fn tier(&self) -> Tier {
+        self.code.current.load().tier
+    }
+
+    /// Returns once the module runs on optimized code (at once if it does).
+    pub async fn optimized(&self) {
+        let mut tier = self.code.tier.subscribe();
+        // The sender lives as long as `self`: waiting cannot fail.
+        let _ = tier.wait_for(|tier| *tier == Tier::Optimized).await;
+    }
+
+    /// The machine code a new instance starts on.
+    pub(crate) fn current(&self) -> Arc<TieredPre> {
+        self.code.current.load_full()
+    }
+
+    /// Puts optimized code in force: new instances start on it, running ones keep theirs.
+    #[cfg(feature = "compiler")]
+    pub(crate) fn optimize(&self, pre: Pre) {
+        self.code.current.store(Arc::new(TieredPre {
+            pre,
+            tier: Tier::Optimized,
+        }));
+        self.code.tier.send_replace(Tier::Optimized);
+    }
+
+    /// Whether two handles share their machine code (clones of one compile).
+    #[cfg(feature = "compiler")]
+    pub(crate) fn same(&self, other: &Compiled) -> bool {
+        Arc::ptr_eq(&self.code, &other.code)
     }
 }
 
@@ -125,6 +216,22 @@ impl Runtime {
         )))
     }
 
+    /// Without the compiler, there are no tiers: see [`compile`](Runtime::compile).
+    #[cfg(not(feature = "compiler"))]
+    pub fn compile_tiered(&self, digest: &str, bytes: &[u8]) -> Result<Compiled> {
+        self.compile(digest, bytes)
+    }
+
+    /// Without the compiler, every module runs on the optimized code it was given.
+    #[cfg(not(feature = "compiler"))]
+    pub fn optimize_later(
+        &self,
+        _digest: &str,
+        _compiled: &Compiled,
+        _source: crate::ModuleSource,
+    ) {
+    }
+
     /// Drops the in-memory copy of a module (its cached artifact stays on disk).
     pub fn forget(&self, digest: &str) {
         self.loaded_lock().remove(digest);
@@ -147,22 +254,39 @@ impl Runtime {
         let Some(artifact) = self.cache.read(digest)? else {
             return Ok(None);
         };
-        let pre = match Engine::detect_precompiled(&artifact) {
+        let pre = self.linkers.link_artifact(&self.engine, &artifact)?;
+        Ok(Some(Compiled::new(pre, Tier::Optimized, true)))
+    }
+}
+
+/// An engine's linkers: what shoal provides to guests, one linker per kind of module. Each
+/// tier's engine has its own.
+#[derive(Clone)]
+pub(crate) struct Linkers {
+    http: wasmtime::component::Linker<http::HttpState>,
+    cgi: wasmtime::Linker<cgi::CgiState>,
+}
+
+impl Linkers {
+    pub(crate) fn new(engine: &Engine) -> anyhow::Result<Linkers> {
+        Ok(Linkers {
+            http: http::linker(engine)?,
+            cgi: cgi::linker(engine)?,
+        })
+    }
+
+    /// Deserializes machine code wasmtime wrote (verified by the caller) into `engine`, and
+    /// links it.
+    pub(crate) fn link_artifact(&self, engine: &Engine, artifact: &[u8]) -> anyhow::Result<Pre> {
+        Ok(match Engine::detect_precompiled(artifact) {
             Some(Precompiled::Module) => {
-                let module = deserialize_module(&self.engine, &artifact)?;
-                Pre::Cgi(self.link_module(&module)?)
+                Pre::Cgi(self.link_module(&deserialize_module(engine, artifact)?)?)
             }
             Some(Precompiled::Component) => {
-                let component = deserialize_component(&self.engine, &artifact)?;
-                Pre::Http(self.link_component(&component)?)
+                Pre::Http(self.link_component(&deserialize_component(engine, artifact)?)?)
             }
             None => anyhow::bail!("not a wasmtime artifact"),
-        };
-        Ok(Some(Compiled {
-            kind: pre.kind(),
-            pre,
-            from_cache: true,
-        }))
+        })
     }
 
     pub(crate) fn link_module(
@@ -179,7 +303,7 @@ impl Runtime {
                 list(&exports)
             )));
         }
-        self.cgi_linker.instantiate_pre(module).map_err(|e| {
+        self.cgi.instantiate_pre(module).map_err(|e| {
             Error::InvalidModule(format!(
                 "module cannot be linked: {e:#}; shoal provides WASI preview1 (wasi_snapshot_preview1) only"
             ))
@@ -192,7 +316,7 @@ impl Runtime {
     ) -> Result<ProxyPre<http::HttpState>> {
         let exports: Vec<String> = component
             .component_type()
-            .exports(&self.engine)
+            .exports(component.engine())
             .map(|(name, _)| name.to_owned())
             .collect();
         if !exports
@@ -205,7 +329,7 @@ impl Runtime {
                 list(&names)
             )));
         }
-        let instance_pre = self.http_linker.instantiate_pre(component).map_err(|e| {
+        let instance_pre = self.http.instantiate_pre(component).map_err(|e| {
             Error::InvalidModule(format!(
                 "component cannot be linked: {e:#}; shoal provides the wasi:http/proxy world and WASI 0.2"
             ))
@@ -251,7 +375,7 @@ pub(crate) fn deserialize_component(engine: &Engine, artifact: &[u8]) -> anyhow:
     Ok(unsafe { Component::deserialize(engine, artifact) }?)
 }
 
-/// Compiled artifacts on disk: `{dir}/{digest}.{engine fingerprint}.cwasm`, each file
+/// Compiled artifacts on disk: `{dir}/{digest}.optimized.{engine fingerprint}.cwasm`, each file
 /// a SHA-256 of the artifact followed by the artifact, written atomically.
 ///
 /// The fingerprint is wasmtime's compatibility hash of the engine that compiled it, which
@@ -286,7 +410,7 @@ impl ArtifactCache {
             return Ok(None);
         };
         if let Some(fingerprint) = &self.fingerprint {
-            let own = dir.join(format!("{}.{fingerprint}.cwasm", digest.replace(':', "-")));
+            let own = dir.join(file_name(digest, fingerprint));
             if own.exists() {
                 return Ok(Some(own));
             }
@@ -348,10 +472,21 @@ impl ArtifactCache {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
-        let path = dir.join(format!("{}.{fingerprint}.cwasm", digest.replace(':', "-")));
+        let path = dir.join(file_name(digest, fingerprint));
         let checksum = Sha256::digest(artifact);
         write_atomically(dir, &path, &[checksum.as_slice(), artifact])
     }
+}
+
+/// The file of a digest's optimized code compiled by an engine of `fingerprint`: the key holds
+/// the tier (only optimized code is cached: Winch's is quicker to compile again than to keep)
+/// and the engine's compatibility hash.
+fn file_name(digest: &str, fingerprint: &str) -> String {
+    format!(
+        "{}.{}.{fingerprint}.cwasm",
+        digest.replace(':', "-"),
+        Tier::Optimized.as_str()
+    )
 }
 
 /// wasmtime's compatibility hash of the engine, in hex: artifacts with the same fingerprint

@@ -1,15 +1,17 @@
-//! Compiling: validating and classifying an upload by compiling it with Cranelift, then
-//! caching its machine code.
+//! Compiling: validating and classifying an upload by compiling it, in tiers (`tiers.rs`) or
+//! with Cranelift straight away, then caching the optimized machine code.
 //!
 //! This module exists only with the `compiler` feature (on by default). A build without it
-//! has no Cranelift: it serves what the artifact cache holds, and refuses the rest.
+//! has no compiler: it serves what the artifact cache holds, and refuses the rest.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
 
 use wasmtime::Module;
 use wasmtime::component::Component;
 
-use crate::artifact::{ACCEPTED, Compiled, Pre};
+use crate::artifact::{ACCEPTED, Compiled, Pre, Tier};
 use crate::{Error, Result, Runtime};
 
 /// What the first eight bytes say the module is.
@@ -51,33 +53,105 @@ pub(crate) fn sniff(bytes: &[u8]) -> Result<Format> {
 }
 
 impl Runtime {
-    /// Validates, classifies, links and compiles `bytes`, and caches the machine code
-    /// under `digest`. Blocking and CPU-heavy: call it from a blocking thread.
+    /// Validates, classifies, links and compiles `bytes` with Cranelift, and caches the machine
+    /// code under `digest`: the upload waits for optimized code. Blocking and CPU-heavy: call
+    /// it from a blocking thread.
     #[tracing::instrument(name = "shoal_runtime.compile", skip_all, fields(digest))]
     pub fn compile(&self, digest: &str, bytes: &[u8]) -> Result<Compiled> {
         let format = sniff(bytes)?;
+        let _permit = self.compiling.acquire();
+        self.compile_optimized(digest, bytes, format)
+    }
+
+    /// Compiles `bytes` with Winch, the baseline tier, returning as soon as that code is linked;
+    /// [`optimize_later`](Runtime::optimize_later) then has Cranelift replace it.
+    ///
+    /// Without tiering ([`RuntimeConfig::tiering`](crate::RuntimeConfig::tiering) off, or no
+    /// baseline compiler for this architecture), or for a module Winch cannot compile, this is
+    /// [`compile`](Runtime::compile). Blocking and CPU-heavy.
+    #[tracing::instrument(name = "shoal_runtime.compile_tiered", skip_all, fields(digest))]
+    pub fn compile_tiered(&self, digest: &str, bytes: &[u8]) -> Result<Compiled> {
+        let format = sniff(bytes)?;
+        let _permit = self.compiling.acquire();
+        let Some(tiers) = &self.tiers else {
+            return self.compile_optimized(digest, bytes, format);
+        };
+        let started = Instant::now();
+        let pre = match format {
+            Format::Core => Module::new(&tiers.engine, bytes)
+                .map(|module| tiers.linkers.link_module(&module).map(Pre::Cgi)),
+            Format::Component => Component::new(&tiers.engine, bytes)
+                .map(|component| tiers.linkers.link_component(&component).map(Pre::Http)),
+        };
+        let pre = match pre {
+            // Linking is the same in both tiers: what one refuses, so does the other.
+            Ok(linked) => linked?,
+            Err(winch) => {
+                tracing::info!(digest, error = %format!("{winch:#}"), "the baseline compiler refused the module; compiling it with Cranelift");
+                return self.compile_optimized(digest, bytes, format).map_err(
+                    |error| match error {
+                        Error::InvalidModule(message)
+                            if !message.contains(&format!("{winch:#}")) =>
+                        {
+                            Error::InvalidModule(format!(
+                                "{message}; the baseline compiler (Winch) refused it too: {winch:#}"
+                            ))
+                        }
+                        error => error,
+                    },
+                );
+            }
+        };
+        self.times.record(Tier::Baseline, started.elapsed());
+        self.n_compiled.fetch_add(1, Ordering::Relaxed);
+        let compiled = Compiled::new(pre, Tier::Baseline, false);
+        self.remember(digest, &compiled);
+        Ok(compiled)
+    }
+
+    /// Has Cranelift compile a module running on baseline code, in the background, reading its
+    /// bytes again from `source` when its turn comes (a queue of uploads does not hold them
+    /// all in memory); the module switches to the optimized code when it is ready
+    /// ([`Compiled::optimized`]). Nothing to do for a module on optimized code already, or one
+    /// queued already.
+    pub fn optimize_later(&self, digest: &str, compiled: &Compiled, source: crate::ModuleSource) {
+        if let Some(tiers) = &self.tiers
+            && compiled.tier() == Tier::Baseline
+        {
+            tiers.optimize_later(digest, compiled, source);
+        }
+    }
+
+    /// Holds the background compiler after its current compile, or lets it go on: modules
+    /// queued meanwhile stay on baseline code. For maintenance, and for tests that look at the
+    /// baseline tier.
+    pub fn pause_optimizing(&self, paused: bool) {
+        if let Some(tiers) = &self.tiers {
+            tiers.pause(paused);
+        }
+    }
+
+    fn compile_optimized(&self, digest: &str, bytes: &[u8], format: Format) -> Result<Compiled> {
+        let started = Instant::now();
         let (pre, artifact) = match format {
             Format::Core => {
                 let module = Module::new(&self.engine, bytes).map_err(|e| {
                     Error::InvalidModule(format!("invalid WebAssembly module: {e:#}"))
                 })?;
-                let pre = self.link_module(&module)?;
+                let pre = self.linkers.link_module(&module)?;
                 (Pre::Cgi(pre), module.serialize())
             }
             Format::Component => {
                 let component = Component::new(&self.engine, bytes).map_err(|e| {
                     Error::InvalidModule(format!("invalid WebAssembly component: {e:#}"))
                 })?;
-                let pre = self.link_component(&component)?;
+                let pre = self.linkers.link_component(&component)?;
                 (Pre::Http(pre), component.serialize())
             }
         };
+        self.times.record(Tier::Optimized, started.elapsed());
         self.n_compiled.fetch_add(1, Ordering::Relaxed);
-        let compiled = Compiled {
-            kind: pre.kind(),
-            pre,
-            from_cache: false,
-        };
+        let compiled = Compiled::new(pre, Tier::Optimized, false);
         match artifact {
             Ok(artifact) => {
                 if let Err(error) = self.cache.store(digest, &artifact) {
@@ -88,6 +162,41 @@ impl Runtime {
         }
         self.remember(digest, &compiled);
         Ok(compiled)
+    }
+}
+
+/// Bounds the compiles in the foreground (uploads, and modules loaded at start): a burst of
+/// uploads compiles a few at a time, each with its bytes, rather than all at once.
+pub(crate) struct Permits {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+pub(crate) struct Permit<'a>(&'a Permits);
+
+impl Permits {
+    pub(crate) fn new(n: usize) -> Permits {
+        Permits {
+            free: Mutex::new(n.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Blocks until a permit is free.
+    pub(crate) fn acquire(&self) -> Permit<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
     }
 }
 

@@ -21,9 +21,8 @@ use anyhow::Context as _;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::address_space::{self, Misfit};
-use crate::artifact::{ArtifactCache, Compiled};
+use crate::artifact::{ArtifactCache, Compiled, Linkers};
 use crate::cpu::{CpuScheduler, SATURATED_WINDOW};
-use crate::exec::{cgi, http};
 use crate::kernel::{self, TickerPriority};
 
 /// How the runtime is set up. Plain data with sensible defaults; the binary maps its
@@ -55,6 +54,9 @@ pub struct RuntimeConfig {
     /// The largest linear memory any one instance may have, in bytes; service memory
     /// limits must not exceed it.
     pub max_memory_per_instance: u64,
+    /// Compile new modules in tiers ([`Runtime::compile_tiered`]): Winch first, Cranelift in
+    /// the background. Off: every upload waits for Cranelift.
+    pub tiering: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -68,6 +70,7 @@ impl Default for RuntimeConfig {
             pooling: true,
             max_instances: 1000,
             max_memory_per_instance: 4 << 30,
+            tiering: true,
         }
     }
 }
@@ -92,26 +95,70 @@ impl AllocatorKind {
 }
 
 /// How much compiling the runtime has done: restarts should be all cache hits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CompileStats {
-    /// Modules compiled from wasm bytes since the runtime started.
+    /// Modules made runnable by compiling their wasm bytes since the runtime started (in
+    /// either tier; a module compiled in both counts once).
     pub compiled: u64,
     /// Modules loaded from the on-disk artifact cache since the runtime started.
     pub cache_hits: u64,
     /// Cached artifacts found unusable (corrupt, truncated, incompatible) and replaced.
     pub cache_rejected: u64,
+    /// Compiles with Winch.
+    pub baseline: TierStats,
+    /// Compiles with Cranelift, in the foreground or the background.
+    pub optimized: TierStats,
+    /// Modules waiting for Cranelift in the background, or being compiled by it.
+    pub optimizing: u64,
+}
+
+/// The compiles of one tier since the runtime started.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TierStats {
+    /// How many.
+    pub compiles: u64,
+    /// Their wall-clock time, in all.
+    pub seconds: f64,
+    /// The last one's wall-clock time.
+    pub last_seconds: Option<f64>,
+}
+
+/// Compile times per tier, shared with the background compiler.
+#[derive(Default)]
+pub(crate) struct TierTimes(Mutex<[TierStats; 2]>);
+
+impl TierTimes {
+    #[cfg(feature = "compiler")]
+    pub(crate) fn record(&self, tier: crate::Tier, elapsed: Duration) {
+        let mut tiers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let stats = &mut tiers[tier as usize];
+        stats.compiles += 1;
+        stats.seconds += elapsed.as_secs_f64();
+        stats.last_seconds = Some(elapsed.as_secs_f64());
+    }
+
+    fn get(&self, tier: crate::Tier) -> TierStats {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())[tier as usize]
+    }
 }
 
 /// The node's wasm runtime: engine, linkers, artifact cache and epoch ticker.
 pub struct Runtime {
+    /// The engine of the optimized tier, the only one without a compiler.
     pub(crate) engine: Engine,
-    pub(crate) http_linker: wasmtime::component::Linker<http::HttpState>,
-    pub(crate) cgi_linker: wasmtime::Linker<cgi::CgiState>,
-    pub(crate) cache: ArtifactCache,
+    pub(crate) linkers: Linkers,
+    pub(crate) cache: Arc<ArtifactCache>,
     pub(crate) loaded: Mutex<HashMap<String, Compiled>>,
     pub(crate) n_compiled: AtomicU64,
     pub(crate) n_cache_hits: AtomicU64,
     pub(crate) n_cache_rejected: AtomicU64,
+    pub(crate) times: Arc<TierTimes>,
+    /// The baseline tier and the background compiler, when compiling in tiers.
+    #[cfg(feature = "compiler")]
+    pub(crate) tiers: Option<crate::tiers::Tiers>,
+    #[cfg(feature = "compiler")]
+    pub(crate) compiling: crate::compile::Permits,
+    tiering: Result<(), String>,
     allocator: AllocatorKind,
     allocator_reason: String,
     config: RuntimeConfig,
@@ -126,25 +173,61 @@ impl Runtime {
         let (engine, allocator, allocator_reason) =
             build_engine(&config).map_err(crate::Error::Internal)?;
         tracing::info!(allocator = allocator.as_str(), reason = %allocator_reason, "wasm engine ready");
-        let http_linker = http::linker(&engine).map_err(crate::Error::Internal)?;
-        let cgi_linker = cgi::linker(&engine).map_err(crate::Error::Internal)?;
-        let cache = ArtifactCache::new(config.cache_dir.clone(), &engine)
-            .map_err(crate::Error::Internal)?;
+        let linkers = Linkers::new(&engine).map_err(crate::Error::Internal)?;
+        let cache = Arc::new(
+            ArtifactCache::new(config.cache_dir.clone(), &engine)
+                .map_err(crate::Error::Internal)?,
+        );
         let scheduler = CpuScheduler::new(config.cpu_slots);
+        let times = Arc::new(TierTimes::default());
+        #[cfg(feature = "compiler")]
+        let tiers = if config.tiering {
+            crate::tiers::Tiers::start(
+                (allocator == AllocatorKind::Pooling).then(|| pooling_config(&config)),
+                crate::tiers::Optimizer {
+                    engine: engine.clone(),
+                    linkers: linkers.clone(),
+                    cache: cache.clone(),
+                    times: times.clone(),
+                    scheduler: scheduler.clone(),
+                },
+            )
+        } else {
+            Err("turned off (--compile optimized): uploads wait for Cranelift".to_owned())
+        };
+        #[cfg(not(feature = "compiler"))]
+        let tiers: Result<(), String> =
+            Err("this build has no compiler: it runs the optimized code it is given".to_owned());
+        let tiering = tiers.as_ref().map(|_| ()).map_err(Clone::clone);
+        if let Err(reason) = &tiering {
+            tracing::info!(%reason, "no tiered compilation");
+        }
+        #[cfg(feature = "compiler")]
+        let tiers = tiers.ok();
+        // Both tiers' engines tick together: a guest's timeout and slices are the same in both.
+        #[cfg_attr(not(feature = "compiler"), allow(unused_mut))]
+        let mut engines = vec![engine.clone()];
+        #[cfg(feature = "compiler")]
+        engines.extend(tiers.as_ref().map(|tiers| tiers.engine.clone()));
         scheduler.preempt_with({
-            let engine = engine.clone();
-            move || engine.increment_epoch()
+            let engines = engines.clone();
+            move || engines.iter().for_each(Engine::increment_epoch)
         });
-        let ticker = EpochTicker::start(engine.clone(), scheduler.clone(), &config);
+        let ticker = EpochTicker::start(engines, scheduler.clone(), &config);
         Ok(Runtime {
             engine,
-            http_linker,
-            cgi_linker,
+            linkers,
             cache,
             loaded: Mutex::new(HashMap::new()),
             n_compiled: AtomicU64::new(0),
             n_cache_hits: AtomicU64::new(0),
             n_cache_rejected: AtomicU64::new(0),
+            times,
+            #[cfg(feature = "compiler")]
+            tiers,
+            #[cfg(feature = "compiler")]
+            compiling: crate::compile::Permits::new(config.cpu_slots),
+            tiering,
             allocator,
             allocator_reason,
             config,
@@ -186,11 +269,23 @@ impl Runtime {
 
     /// Counters of compiles and cache hits since start.
     pub fn compile_stats(&self) -> CompileStats {
+        #[cfg(feature = "compiler")]
+        let optimizing = self.tiers.as_ref().map_or(0, |tiers| tiers.optimizing());
+        #[cfg(not(feature = "compiler"))]
+        let optimizing = 0;
         CompileStats {
             compiled: self.n_compiled.load(Ordering::Relaxed),
             cache_hits: self.n_cache_hits.load(Ordering::Relaxed),
             cache_rejected: self.n_cache_rejected.load(Ordering::Relaxed),
+            baseline: self.times.get(crate::Tier::Baseline),
+            optimized: self.times.get(crate::Tier::Optimized),
+            optimizing,
         }
+    }
+
+    /// Whether new modules are compiled in tiers, or why not.
+    pub fn tiering(&self) -> Result<(), &str> {
+        self.tiering.as_ref().map(|_| ()).map_err(String::as_str)
     }
 }
 
@@ -309,7 +404,11 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine, scheduler: Arc<CpuScheduler>, config: &RuntimeConfig) -> EpochTicker {
+    fn start(
+        engines: Vec<Engine>,
+        scheduler: Arc<CpuScheduler>,
+        config: &RuntimeConfig,
+    ) -> EpochTicker {
         let (tick, busy_tick, wake_tick) = (
             config.epoch_tick,
             config.busy_epoch_tick,
@@ -331,7 +430,7 @@ impl EpochTicker {
                         } else {
                             busy_tick
                         });
-                        engine.increment_epoch();
+                        engines.iter().for_each(Engine::increment_epoch);
                         scheduler.sample(std::time::Instant::now());
                     }
                 }

@@ -17,8 +17,9 @@
 //! - `engine.rs`: [`RuntimeConfig`], [`Runtime`], the choice of allocator and the epoch ticker;
 //!   `address_space.rs`: whether pooling's reservation fits, asked in a child with a deadline.
 //! - `artifact.rs`: [`GuestKind`], [`Compiled`], linking, the durable artifact cache.
-//! - `compile.rs` (feature `compiler`): compiling uploads with Cranelift. Without it the
-//!   runtime serves what the cache holds.
+//! - `compile.rs` (feature `compiler`): compiling uploads. Without it the runtime serves what
+//!   the cache holds. `tiers.rs`: compiling in tiers, Winch first and Cranelift in the
+//!   background, with the baseline tier's engine.
 //! - `precompiled.rs`: packages of machine code compiled for another machine
 //!   ([`precompile`]), checked and installed ([`Runtime::install`]) on one without a compiler.
 //! - `cpu.rs`: the node's [`CpuScheduler`], which shares the CPU between services by weight,
@@ -52,12 +53,14 @@ mod precompiled;
 mod replica;
 mod sandbox;
 mod service;
+#[cfg(feature = "compiler")]
+mod tiers;
 
-pub use self::artifact::{Compiled, GuestKind};
+pub use self::artifact::{Compiled, GuestKind, Tier};
 pub use self::cpu::{
     CPU_WINDOW, CpuScheduler, CpuShare, CpuUsage, DEFAULT_WEIGHT_MILLIS, SATURATED_WINDOW,
 };
-pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig};
+pub use self::engine::{AllocatorKind, CompileStats, Runtime, RuntimeConfig, TierStats};
 pub use self::exec::{RequestContext, ServiceConfig};
 pub use self::kernel::TickerPriority;
 pub use self::logs::{GuestLog, LogLine, Stream};
@@ -74,6 +77,10 @@ pub use self::sandbox::{BoxError, ResponseBody, SandboxLimits};
 pub use self::service::Service;
 
 use std::time::Duration;
+
+/// Where the background compiler reads a module's bytes when its turn comes
+/// ([`Runtime::compile_tiered`]): queued modules are not held in memory meanwhile.
+pub type ModuleSource = Box<dyn FnOnce() -> anyhow::Result<Vec<u8>> + Send>;
 
 /// Everything the runtime reports that a caller may want to branch on.
 ///

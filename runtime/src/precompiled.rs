@@ -175,12 +175,12 @@ impl Runtime {
             Some(wasmtime::Precompiled::Component) => {
                 let component =
                     deserialize_component(&self.engine, &package.artifact).map_err(incompatible)?;
-                crate::artifact::Pre::Http(self.link_component(&component)?)
+                crate::artifact::Pre::Http(self.linkers.link_component(&component)?)
             }
             Some(wasmtime::Precompiled::Module) => {
                 let module =
                     deserialize_module(&self.engine, &package.artifact).map_err(incompatible)?;
-                crate::artifact::Pre::Cgi(self.link_module(&module)?)
+                crate::artifact::Pre::Cgi(self.linkers.link_module(&module)?)
             }
             None => return Err(refused("its machine code is not a wasmtime artifact")),
         };
@@ -208,11 +208,7 @@ impl Runtime {
                     Error::Internal(error.context("writing the artifact cache"))
                 }
             })?;
-        let compiled = Compiled {
-            kind: pre.kind(),
-            pre,
-            from_cache: true,
-        };
+        let compiled = Compiled::new(pre, crate::Tier::Optimized, true);
         self.remember(&package.digest, &compiled);
         Ok(compiled)
     }

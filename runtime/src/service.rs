@@ -42,6 +42,11 @@ impl Service {
         self.compiled.from_cache()
     }
 
+    /// The tier of the machine code its new instances start on.
+    pub fn tier(&self) -> crate::Tier {
+        self.compiled.tier()
+    }
+
     /// Serves one request in a fresh instance, outside any replica pool. Guest faults
     /// come back as errors; nothing a guest does panics the host or outlives the
     /// service's timeout.
@@ -77,7 +82,10 @@ impl Service {
         B::Error: Into<BoxError>,
         C: Checkout,
     {
-        match &self.compiled.pre {
+        // The code in force when the request starts: a switch of tier mid-request changes
+        // nothing for it.
+        let code = self.compiled.current();
+        match &code.pre {
             Pre::Http(pre) => exec::http::handle(pre, &self.config, request, checkout).await,
             Pre::Cgi(pre) => exec::cgi::handle(pre, &self.config, request, context, checkout).await,
         }

@@ -20,3 +20,4 @@ mod reconcile;
 mod routing;
 mod scaling;
 mod tidy;
+mod tiers;

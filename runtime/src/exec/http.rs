@@ -195,7 +195,11 @@ where
     });
 
     let mut checkout = checkout;
-    let kept = checkout.take_instance();
+    // An instance kept from before the module switched tiers is dropped: the next one starts
+    // on the code in force.
+    let kept = checkout
+        .take_instance()
+        .filter(|instance| wasmtime::Engine::same(instance.store.engine(), pre.engine()));
     let throttle = checkout.throttle();
     let quota = throttle.clone();
     let cpu = checkout.cpu();
