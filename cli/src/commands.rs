@@ -47,6 +47,8 @@ pub enum CompileMode {
     Tiered,
     /// Cranelift before the upload answers.
     Optimized,
+    /// Winch only: the background compiler is held.
+    Baseline,
 }
 
 /// The commands.
@@ -192,7 +194,8 @@ pub struct UpArgs {
     pub max_instances: u32,
     /// How new modules are compiled: `tiered` serves on Winch's code as soon as it is ready and
     /// switches to Cranelift's when a background compile finishes; `optimized` makes every
-    /// upload wait for Cranelift, for full speed from the first request.
+    /// upload wait for Cranelift, for full speed from the first request; `baseline` keeps
+    /// new modules on Winch's code (to measure what the baseline tier costs).
     #[arg(long, value_enum, default_value_t = CompileMode::Tiered)]
     pub compile: CompileMode,
     /// Memory replicas may reserve (a quantity such as 8Gi); default 3/4 of the machine's.
@@ -305,7 +308,8 @@ impl UpArgs {
         config.shutdown_timeout = self.shutdown_timeout;
         config.runtime.pooling = !self.no_pooling;
         config.runtime.max_instances = self.max_instances;
-        config.runtime.tiering = self.compile == CompileMode::Tiered;
+        config.runtime.tiering = self.compile != CompileMode::Optimized;
+        config.runtime.hold_optimizing = self.compile == CompileMode::Baseline;
         if self.capacity_memory.is_some() || self.capacity_cpu.is_some() {
             let detected = shoal_runtime::Capacity::detect(0.75);
             config.capacity = Some(shoal_runtime::ReplicaResources {

@@ -85,7 +85,7 @@ impl Node {
         if let Some(record) = self.inner.store.module(&digest).await? {
             return Ok((record, false));
         }
-        let compiled = self.compile_module(&digest, bytes.clone()).await?;
+        let compiled = self.compile_module(&digest, bytes.clone(), true).await?;
         let stored = self.put_module(&digest, compiled.kind(), bytes).await?;
         self.optimize_later(&digest, &compiled);
         Ok(stored)

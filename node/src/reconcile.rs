@@ -333,24 +333,28 @@ impl Node {
                 .await?
                 .ok_or_else(|| Error::ModuleNotFound(digest.clone()))?,
         };
-        let compiled = self.compile_module(digest, bytes).await?;
+        // The cache was looked in above: a rejected artifact is counted once.
+        let compiled = self.compile_module(digest, bytes, false).await?;
         self.optimize_later(digest, &compiled);
         Ok(compiled)
     }
 
-    /// The module's machine code from memory or the artifact cache, else compiled from
-    /// `bytes`, in tiers where the node compiles in tiers: the caller then has it
-    /// [optimized](Node::optimize_later) once the module is stored.
+    /// The module's machine code, from memory or the artifact cache if `look_in_cache`, else
+    /// compiled from `bytes`, in tiers where the node compiles in tiers: the caller then has
+    /// it [optimized](Node::optimize_later) once the module is stored.
     pub(crate) async fn compile_module(
         &self,
         digest: &Digest,
         bytes: bytes::Bytes,
+        look_in_cache: bool,
     ) -> Result<Compiled> {
         let runtime = self.inner.runtime.clone();
         let key = digest.to_string();
-        tokio::task::spawn_blocking(move || match runtime.cached(&key) {
-            Some(compiled) => Ok(compiled),
-            None => runtime.compile_tiered(&key, &bytes),
+        tokio::task::spawn_blocking(move || {
+            match look_in_cache.then(|| runtime.cached(&key)).flatten() {
+                Some(compiled) => Ok(compiled),
+                None => runtime.compile_tiered(&key, &bytes),
+            }
         })
         .await
         .map_err(|error| Error::Internal(error.to_string()))?

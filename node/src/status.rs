@@ -116,7 +116,8 @@ pub struct CompileCounts {
     pub cache_hits: u64,
     /// Cached artifacts found unusable and passed over.
     pub cache_rejected: u64,
-    /// `tiered` (Winch first, Cranelift in the background) or `optimized` (Cranelift only).
+    /// `tiered` (Winch first, Cranelift in the background), `optimized` (Cranelift only) or
+    /// `baseline` (Winch only, the background compiler held).
     pub mode: &'static str,
     /// Why the node does not compile in tiers, when it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -403,10 +404,10 @@ impl Node {
                 compiled: stats.compiled,
                 cache_hits: stats.cache_hits,
                 cache_rejected: stats.cache_rejected,
-                mode: if runtime.tiering().is_ok() {
-                    "tiered"
-                } else {
-                    "optimized"
+                mode: match runtime.tiering() {
+                    Ok(()) if runtime.config().hold_optimizing => "baseline",
+                    Ok(()) => "tiered",
+                    Err(_) => "optimized",
                 },
                 mode_reason: runtime.tiering().err().map(str::to_owned),
                 baseline: stats.baseline.into(),

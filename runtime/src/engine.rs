@@ -57,6 +57,10 @@ pub struct RuntimeConfig {
     /// Compile new modules in tiers ([`Runtime::compile_tiered`]): Winch first, Cranelift in
     /// the background. Off: every upload waits for Cranelift.
     pub tiering: bool,
+    /// With tiering, start with the background compiler held
+    /// ([`Runtime::pause_optimizing`]): modules stay on Winch's code. For measuring the
+    /// baseline tier.
+    pub hold_optimizing: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -71,6 +75,7 @@ impl Default for RuntimeConfig {
             max_instances: 1000,
             max_memory_per_instance: 4 << 30,
             tiering: true,
+            hold_optimizing: false,
         }
     }
 }
@@ -204,6 +209,10 @@ impl Runtime {
         }
         #[cfg(feature = "compiler")]
         let tiers = tiers.ok();
+        #[cfg(feature = "compiler")]
+        if let Some(tiers) = &tiers {
+            tiers.pause(config.hold_optimizing);
+        }
         // Both tiers' engines tick together: a guest's timeout and slices are the same in both.
         #[cfg_attr(not(feature = "compiler"), allow(unused_mut))]
         let mut engines = vec![engine.clone()];

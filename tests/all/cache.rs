@@ -33,6 +33,8 @@ async fn restarts_reuse_or_replace_the_cache() {
     node.deploy("http", HELLO_HTTP, json!({})).await;
     node.deploy("cgi", HELLO_CGI, json!({})).await;
     assert_eq!(compile_stats(&node).await, (2, 0, 0));
+    // Only optimized code is cached: the background compiler writes it.
+    node.all_optimized().await;
     node.stop().await;
     assert_eq!(artifacts(dir.path()).len(), 2);
 
@@ -65,6 +67,7 @@ async fn restarts_reuse_or_replace_the_cache() {
     let node = TestNode::start_in(dir.path(), |_| {}).await;
     assert_eq!(compile_stats(&node).await, (2, 0, 0));
     answers(&node).await;
+    node.all_optimized().await;
     node.stop().await;
     assert_eq!(artifacts(dir.path()).len(), 2);
 }

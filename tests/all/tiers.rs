@@ -6,14 +6,9 @@
 //! The tests hold the background compiler (`Runtime::pause_optimizing`) to look at the
 //! baseline tier, and await the switch itself (`Compiled::optimized`) rather than poll for it.
 
-use std::time::Duration;
-
 use guest_artifacts::*;
 use serde_json::Value;
 use shoal_tests::{TestNode, json};
-
-/// How long Cranelift may take in the background, for every test here.
-const OPTIMIZED_WITHIN: Duration = Duration::from_secs(180);
 
 async fn tier(node: &TestNode, service: &str) -> String {
     let (status, view) = node.get(&format!("/v1/services/{service}")).await;
@@ -46,18 +41,6 @@ async fn deploy_bytes(node: &TestNode, name: &str, bytes: Vec<u8>, spec: Value) 
         response.text().await.unwrap()
     );
     digest
-}
-
-/// Waits for the background compiler to put optimized code in force for `digest`.
-async fn optimized(node: &TestNode, digest: &str) {
-    let compiled = node
-        .node
-        .runtime()
-        .cached(digest)
-        .expect("the module is loaded");
-    tokio::time::timeout(OPTIMIZED_WITHIN, compiled.optimized())
-        .await
-        .unwrap_or_else(|_| panic!("{digest} was not optimized within {OPTIMIZED_WITHIN:?}"));
 }
 
 /// The hello component with a custom section naming `n`: a module of its own (another digest)
@@ -155,7 +138,7 @@ async fn a_new_module_answers_on_baseline_code_then_on_optimized_code_alike() {
 
     node.node.runtime().pause_optimizing(false);
     for digest in &digests {
-        optimized(&node, digest).await;
+        node.optimized(digest).await;
     }
     for name in ["hello", "echo", "cgi", "busy", "alloc", "sleep"] {
         assert_eq!(tier(&node, name).await, "optimized", "{name}");
@@ -252,8 +235,8 @@ async fn requests_spread_over_the_switch_all_succeed() {
         .unwrap()
         .to_owned();
     node.node.runtime().pause_optimizing(false);
-    optimized(&node, &digest).await;
-    optimized(&node, &sleep_digest).await;
+    node.optimized(&digest).await;
+    node.optimized(&sleep_digest).await;
     switch.send(true).unwrap();
     assert_eq!(tier(&node, "kept").await, "optimized");
     assert_eq!(tier(&node, "sleep").await, "optimized");
@@ -292,7 +275,7 @@ async fn restarts_load_optimized_code_or_start_on_baseline_again() {
     // Stopped before the background compile: baseline again, then optimized.
     let node = TestNode::start_in(dir.path(), |_| {}).await;
     assert_eq!(tier(&node, "hello").await, "baseline");
-    optimized(&node, &digest).await;
+    node.optimized(&digest).await;
     assert_eq!(tier(&node, "hello").await, "optimized");
     assert_eq!(node.call("hello", "/").await.body, "hello from wasm\n");
     let files = cached(dir.path());
@@ -338,7 +321,7 @@ async fn a_burst_of_uploads_all_serve_and_all_reach_the_optimized_tier() {
         "{counts}"
     );
     for digest in &digests {
-        optimized(&node, digest).await;
+        node.optimized(digest).await;
     }
     for n in 0..UPLOADS {
         assert_eq!(tier(&node, &format!("burst-{n}")).await, "optimized");

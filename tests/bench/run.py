@@ -40,10 +40,15 @@ all alike, medians reported:
   and aarch64 (cross-compiled); idle RSS of a node with no services and with 10, and its data
   directory; hello's requests per second on the runtime-only build natively and on the aarch64
   one under qemu-user (emulation: a rough guide, not a performance figure).
+- tiers: upload to first response with tiered compilation (Winch first) and with
+  `--compile optimized` (Cranelift first), for hello, large-http and a 10+ MB JavaScript
+  component built with componentize-js (tests/bench/js/build.sh), beside `wasmtime compile`
+  with Cranelift and with Winch of the same module; and requests per second on each tier
+  (`--compile baseline` against optimized) for hello and a compute-bound guest.
 
 Environment: BENCH_DURATION (wrk duration, default 5s), BENCH_ROUNDS (default 5),
 BENCH_ONLY (comma-separated sections: throughput, latency, fuel, cold, density, contention,
-slice, baseline, cluster, footprint),
+slice, baseline, cluster, footprint, tiers),
 BENCH_BASELINE (a git revision to compare with; the baseline section runs only when set),
 BENCH_CLIENT_RT (contention: hello's client in the real-time class).
 """
@@ -570,6 +575,73 @@ def cold_paths(paths, shoal):
     return rows
 
 
+def upload_to_first_response(shoal, wasm, tag):
+    name = f"tier-{tag}"
+    started = time.perf_counter()
+    shoal.call("POST", f"/v1/deploy/{name}", with_custom_section(wasm, f"{tag}-{time.time_ns()}"))
+    with urllib.request.urlopen(f"{shoal.gateway}/{name}/") as response:
+        response.read()
+    elapsed = (time.perf_counter() - started) * 1000
+    shoal.call("DELETE", f"/v1/services/{name}")
+    return elapsed
+
+
+def tiers(paths, peer):
+    """Upload to first response per compile mode beside `wasmtime compile`, then req/s per tier."""
+    js = os.path.join(TARGET, "bench", "js_http.wasm")
+    run("bash", "tests/bench/js/build.sh", js)
+    guests = [("hello", paths["hello"], 10), ("large-http", paths["large"], 3), ("JavaScript (componentize-js)", js, 3)]
+    lines = ["| module | wasmtime compile, Cranelift | wasmtime compile, Winch | shoal, optimized: upload to first response "
+             "| shoal, tiered: upload to first response | tiered / Cranelift compile |", "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as dirs:
+        nodes = {mode: Shoal(paths["shoal"], os.path.join(dirs, mode), ["--compile", mode])
+                 for mode in ["optimized", "tiered"]}
+        try:
+            for label, path, n in guests:
+                with open(path, "rb") as f:
+                    wasm = f.read()
+                times = {key: [] for key in ["cranelift", "winch", "optimized", "tiered"]}
+                out = os.path.join(dirs, "out.cwasm")
+                for i in range(n):  # interleaved rounds
+                    for key, flags in [("cranelift", []), ("winch", ["-C", "compiler=winch"])]:
+                        started = time.perf_counter()
+                        run(peer, "compile", *flags, "-o", out, path)
+                        times[key].append((time.perf_counter() - started) * 1000)
+                    for mode, node in nodes.items():
+                        times[mode].append(upload_to_first_response(node, wasm, f"{mode}-{i}"))
+                m = {key: med(values) for key, values in times.items()}
+                lines.append(f"| {label} ({len(wasm) / 1e6:.1f} MB), median of {n} | {m['cranelift']:.0f} ms "
+                             f"| {m['winch']:.0f} ms | {m['optimized']:.0f} ms | {m['tiered']:.0f} ms "
+                             f"| {m['tiered'] / m['cranelift']:.2f}x |")
+        finally:
+            for node in nodes.values():
+                node.stop()
+    lines.append("")
+
+    lines += ["| guest, wrk -t2 -c32 | baseline tier (Winch) | optimized tier (Cranelift) | baseline / optimized |",
+              "|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as dirs:
+        nodes = {mode: Shoal(paths["shoal"], os.path.join(dirs, mode), ["--compile", mode])
+                 for mode in ["baseline", "optimized"]}
+        try:
+            for node in nodes.values():
+                for guest in ["hello", "busy"]:
+                    with open(paths[guest], "rb") as f:
+                        node.call("POST", f"/v1/deploy/{guest}", f.read())
+                assert node.call("GET", "/v1/services/hello")["tier"] == ("baseline" if node is nodes["baseline"] else "optimized")
+            for label, path in [("hello", "/hello/"), ("busy, 100,000 iterations a request", "/busy/?iterations=100000")]:
+                rps = {mode: [] for mode in nodes}
+                for _ in range(ROUNDS):
+                    for mode, node in nodes.items():
+                        rps[mode].append(wrk(node.gateway + path)[0])
+                b, o = med(rps["baseline"]), med(rps["optimized"])
+                lines.append(f"| {label} | {b:,.0f} req/s | {o:,.0f} req/s | {b / o:.2f}x |")
+        finally:
+            for node in nodes.values():
+                node.stop()
+    return lines + [""]
+
+
 def density(paths, distinct_modules):
     """1,000 services on a fresh node: idle RSS, p99 spread at random, restart time."""
     with open(paths["hello"], "rb") as f:
@@ -951,7 +1023,7 @@ def main():
         return not ONLY or name in ONLY
 
     paths = build(servers=not ONLY or ONLY != {"footprint"})
-    peer = wasmtime() if any(section(name) for name in ["throughput", "latency", "fuel"]) else None
+    peer = wasmtime() if any(section(name) for name in ["throughput", "latency", "fuel", "tiers"]) else None
     load = oha()
     lines = [f"Machine: {machine()}. Saturated: wrk -t2 -c{CONNECTIONS} -d{DURATION}; fixed rate: oha -c{CONNECTIONS} "
              f"-z{DURATION} -q RATE --latency-correction; {ROUNDS} interleaved rounds, medians.", ""]
@@ -1033,6 +1105,10 @@ def main():
             idle, loaded, p99, restart, compiled = density(paths, n_modules)
             lines.append(f"| {label} | {idle:.0f} MiB | {loaded:.0f} MiB | {p99:.2f} ms | {restart * 1000:.0f} ms | {compiled} |")
         lines.append("")
+
+    if section("tiers"):
+        log("tiers")
+        lines += tiers(paths, peer)
 
     if section("footprint"):
         log("footprint")

@@ -114,6 +114,27 @@ impl TestNode {
         .expect("the node is running");
     }
 
+    /// Waits until the module `digest` runs on optimized code: the background compiler has
+    /// put Cranelift's code in force (and in the artifact cache).
+    pub async fn optimized(&self, digest: &str) {
+        const WITHIN: Duration = Duration::from_secs(180);
+        let compiled = self
+            .node
+            .runtime()
+            .cached(digest)
+            .unwrap_or_else(|| panic!("module {digest} is not loaded"));
+        tokio::time::timeout(WITHIN, compiled.optimized())
+            .await
+            .unwrap_or_else(|_| panic!("{digest} was not optimized within {WITHIN:?}"));
+    }
+
+    /// Waits until every service's module runs on optimized code.
+    pub async fn all_optimized(&self) {
+        for service in self.node.services().await.expect("listing services") {
+            self.optimized(service.spec.module.as_str()).await;
+        }
+    }
+
     /// Signals shutdown and waits until the node has let go of everything, so the
     /// same data directory can be opened again.
     pub async fn stop(mut self) {
@@ -292,8 +313,14 @@ pub struct ChildNode {
 impl ChildNode {
     /// Starts `shoal up` on `data_dir` with both listeners on free loopback ports, and
     /// waits for the line that says where they are.
+    ///
+    /// It compiles with Cranelift before an upload answers (`--compile optimized`), so that a
+    /// node a test kills has its code in the artifact cache; tiered compilation, and restarts
+    /// before its background compile, are tested in-process (`tests/all/tiers.rs`), where the
+    /// switch can be awaited.
     pub async fn start(data_dir: &Path) -> ChildNode {
-        ChildNode::start_bin(&shoal_bin(), data_dir).await
+        let flags = ["--compile".to_owned(), "optimized".to_owned()];
+        ChildNode::start_with(&shoal_bin(), data_dir, &flags).await
     }
 
     /// Starts `shoal up` from the binary at `bin` (an edge build, say); as [`ChildNode::start`].
