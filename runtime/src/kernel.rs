@@ -57,9 +57,11 @@ pub(crate) fn computing(computing: bool) {
     });
 }
 
-/// Gives the calling thread (the background compiler) the lowest priority of the fair class,
-/// nice 19: it then has about 1.5% of a core against each busy thread at the default priority,
-/// so it never keeps a guest or a connection waiting, and all of an idle one.
+/// Gives the calling thread (the background compiler) a low priority in the fair class, nice
+/// 10: against a busy thread at the default priority it has about a tenth of a core (CFS
+/// weights 110 against 1024), so it never keeps a guest or a connection waiting for long, yet
+/// optimized code still arrives on a node that computes all the time; an idle core is all its.
+/// (At nice 19, 1.5%, a loaded node would wait many minutes for the code that would help it.)
 #[cfg(feature = "compiler")]
 #[allow(unsafe_code)]
 pub(crate) fn run_in_background() {
@@ -67,9 +69,13 @@ pub(crate) fn run_in_background() {
     {
         // SAFETY: plain system call; on Linux, `who` 0 with PRIO_PROCESS is the calling thread.
         // Failure leaves the thread at the default priority.
-        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) };
     }
 }
+
+/// The background compiler's nice value.
+#[cfg(feature = "compiler")]
+const BACKGROUND_NICE: libc::c_int = 10;
 
 /// Puts the calling thread in the real-time class at the lowest priority.
 #[allow(unsafe_code)]

@@ -9,8 +9,8 @@
 //!
 //! The background compiler is one thread, so at most one module's bytes and compile are in
 //! memory however many uploads queue; a queued job holds a handle to the module's code and a
-//! way to read its bytes again. The thread runs at the kernel's lowest priority (nice 19), so
-//! it never keeps a request from a core, and charges its CPU time to the node's scheduler,
+//! way to read its bytes again. The thread runs at a low priority (nice 10, about a tenth of a
+//! core against each busy thread), so it never keeps a request from a core for long, and charges its CPU time to the node's scheduler,
 //! where it counts like a guest's. It compiles single-threaded, with an engine of its own whose
 //! code fits the serving engine (same compatibility hash), writes the code to the artifact
 //! cache (which keeps only optimized code), and swaps it in: instances started afterwards run
@@ -219,6 +219,9 @@ impl Optimizer {
                     if let Err(error) = self.cache.store(&job.digest, &artifact) {
                         tracing::warn!(error = %format!("{error:#}"), "cannot cache optimized code");
                     }
+                    // Done before the switch is announced: whoever awaits it sees the figures
+                    // of a finished compile.
+                    queue.lock().running = None;
                     job.compiled.optimize(pre);
                     tracing::info!(seconds = elapsed.as_secs_f64(), "optimized code in force");
                 }

@@ -138,3 +138,97 @@ async fn services_answer_in_process() {
         assert_eq!(answer(&service).await, (200, Bytes::from(expected)));
     }
 }
+
+/// Compiled in tiers: Winch's code at once, Cranelift's from the background compiler, which
+/// reads the bytes again when its turn comes, caches the code (a second runtime loads it), and
+/// survives a source that panics.
+#[cfg(target_arch = "x86_64")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tiers_switch_to_optimized_code_cached_for_the_next_runtime() {
+    use shoal_runtime::Tier;
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        cache_dir: Some(dir.path().to_owned()),
+        max_instances: 16,
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::new(config.clone()).unwrap();
+    assert_eq!(runtime.tiering(), Ok(()));
+    let bytes = guest_artifacts::bytes(guest_artifacts::HELLO_HTTP);
+    let compiled = runtime.compile_tiered("hello", &bytes).unwrap();
+    assert_eq!(compiled.tier(), Tier::Baseline);
+    let service = Service::new(compiled.clone(), ServiceConfig::default());
+    assert_eq!(
+        answer(&service).await,
+        (200, Bytes::from("hello from wasm\n"))
+    );
+
+    // A module whose source panics is left on baseline code; the next one is optimized.
+    let broken = runtime
+        .compile_tiered(
+            "broken",
+            &guest_artifacts::bytes(guest_artifacts::HELLO_CGI),
+        )
+        .unwrap();
+    runtime.optimize_later("broken", &broken, Box::new(|| panic!("the store is gone")));
+    runtime.optimize_later("hello", &compiled, Box::new(move || Ok(bytes)));
+    tokio::time::timeout(std::time::Duration::from_secs(120), compiled.optimized())
+        .await
+        .expect("optimized within 120 s");
+    assert_eq!(broken.tier(), Tier::Baseline);
+    assert_eq!(service.tier(), Tier::Optimized);
+    assert_eq!(
+        answer(&service).await,
+        (200, Bytes::from("hello from wasm\n"))
+    );
+    let stats = runtime.compile_stats();
+    assert_eq!((stats.baseline.compiles, stats.optimized.compiles), (2, 1));
+    assert_eq!(stats.optimizing, 0);
+
+    // The background compiler ran at nice 10 (field 19 of /proc/<tid>/stat): every such thread
+    // of this process (other tests run runtimes too).
+    let nice: Vec<i64> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            (name.trim() == "shoal-optimize").then(|| fields[16].parse().unwrap())
+        })
+        .collect();
+    assert!(
+        !nice.is_empty() && nice.iter().all(|&n| n == 10),
+        "{nice:?}"
+    );
+
+    let second = Runtime::new(config).unwrap();
+    let cached = second
+        .cached("hello")
+        .expect("the optimized code is cached");
+    assert_eq!(cached.tier(), Tier::Optimized);
+    assert!(second.cached("broken").is_none());
+}
+
+#[test]
+fn without_tiering_uploads_compile_with_cranelift() {
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 16,
+        tiering: false,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    assert!(
+        runtime
+            .tiering()
+            .unwrap_err()
+            .contains("--compile optimized")
+    );
+    let compiled = runtime
+        .compile_tiered(
+            "hello",
+            &guest_artifacts::bytes(guest_artifacts::HELLO_HTTP),
+        )
+        .unwrap();
+    assert_eq!(compiled.tier(), shoal_runtime::Tier::Optimized);
+}
