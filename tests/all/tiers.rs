@@ -43,6 +43,13 @@ async fn deploy_bytes(node: &TestNode, name: &str, bytes: Vec<u8>, spec: Value) 
     digest
 }
 
+/// Holds the background compiler and deploys hello: it stays on baseline code. Its digest.
+async fn hello_held_on_baseline(node: &TestNode) -> String {
+    node.node.runtime().pause_optimizing(true);
+    let bytes = guest_artifacts::bytes(HELLO_HTTP);
+    deploy_bytes(node, "hello", bytes, json!({})).await
+}
+
 /// The hello component with a custom section naming `n`: a module of its own (another digest)
 /// that behaves the same.
 fn hello_variant(n: usize) -> Vec<u8> {
@@ -163,14 +170,7 @@ async fn a_new_module_answers_on_baseline_code_then_on_optimized_code_alike() {
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_spread_over_the_switch_all_succeed() {
     let node = TestNode::start().await;
-    node.node.runtime().pause_optimizing(true);
-    let digest = deploy_bytes(
-        &node,
-        "hello",
-        guest_artifacts::bytes(HELLO_HTTP),
-        json!({}),
-    )
-    .await;
+    let digest = hello_held_on_baseline(&node).await;
     // A replica that keeps its instance: the one from before the switch is dropped.
     deploy_bytes(
         &node,
@@ -249,14 +249,7 @@ async fn requests_spread_over_the_switch_all_succeed() {
 async fn restarts_load_optimized_code_or_start_on_baseline_again() {
     let mut node = TestNode::start().await;
     let dir = node.take_temp_dir();
-    node.node.runtime().pause_optimizing(true);
-    let digest = deploy_bytes(
-        &node,
-        "hello",
-        guest_artifacts::bytes(HELLO_HTTP),
-        json!({}),
-    )
-    .await;
+    let digest = hello_held_on_baseline(&node).await;
     assert_eq!(tier(&node, "hello").await, "baseline");
     node.stop().await;
     let cached = |dir: &std::path::Path| {
