@@ -314,13 +314,13 @@ impl ChildNode {
     /// Starts `shoal up` on `data_dir` with both listeners on free loopback ports, and
     /// waits for the line that says where they are.
     ///
-    /// It compiles with Cranelift before an upload answers (`--compile optimized`), so that a
-    /// node a test kills has its code in the artifact cache; tiered compilation, and restarts
-    /// before its background compile, are tested in-process (`tests/all/tiers.rs`), where the
-    /// switch can be awaited.
+    /// Child nodes compile with Cranelift before an upload answers (`--compile optimized`,
+    /// unless the flags say otherwise), so that a node a test kills has its code in the
+    /// artifact cache, and a cluster's timing is not shared with background compiles; tiered
+    /// compilation, and restarts before its background compile, are tested in-process
+    /// (`tests/all/tiers.rs`), where the switch can be awaited.
     pub async fn start(data_dir: &Path) -> ChildNode {
-        let flags = ["--compile".to_owned(), "optimized".to_owned()];
-        ChildNode::start_with(&shoal_bin(), data_dir, &flags).await
+        ChildNode::start_bin(&shoal_bin(), data_dir).await
     }
 
     /// Starts `shoal up` from the binary at `bin` (an edge build, say); as [`ChildNode::start`].
@@ -360,6 +360,12 @@ impl ChildNode {
             ])
             .arg(data_dir)
             .args(flags)
+            .args(
+                (!flags.iter().any(|flag| flag.starts_with("--compile")))
+                    .then_some(["--compile", "optimized"])
+                    .into_iter()
+                    .flatten(),
+            )
             // Quiet unless asked: a child's log goes to the test's stderr, uncaptured.
             .env(
                 "RUST_LOG",
