@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, Strategy};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, Strategy};
 
 use crate::ModuleSource;
 use crate::artifact::{ArtifactCache, Compiled, Linkers, Pre, Tier};
@@ -80,6 +80,15 @@ impl Tiers {
         }
         let mut config = crate::engine::base_config();
         config.strategy(Strategy::Winch);
+        // Winch compiles the guest's functions; Cranelift still compiles the trampolines
+        // between host and guest, one for each function a table or an export lets escape:
+        // half of a typical component's functions (6,413 of 12,806 in the JavaScript one of
+        // BENCHMARKS.md), nearly all of a table-heavy one's, and most of the CPU of hello's
+        // baseline compile. They are a few instructions each, so the e-graph optimizer gains
+        // them nothing at run time; without it the baseline compile takes 5-15% less CPU.
+        // The register allocator stays the default one: the single-pass allocator is quicker
+        // still, but outside wasmtime's security support.
+        config.cranelift_opt_level(OptLevel::None);
         let engine = match pooling {
             Some(pool) => {
                 let mut pooled = config.clone();

@@ -43,7 +43,8 @@ all alike, medians reported:
 - tiers: upload to first response with tiered compilation (Winch first) and with
   `--compile optimized` (Cranelift first), for hello, large-http and a 10+ MB JavaScript
   component built with componentize-js (tests/bench/js/build.sh), beside `wasmtime compile`
-  with Cranelift and with Winch of the same module; and requests per second on each tier
+  of the same module with Cranelift, with Cranelift configured as shoal configures it (fuel and
+  epochs) and with Winch as shoal's baseline tier; and requests per second on each tier
   (`--compile baseline` against optimized) for hello and a compute-bound guest.
 
 Environment: BENCH_DURATION (wrk duration, default 5s), BENCH_ROUNDS (default 5),
@@ -591,8 +592,15 @@ def tiers(paths, peer):
     js = os.path.join(TARGET, "bench", "js_http.wasm")
     run("bash", "tests/bench/js/build.sh", js)
     guests = [("hello", paths["hello"], 10), ("large-http", paths["large"], 3), ("JavaScript (componentize-js)", js, 3)]
-    lines = ["| module | wasmtime compile, Cranelift | wasmtime compile, Winch | shoal, optimized: upload to first response "
-             "| shoal, tiered: upload to first response | tiered / Cranelift compile |", "|---|---|---|---|---|---|"]
+    # The peer as it comes, and as shoal configures its engines: fuel and epochs instrument
+    # every loop and call, and the baseline engine compiles its trampolines at opt-level 0.
+    as_shoal = ["-W", "fuel=1", "-W", "epoch-interruption=y"]
+    peers = [("cranelift", []), ("cranelift-as-shoal", as_shoal),
+             ("winch-as-shoal", ["-C", "compiler=winch", "-O", "opt-level=0", *as_shoal])]
+    lines = ["| module | wasmtime compile, Cranelift | the same with fuel and epochs (as shoal) "
+             "| wasmtime compile, Winch (as shoal's baseline tier) | shoal, optimized: upload to first response "
+             "| shoal, tiered: upload to first response | tiered / Cranelift | tiered / Cranelift as shoal |",
+             "|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as dirs:
         nodes = {mode: Shoal(paths["shoal"], os.path.join(dirs, mode), ["--compile", mode])
                  for mode in ["optimized", "tiered"]}
@@ -600,10 +608,10 @@ def tiers(paths, peer):
             for label, path, n in guests:
                 with open(path, "rb") as f:
                     wasm = f.read()
-                times = {key: [] for key in ["cranelift", "winch", "optimized", "tiered"]}
+                times = {key: [] for key in [key for key, _ in peers] + list(nodes)}
                 out = os.path.join(dirs, "out.cwasm")
                 for i in range(n):  # interleaved rounds
-                    for key, flags in [("cranelift", []), ("winch", ["-C", "compiler=winch"])]:
+                    for key, flags in peers:
                         started = time.perf_counter()
                         run(peer, "compile", *flags, "-o", out, path)
                         times[key].append((time.perf_counter() - started) * 1000)
@@ -612,9 +620,10 @@ def tiers(paths, peer):
                         # The background compile runs alone, not under the next measurement.
                         wait_for("the background compile", lambda: node.call("GET", "/v1/node")["compile"]["optimizing"] == 0, 300)
                 m = {key: med(values) for key, values in times.items()}
-                lines.append(f"| {label} ({len(wasm) / 1e6:.1f} MB), median of {n} | {m['cranelift']:.0f} ms "
-                             f"| {m['winch']:.0f} ms | {m['optimized']:.0f} ms | {m['tiered']:.0f} ms "
-                             f"| {m['tiered'] / m['cranelift']:.2f}x |")
+                lines.append(f"| {label} ({len(wasm) / 1e6:.1f} MB), median of {n} | {m['cranelift']:,.0f} ms "
+                             f"| {m['cranelift-as-shoal']:,.0f} ms | {m['winch-as-shoal']:,.0f} ms "
+                             f"| {m['optimized']:,.0f} ms | {m['tiered']:,.0f} ms "
+                             f"| {m['tiered'] / m['cranelift']:.2f}x | {m['tiered'] / m['cranelift-as-shoal']:.2f}x |")
         finally:
             for node in nodes.values():
                 node.stop()
